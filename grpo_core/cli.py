@@ -1,0 +1,132 @@
+"""`grpo train CONFIG.yaml`: run a GRPO job locally, with a progress bar, metrics.jsonl and checkpoints.
+
+A config file:
+
+    base_model: tiny-random-llama          # a catalog name, a local checkpoint folder, or a hub id
+    dataset: prompts.jsonl                 # a JSONL file, or builtin:arithmetic (the demo task's train split)
+    eval_dataset: builtin:arithmetic-eval  # optional held-out split
+    output_dir: runs/demo
+    rewards:
+      - {name: numeric_answer, weight: 1.0}
+    hyperparameters: {group_size: 8, max_steps: 20, eval_every: 10}
+
+Relative paths are read relative to the config file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from grpo_core.checkpoint import Checkpoint
+from grpo_core.config import GRPOConfig, RewardSpec
+from grpo_core.data import DatasetError, arithmetic_task, load_jsonl
+from grpo_core.models import ModelLoadError
+from grpo_core.rewards import RewardSpecError
+from grpo_core.trainer import GRPOTrainer, TrainerCallback
+
+BUILTIN_DATASETS = {
+    "builtin:arithmetic": lambda: arithmetic_task()[0],
+    "builtin:arithmetic-eval": lambda: arithmetic_task()[1],
+}
+
+
+def load_dataset(reference: str, base: Path) -> list[dict[str, Any]]:
+    if reference in BUILTIN_DATASETS:
+        return BUILTIN_DATASETS[reference]()
+    path = Path(reference)
+    return load_jsonl(path if path.is_absolute() else base / path)
+
+
+class JsonlMetricsWriter(TrainerCallback):
+    """Appends one JSON line per step and per evaluation; a resumed run drops the lines past its checkpoint so
+    every step appears once."""
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        kept = []
+        if path.exists() and resume_step:
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def _write(self, record: dict) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        self._write({"step": step, "kind": "train", **metrics})
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+        self._write({"step": step, "kind": "eval", **metrics})
+
+
+class ProgressBar(TrainerCallback):
+    def __init__(self, total: int, initial: int):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+        self.last_eval: dict[str, float] = {}
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        self.bar.update(step - self.bar.n)
+        self.bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics.get('kl', 0.0):.4f}", **self.last_eval)
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+        self.last_eval = {"eval": f"{metrics['eval_reward_sampled']:.3f}"}
+        self.bar.write(f"step {step}: held-out reward sampled {metrics['eval_reward_sampled']:.3f}, greedy {metrics['eval_reward_greedy']:.3f}")
+
+    def on_checkpoint(self, checkpoint: Checkpoint) -> None:
+        self.bar.write(f"step {checkpoint.step}: checkpoint {checkpoint.path}")
+
+
+def train_command(config_path: Path, resume: bool) -> int:
+    from grpo_core.checkpoint import latest_checkpoint
+
+    spec = yaml.safe_load(config_path.read_text()) or {}
+    base = config_path.parent
+    missing = [key for key in ("base_model", "dataset", "rewards") if key not in spec]
+    if missing:
+        raise ValueError(f"{config_path}: missing {', '.join(missing)}")
+    config = GRPOConfig.from_dict(spec.get("hyperparameters") or {})
+    output_dir = Path(spec.get("output_dir", "runs/" + config_path.stem))
+    output_dir = output_dir if output_dir.is_absolute() else base / output_dir
+    output_dir.mkdir(parents=True, exist_ok=True)
+    resume_step = 0
+    if resume and (checkpoint := latest_checkpoint(output_dir / "checkpoints")):
+        resume_step = checkpoint.step
+    (output_dir / "config.json").write_text(json.dumps({**spec, "hyperparameters": config.to_dict()}, indent=2, default=str))
+    trainer = GRPOTrainer(
+        base_model=spec["base_model"],
+        train_rows=load_dataset(spec["dataset"], base),
+        eval_rows=load_dataset(spec["eval_dataset"], base) if spec.get("eval_dataset") else (),
+        rewards=[RewardSpec(**reward) for reward in spec["rewards"]],
+        config=config,
+        output_dir=output_dir,
+        callbacks=[JsonlMetricsWriter(output_dir / "metrics.jsonl", resume_step), ProgressBar(config.max_steps, resume_step)],
+    )
+    result = trainer.train(resume=resume)
+    print(f"done: {result.final_step} steps; adapter in {result.adapter_dir}; metrics in {output_dir / 'metrics.jsonl'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="grpo", description="GRPO fine-tuning with LoRA")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="run a training job from a YAML config, locally")
+    train.add_argument("config", type=Path)
+    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    args = parser.parse_args(argv)
+    try:
+        return train_command(args.config, args.resume)
+    except (ValueError, OSError, ModelLoadError, DatasetError, RewardSpecError, TypeError) as error:
+        print(f"grpo: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

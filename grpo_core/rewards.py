@@ -1,0 +1,254 @@
+"""Reward functions: a registry of named, rule-based verifiers that score one completion against its dataset row.
+
+A job names rewards; it never supplies code. Built-ins live here; an operator installs more as Python entry
+points in the group `grpo_service.rewards`, each pointing at a `RewardFunction`. Every reward declares its
+params (a pydantic model, so a bad spec is refused with a precise message before a model is loaded) and the
+dataset fields it reads.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from grpo_core.config import RewardSpec
+
+ENTRY_POINT_GROUP = "grpo_service.rewards"
+
+
+class RewardParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class RewardFunction:
+    name: str
+    description: str
+    params_model: type[RewardParams]
+    score: Callable[[str, Mapping[str, Any], Any], float]  # (completion, row, params) -> reward
+    fields: Callable[[Any], tuple[str, ...]] = lambda params: ()  # dataset fields read, given the params
+
+    def params_schema(self) -> dict[str, Any]:
+        return self.params_model.model_json_schema()
+
+
+class RewardSpecError(ValueError):
+    """A reward reference cannot be used: unknown name, bad params, or a field missing from the dataset."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+_BUILTINS: dict[str, RewardFunction] = {}
+
+
+def register_reward(fn: RewardFunction) -> RewardFunction:
+    _BUILTINS[fn.name] = fn
+    return fn
+
+
+def reward_registry() -> dict[str, RewardFunction]:
+    """Built-ins plus the operator's entry points (an entry point cannot shadow a built-in)."""
+    registry = dict(_BUILTINS)
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        if entry_point.name in registry:
+            continue
+        loaded = entry_point.load()
+        if isinstance(loaded, RewardFunction):
+            registry[entry_point.name] = loaded
+    return registry
+
+
+def resolve_rewards(
+    specs: Sequence[RewardSpec], dataset_fields: set[str] | None = None
+) -> list[tuple[RewardFunction, Any, float]]:
+    """Check every spec and return (function, parsed params, weight) triples, or raise RewardSpecError listing
+    every problem at once. dataset_fields, when given, must hold every field the rewards read."""
+    registry = reward_registry()
+    resolved, problems = [], []
+    if not specs:
+        problems.append("at least one reward is needed")
+    for spec in specs:
+        fn = registry.get(spec.name)
+        if fn is None:
+            problems.append(f"unknown reward {spec.name!r}; valid: {', '.join(sorted(registry))}")
+            continue
+        if not (isinstance(spec.weight, (int, float)) and math.isfinite(spec.weight)):
+            problems.append(f"reward {spec.name!r}: weight must be a finite number, got {spec.weight!r}")
+        try:
+            params = fn.params_model(**(spec.params or {}))
+        except ValidationError as error:
+            for item in error.errors():
+                where = ".".join(str(part) for part in item["loc"]) or "params"
+                problems.append(f"reward {spec.name!r}: param {where}: {item['msg']}")
+            continue
+        missing = [f for f in fn.fields(params) if dataset_fields is not None and f not in dataset_fields]
+        if missing:
+            problems.append(f"reward {spec.name!r} needs dataset field(s) {', '.join(missing)}, which the dataset lacks")
+        resolved.append((fn, params, float(spec.weight)))
+    if problems:
+        raise RewardSpecError(problems)
+    return resolved
+
+
+@dataclass(frozen=True)
+class Scores:
+    rewards: torch.Tensor  # [N] weighted sum over reward functions
+    per_function: torch.Tensor  # [N, F] each function's raw score
+    errors: int  # completions x functions that raised and were scored 0
+
+
+def score_completions(
+    completions: Sequence[str], rows: Sequence[Mapping[str, Any]], rewards: Sequence[tuple[RewardFunction, Any, float]]
+) -> Scores:
+    """Score completion i against rows[i] with every reward; a reward that raises scores 0 and is counted."""
+    per_function = torch.zeros(len(completions), len(rewards))
+    errors = 0
+    for i, (completion, row) in enumerate(zip(completions, rows, strict=True)):
+        for j, (fn, params, _weight) in enumerate(rewards):
+            try:
+                value = float(fn.score(completion, row, params))
+                if not math.isfinite(value):
+                    raise ValueError("non-finite reward")
+            except Exception:
+                errors += 1
+                value = 0.0
+            per_function[i, j] = value
+    weights = torch.tensor([weight for _fn, _params, weight in rewards])
+    return Scores(rewards=per_function @ weights, per_function=per_function, errors=errors)
+
+
+# --- built-ins ----------------------------------------------------------------------------------------------------
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+
+
+def last_number(text: str) -> float | None:
+    """The last number written in text ("1,234" reads as 1234), or None."""
+    matches = _NUMBER.findall(text)
+    return float(matches[-1].replace(",", "")) if matches else None
+
+
+class NumericAnswerParams(RewardParams):
+    field: str = Field("answer", description="Dataset field holding the expected number")
+    tolerance: float = Field(1e-6, ge=0, description="Largest absolute difference that still counts as right")
+
+
+def _numeric_answer(completion: str, row: Mapping[str, Any], params: NumericAnswerParams) -> float:
+    predicted = last_number(completion)
+    expected = float(str(row[params.field]).replace(",", ""))
+    return float(predicted is not None and abs(predicted - expected) <= params.tolerance)
+
+
+register_reward(
+    RewardFunction(
+        "numeric_answer",
+        "1 when the last number in the completion equals the row's answer within a tolerance, else 0",
+        NumericAnswerParams,
+        _numeric_answer,
+        lambda params: (params.field,),
+    )
+)
+
+
+class ExactMatchParams(RewardParams):
+    field: str = Field("answer", description="Dataset field holding the expected text")
+    strip: bool = Field(True, description="Ignore leading and trailing whitespace")
+    case_sensitive: bool = True
+
+
+def _exact_match(completion: str, row: Mapping[str, Any], params: ExactMatchParams) -> float:
+    got, want = completion, str(row[params.field])
+    if params.strip:
+        got, want = got.strip(), want.strip()
+    if not params.case_sensitive:
+        got, want = got.casefold(), want.casefold()
+    return float(got == want)
+
+
+register_reward(
+    RewardFunction(
+        "exact_match",
+        "1 when the completion equals the row's field exactly (optionally stripped, case-folded), else 0",
+        ExactMatchParams,
+        _exact_match,
+        lambda params: (params.field,),
+    )
+)
+
+
+class RegexMatchParams(RewardParams):
+    pattern: str = Field(description="Python regular expression")
+    full_match: bool = Field(False, description="Require the whole completion to match, not just a part")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ValueError(f"not a valid regular expression: {error}") from None
+        return pattern
+
+
+def _regex_match(completion: str, row: Mapping[str, Any], params: RegexMatchParams) -> float:
+    match = re.fullmatch if params.full_match else re.search
+    return float(match(params.pattern, completion, flags=re.DOTALL) is not None)
+
+
+register_reward(
+    RewardFunction(
+        "regex_match",
+        "1 when the completion matches the regular expression `pattern`, else 0",
+        RegexMatchParams,
+        _regex_match,
+    )
+)
+
+
+class FormatTagsParams(RewardParams):
+    tag: str = Field("answer", pattern=r"^[A-Za-z][\w-]*$", description="Tag name: rewards <tag>...</tag>")
+
+
+def _format_tags(completion: str, row: Mapping[str, Any], params: FormatTagsParams) -> float:
+    tag = re.escape(params.tag)
+    found = re.findall(rf"<{tag}>(.*?)</{tag}>", completion, flags=re.DOTALL)
+    return float(len(found) == 1 and found[0].strip() != "")
+
+
+register_reward(
+    RewardFunction(
+        "format_tags",
+        "1 when the completion holds exactly one non-empty <tag>...</tag> block, else 0",
+        FormatTagsParams,
+        _format_tags,
+    )
+)
+
+
+class LengthTargetParams(RewardParams):
+    target: int = Field(gt=0, description="Wanted length")
+    unit: Literal["chars", "words"] = "chars"
+
+
+def _length_target(completion: str, row: Mapping[str, Any], params: LengthTargetParams) -> float:
+    length = len(completion) if params.unit == "chars" else len(completion.split())
+    return max(0.0, 1.0 - abs(length - params.target) / params.target)
+
+
+register_reward(
+    RewardFunction(
+        "length_target",
+        "1 at the target length, falling linearly to 0 at twice (or zero times) the target",
+        LengthTargetParams,
+        _length_target,
+    )
+)

@@ -1,0 +1,135 @@
+import math
+
+import pytest
+import torch
+
+from grpo_core.algorithms import aggregate_token_losses, compute_group_advantages, compute_policy_loss, k3_kl
+
+
+def test_advantages_of_two_right_two_wrong_are_plus_minus_0866():
+    advantages = compute_group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), group_size=4)
+    # mean 0.5, Bessel std sqrt(1/3) = 0.577: 0.5 / 0.577 = 0.866
+    assert advantages.tolist() == pytest.approx([0.866, -0.866, -0.866, 0.866], abs=1e-3)
+
+
+def test_all_equal_group_gives_zero_not_nan():
+    advantages = compute_group_advantages(torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 0.0]), group_size=3)
+    assert advantages[:3].tolist() == [0.0, 0.0, 0.0]
+    assert not torch.isnan(advantages).any()
+
+
+def test_nan_reward_counts_as_zero():
+    advantages = compute_group_advantages(torch.tensor([1.0, float("nan")]), group_size=2)
+    assert advantages.tolist() == pytest.approx([0.7070, -0.7070], abs=1e-3)
+
+
+def test_groups_are_normalised_separately_and_scaling_variants_differ():
+    rewards = torch.tensor([2.0, 0.0, 10.0, 0.0])
+    group = compute_group_advantages(rewards, 2, "group")
+    none = compute_group_advantages(rewards, 2, "none")
+    batch = compute_group_advantages(rewards, 2, "batch")
+    assert group.tolist() == pytest.approx([0.7071, -0.7071, 0.7071, -0.7071], abs=1e-3)
+    assert none.tolist() == [1.0, -1.0, 5.0, -5.0]
+    assert batch.tolist() == pytest.approx((none / rewards.std()).tolist(), rel=1e-3)
+
+
+def test_unknown_scaling_lists_valid_names():
+    with pytest.raises(ValueError, match="batch, group, none"):
+        compute_group_advantages(torch.zeros(4), 2, "rank")
+
+
+def test_k3_kl_is_zero_when_policy_equals_reference_and_positive_otherwise():
+    logprobs = torch.tensor([[-1.0, -2.0]])
+    assert k3_kl(logprobs, logprobs).tolist() == [[0.0, 0.0]]
+    assert (k3_kl(logprobs, logprobs - 0.5) > 0).all()
+
+
+def reference_loss(cur, old, ref, adv, mask, eps_low, eps_high, beta, loss_type, max_len):
+    """A direct, loop-by-loop transcription of the formula, to compare against the vectorised one."""
+    n, t = cur.shape
+    token = [[None] * t for _ in range(n)]
+    for i in range(n):
+        for j in range(t):
+            rho = torch.exp(cur[i, j] - old[i, j])
+            clipped = torch.clamp(rho, 1 - eps_low, 1 + eps_high)
+            value = -torch.minimum(rho * adv[i], clipped * adv[i])
+            if beta:
+                d = ref[i, j] - cur[i, j]
+                value = value + beta * (torch.exp(d) - d - 1)
+            token[i][j] = value * mask[i, j]
+    if loss_type == "grpo":
+        return sum(sum(token[i]) / mask[i].sum() for i in range(n)) / n
+    total = sum(sum(row) for row in token)
+    if loss_type in ("bnpo", "dapo"):
+        return total / mask.sum()
+    return total / (n * max_len)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dapo", "dr_grpo"])
+@pytest.mark.parametrize("beta", [0.0, 0.1])
+def test_loss_and_gradient_match_the_formula(loss_type, beta):
+    generator = torch.Generator().manual_seed(0)
+    old = -torch.rand(3, 4, generator=generator) * 2
+    ref = -torch.rand(3, 4, generator=generator) * 2
+    start = old + torch.randn(3, 4, generator=generator) * 0.4  # ratios both inside and outside the band
+    adv = torch.tensor([1.0, -0.5, 0.8])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.float32)
+
+    cur = start.clone().requires_grad_(True)
+    out = compute_policy_loss(cur, old, ref, adv, mask, epsilon=0.2, epsilon_high=0.28, beta=beta, loss_type=loss_type, max_completion_length=6)
+    out.loss.backward()
+
+    cur_ref = start.clone().requires_grad_(True)
+    expected = reference_loss(cur_ref, old, ref, adv, mask, 0.2, 0.28, beta, loss_type, 6)
+    expected.backward()
+
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(cur.grad, cur_ref.grad)
+    assert (cur.grad[mask == 0] == 0).all(), "padding must get no gradient"
+
+
+def test_clipping_stops_the_gradient_outside_the_band_on_the_clipped_side():
+    old = torch.zeros(1, 4)
+    # ratios: 1.5 and 0.5 are outside [0.8, 1.2]; 1.1 and 0.9 inside.
+    cur = torch.log(torch.tensor([[1.5, 0.5, 1.1, 0.9]])).requires_grad_(True)
+    mask = torch.ones(1, 4)
+    out = compute_policy_loss(cur, old, None, torch.tensor([1.0]), mask, epsilon=0.2, loss_type="bnpo")
+    out.loss.backward()
+    # Positive advantage: ratio 1.5 is clipped (no gradient); ratio 0.5 is below the band but min() keeps the
+    # unclipped term, so its gradient still flows, as the pessimistic bound intends.
+    assert cur.grad[0, 0] == 0
+    assert cur.grad[0, 1] != 0 and cur.grad[0, 2] != 0 and cur.grad[0, 3] != 0
+    assert out.metrics["clip_fraction_high"] == pytest.approx(0.25)
+    assert out.metrics["clip_fraction_low"] == 0.0
+
+    cur_neg = cur.detach().clone().requires_grad_(True)
+    out = compute_policy_loss(cur_neg, old, None, torch.tensor([-1.0]), mask, epsilon=0.2, loss_type="bnpo")
+    out.loss.backward()
+    assert cur_neg.grad[0, 1] == 0  # ratio 0.5 with a negative advantage: clipped
+    assert cur_neg.grad[0, 0] != 0
+    assert out.metrics["clip_fraction_low"] == pytest.approx(0.25)
+
+
+def test_kl_term_is_zero_when_policy_equals_reference():
+    cur = torch.full((2, 3), -1.3, requires_grad=True)
+    out = compute_policy_loss(cur, None, cur.detach(), torch.tensor([0.0, 0.0]), torch.ones(2, 3), beta=0.5)
+    assert out.metrics["kl"] == 0.0
+    assert out.loss.item() == 0.0
+
+
+def test_single_iteration_ratio_is_one_and_gradient_is_minus_advantage():
+    cur = torch.tensor([[-0.5, -1.0]], requires_grad=True)
+    out = compute_policy_loss(cur, None, None, torch.tensor([2.0]), torch.ones(1, 2), loss_type="grpo")
+    out.loss.backward()
+    assert out.metrics["ratio_mean"] == 1.0
+    assert cur.grad.tolist() == [[-1.0, -1.0]]  # -A / tokens per sequence
+
+
+def test_unknown_loss_type_lists_valid_names():
+    with pytest.raises(ValueError, match="bnpo, dapo, dr_grpo, grpo"):
+        aggregate_token_losses(torch.zeros(1, 1), torch.ones(1, 1), "sum", 1)
+
+
+def test_empty_mask_gives_finite_loss():
+    out = compute_policy_loss(torch.zeros(2, 2, requires_grad=True), None, None, torch.ones(2), torch.zeros(2, 2))
+    assert math.isfinite(out.loss.item())
