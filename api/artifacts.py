@@ -1,0 +1,67 @@
+"""Where files live. Every path is built from ids the server made (validated here again), never from user input."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import re
+import tarfile
+import tempfile
+from pathlib import Path
+
+from api.settings import get_settings
+
+_ID = re.compile(r"^[a-z]{2,4}_[0-9a-f]{32}$")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+ARCHIVE_NAME = "adapter.tar.gz"
+
+
+def _checked(server_id: str) -> str:
+    if not _ID.match(server_id):
+        raise ValueError(f"not a server-made id: {server_id!r}")
+    return server_id
+
+
+def dataset_path(dataset_id: str) -> Path:
+    return get_settings().artifacts_dir / "datasets" / f"{_checked(dataset_id)}.jsonl"
+
+
+def job_dir(job_id: str) -> Path:
+    return get_settings().artifacts_dir / "jobs" / _checked(job_id)
+
+
+def checkpoint_archive(job_id: str, step: int) -> Path:
+    return job_dir(job_id) / "checkpoints" / f"step-{int(step):06d}" / ARCHIVE_NAME
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def pack_adapter(checkpoint_dir: Path, folder_name: str) -> tuple[Path, str, int]:
+    """Write checkpoint_dir/adapter.tar.gz holding `folder_name/` with the PEFT adapter files (what
+    PeftModel.from_pretrained loads), reproducibly: fixed mtimes and owners, so the same adapter gives the same
+    bytes. Returns (path, sha256, size)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name in ADAPTER_FILES:
+            data = (checkpoint_dir / name).read_bytes()
+            info = tarfile.TarInfo(f"{folder_name}/{name}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            archive.addfile(info, io.BytesIO(data))
+    data = gzip.compress(buffer.getvalue(), mtime=0)
+    path = checkpoint_dir / ARCHIVE_NAME
+    write_atomically(path, data)
+    return path, hashlib.sha256(data).hexdigest(), len(data)

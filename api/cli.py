@@ -1,0 +1,126 @@
+"""The `grpo` command.
+
+    grpo serve [--data-dir DIR] [--port N]   API + one supervised Celery worker, SQLite, file-based broker
+    grpo api / grpo worker                   the parts alone, for the scaled-out layout (PostgreSQL, Redis)
+    grpo migrate                             apply database migrations
+    grpo keys create --tenant NAME           print a new API key (once; only its hash is stored)
+    grpo train CONFIG.yaml [--resume]        run a job locally without the service
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def _use_data_dir(data_dir: Path | None) -> None:
+    # Children (the worker) inherit the environment, so every process agrees on one absolute data folder.
+    if data_dir is not None:
+        os.environ["GRPO_DATA_DIR"] = str(data_dir.resolve())
+        from api.settings import get_settings
+
+        get_settings.cache_clear()
+
+
+def worker_command(settings) -> list[str]:
+    # Solo pool: the job runs in the worker process itself, one at a time; no forking of a process holding torch.
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.app", "worker",
+        "--pool", "solo", "--concurrency", "1", "--queues", settings.queue,
+        "--without-gossip", "--without-mingle", "--loglevel", "INFO",
+    ]  # fmt: skip
+
+
+def supervise(command: list[str], stop: threading.Event, restart_delay: float = 2.0) -> None:
+    """Run `command`, starting it again whenever it exits, until `stop` is set."""
+    process = subprocess.Popen(command)
+    while not stop.wait(0.5):
+        if process.poll() is not None:
+            print(f"grpo: worker exited with {process.returncode}; restarting", file=sys.stderr)
+            time.sleep(restart_delay)
+            process = subprocess.Popen(command)
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def serve(host: str, port: int) -> int:
+    import uvicorn
+
+    from api.db import run_migrations
+    from api.settings import get_settings
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    run_migrations()
+    stop = threading.Event()
+    supervisor = threading.Thread(target=supervise, args=(worker_command(settings), stop), daemon=True)
+    supervisor.start()
+    try:
+        uvicorn.run("api.main:app", host=host, port=port, log_level="info")
+    finally:
+        stop.set()
+        supervisor.join(timeout=40)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="grpo", description="GRPO fine-tuning service")
+    parser.add_argument("--data-dir", type=Path, help="data folder (default ./.grpo, or $GRPO_DATA_DIR)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("serve", "API and a worker on one machine"), ("api", "the API server alone")):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--host", default="127.0.0.1")
+        sub.add_argument("--port", type=int, default=8000)
+        sub.add_argument("--data-dir", type=Path, dest="sub_data_dir")
+    commands.add_parser("worker", help="a Celery worker alone").add_argument("--data-dir", type=Path, dest="sub_data_dir")
+    commands.add_parser("migrate", help="apply database migrations").add_argument("--data-dir", type=Path, dest="sub_data_dir")
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="create a key for a tenant (made if new) and print it")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--data-dir", type=Path, dest="sub_data_dir")
+    train = commands.add_parser("train", help="run a training job from a YAML config, locally")
+    train.add_argument("config", type=Path)
+    train.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    _use_data_dir(getattr(args, "sub_data_dir", None) or args.data_dir)
+
+    if args.command == "train":
+        from grpo_core.cli import main as train_main
+
+        return train_main(["train", str(args.config), *(["--resume"] if args.resume else [])])
+    if args.command == "serve":
+        return serve(args.host, args.port)
+    if args.command == "api":
+        import uvicorn
+
+        from api.db import run_migrations
+
+        run_migrations()
+        uvicorn.run("api.main:app", host=args.host, port=args.port, log_level="info")
+        return 0
+    if args.command == "worker":
+        from api.settings import get_settings
+
+        os.execv(sys.executable, worker_command(get_settings()))
+    from api.db import run_migrations, session_scope
+
+    run_migrations()
+    if args.command == "keys":
+        from api.services import create_api_key
+
+        with session_scope() as session:
+            key = create_api_key(session, tenant_name=args.tenant)
+        print(key)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

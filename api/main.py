@@ -1,0 +1,58 @@
+"""The FastAPI app: routers, error bodies, body-size caps."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.routes import catalog, datasets, health, jobs
+from api.services import InvalidInput, NotFound
+from api.settings import get_settings
+
+
+def _describe(error: dict) -> str:
+    where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+    return f"{where}: {error.get('msg')}" if where else str(error.get("msg"))
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="grpo-service",
+        version="0.1.0",
+        description="GRPO fine-tuning jobs with LoRA adapters. Every /v1 call needs `Authorization: Bearer <key>`.",
+    )
+    for router in (health.router, datasets.router, catalog.router, jobs.router):
+        app.include_router(router)
+
+    @app.middleware("http")
+    async def cap_json_bodies(request: Request, call_next):
+        # Uploads have their own, larger cap; every other body is a small JSON document.
+        declared = request.headers.get("content-length", "")
+        limit = get_settings().max_body_kb * 1024
+        if request.url.path != "/v1/datasets" and declared.isdigit() and int(declared) > limit:
+            return JSONResponse({"detail": f"request body larger than {limit // 1024} KiB", "errors": []}, status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(NotFound)
+    async def not_found(_request: Request, error: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(error), "errors": []}, status_code=404)
+
+    @app.exception_handler(InvalidInput)
+    async def invalid_input(_request: Request, error: InvalidInput) -> JSONResponse:
+        return JSONResponse({"detail": str(error), "errors": error.errors}, status_code=error.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = [_describe(e) for e in error.errors()]
+        return JSONResponse({"detail": "invalid request: " + "; ".join(problems), "errors": problems}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(error.detail), "errors": []}, status_code=error.status_code, headers=error.headers)
+
+    return app
+
+
+app = create_app()

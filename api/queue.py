@@ -1,0 +1,63 @@
+"""The Celery app: broker wiring and the settings for long GPU jobs. The API only sends "run job X" by task
+name; the worker (worker/tasks.py) registers the task. The database, not the broker, is the source of truth."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celery import Celery
+
+from api.settings import get_settings
+
+RUN_JOB_TASK = "grpo.run_job"
+
+
+@lru_cache
+def get_celery() -> Celery:
+    settings = get_settings()
+    app = Celery("grpo")
+    transport_options: dict = {}
+    if settings.resolved_broker_url.startswith("filesystem"):
+        folder = settings.broker_folder
+        for sub in ("queue", "processed", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        transport_options = {
+            # One folder for both directions: producer and consumers share it on this machine.
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "control_folder": str(folder / "control"),
+        }
+    else:
+        # Redis redelivers an unacknowledged message after the visibility timeout; a GRPO job runs for hours, so
+        # the timeout is set past any job (the database lease, not the broker, guards against double runs).
+        transport_options = {"visibility_timeout": 12 * 3600}
+    app.conf.update(
+        broker_url=settings.resolved_broker_url,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=settings.queue,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        # One job per worker process at a time: take one message, acknowledge it only when the job is done, so a
+        # worker that dies mid-job leaves the message to be delivered again.
+        worker_prefetch_multiplier=1,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+def enqueue_job(job_id: str) -> None:
+    """Send "run job X" to the broker. Call only after the job row is committed."""
+    get_celery().send_task(RUN_JOB_TASK, args=[job_id], queue=get_settings().queue)
+
+
+def broker_reachable() -> bool:
+    try:
+        with get_celery().connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
+        return True
+    except Exception:
+        return False

@@ -1,0 +1,70 @@
+from fastapi import APIRouter, Request
+from starlette.datastructures import UploadFile as StarletteUploadFile
+from starlette.formparsers import MultiPartException
+
+from api import services
+from api.deps import SessionDep, TenantDep
+from api.schemas import DatasetPublic, DatasetsPublic, ErrorBody
+from api.settings import get_settings
+from api.services import InvalidInput
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+def _too_large(limit_bytes: int) -> InvalidInput:
+    return InvalidInput(f"upload larger than the {limit_bytes / 2**20:g} MiB limit (GRPO_MAX_UPLOAD_MB)", status_code=413)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetPublic,
+    responses={413: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {"file": {"type": "string", "format": "binary", "description": "JSONL: one row per line"}},
+                    }
+                }
+            },
+        }
+    },
+)
+async def upload_dataset(request: Request, session: SessionDep, tenant_id: TenantDep) -> DatasetPublic:
+    """Upload a JSONL file of prompts as the multipart field `file`. Each line is an object with a `prompt`
+    string or chat `messages`, plus any fields rewards read (such as `answer`)."""
+    limit = int(get_settings().max_upload_mb * 2**20)
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise _too_large(limit)
+    try:
+        form = await request.form(max_files=1, max_fields=4, max_part_size=limit)
+    except MultiPartException as error:
+        if "maximum size" in str(error).lower():
+            raise _too_large(limit) from None
+        raise InvalidInput(f"could not read the multipart upload: {error}") from None
+    upload = form.get("file")
+    if not isinstance(upload, StarletteUploadFile):
+        raise InvalidInput("send the JSONL file as the multipart field `file` (curl -F file=@prompts.jsonl)")
+    content = await upload.read(limit + 1)
+    if len(content) > limit:
+        raise _too_large(limit)
+    dataset = services.create_dataset(session, tenant_id=tenant_id, name=upload.filename or "dataset.jsonl", content=content)
+    session.commit()
+    return DatasetPublic.model_validate(dataset)
+
+
+@router.get("", response_model=DatasetsPublic)
+def list_datasets(session: SessionDep, tenant_id: TenantDep) -> DatasetsPublic:
+    datasets = services.list_datasets(session, tenant_id=tenant_id)
+    return DatasetsPublic(data=[DatasetPublic.model_validate(d) for d in datasets], count=len(datasets))
+
+
+@router.get("/{dataset_id}", response_model=DatasetPublic, responses={404: {"model": ErrorBody}})
+def get_dataset(dataset_id: str, session: SessionDep, tenant_id: TenantDep) -> DatasetPublic:
+    return DatasetPublic.model_validate(services.get_dataset(session, tenant_id=tenant_id, dataset_id=dataset_id))

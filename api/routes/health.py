@@ -1,0 +1,29 @@
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from api.db import get_engine
+from api.queue import broker_reachable
+from api.schemas import Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    """The process is up."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
+def readyz():
+    """The database and the broker are reachable (503 otherwise)."""
+    try:
+        with get_engine().connect() as connection:
+            connection.execute(text("SELECT 1"))
+        database = True
+    except Exception:
+        database = False
+    broker = broker_reachable()
+    health = Health(status="ok" if database and broker else "unavailable", database=database, broker=broker)
+    return JSONResponse(health.model_dump(), status_code=200 if health.status == "ok" else 503)

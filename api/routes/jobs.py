@@ -1,0 +1,167 @@
+import asyncio
+import json
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import FileResponse, StreamingResponse
+
+from api import artifacts, services
+from api.db import session_scope
+from api.deps import SessionDep, TenantDep
+from api.models import TERMINAL_STATUSES
+from api.queue import enqueue_job
+from api.schemas import (
+    CheckpointPublic,
+    CheckpointsPublic,
+    ErrorBody,
+    JobCreate,
+    JobPublic,
+    JobsPublic,
+    JobStatus,
+    MetricPublic,
+    MetricsPublic,
+)
+from api.settings import get_settings
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+NOT_FOUND = {404: {"model": ErrorBody}}
+KEEPALIVE_SECONDS = 15
+
+
+@router.post("", status_code=201, response_model=JobPublic, responses={422: {"model": ErrorBody}})
+def create_job(
+    spec: JobCreate,
+    response: Response,
+    session: SessionDep,
+    tenant_id: TenantDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JobPublic:
+    """Validate a job spec and queue it. With an Idempotency-Key header, a retry returns the job the first
+    request made (header Idempotent-Replayed: true) instead of making a second one."""
+    job, created = services.create_job(session, tenant_id=tenant_id, spec=spec, idempotency_key=idempotency_key)
+    session.commit()  # the message goes to the broker only once the row is durable
+    if created:
+        enqueue_job(job.id)
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    return services.job_public(job)
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(
+    session: SessionDep,
+    tenant_id: TenantDep,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobsPublic:
+    """Newest first, optionally filtered by status."""
+    jobs, count = services.list_jobs(session, tenant_id=tenant_id, status=status, limit=limit, offset=offset)
+    return JobsPublic(data=[services.job_public(j) for j in jobs], count=count)
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
+def get_job(job_id: str, session: SessionDep, tenant_id: TenantDep) -> JobPublic:
+    return services.job_public(services.get_job(session, tenant_id=tenant_id, job_id=job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic, responses=NOT_FOUND)
+def cancel_job(job_id: str, session: SessionDep, tenant_id: TenantDep) -> JobPublic:
+    """Stop a queued job at once, or a running one before its next step; its last checkpoint stays downloadable."""
+    job = services.cancel_job(session, tenant_id=tenant_id, job_id=job_id)
+    session.commit()
+    return services.job_public(job)
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsPublic, responses=NOT_FOUND)
+def get_metrics(
+    job_id: str,
+    session: SessionDep,
+    tenant_id: TenantDep,
+    after_step: Annotated[int, Query(ge=-1)] = -1,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Steps per page")] = 200,
+) -> MetricsPublic:
+    """Metric rows by step: kind "train" (one per step) and "eval" (held-out reward; step 0 is before training)."""
+    services.get_job(session, tenant_id=tenant_id, job_id=job_id)
+    rows, next_after_step = services.list_metrics(session, job_id=job_id, after_step=after_step, limit_steps=limit)
+    data = [MetricPublic(step=r.step, kind=r.kind, values=r.values) for r in rows]  # type: ignore[arg-type]
+    return MetricsPublic(data=data, next_after_step=next_after_step)
+
+
+@router.get(
+    "/{job_id}/events",
+    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}, **NOT_FOUND},
+)
+async def stream_events(
+    job_id: str,
+    request: Request,
+    session: SessionDep,
+    tenant_id: TenantDep,
+    last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+) -> StreamingResponse:
+    """Server-Sent Events: `status`, `metrics` and `checkpoint`, each with an `id`. Reconnect with the
+    Last-Event-ID header to resume after the last event seen. The stream ends once the job is finished and every
+    event has been sent."""
+    services.get_job(session, tenant_id=tenant_id, job_id=job_id)
+    after_id = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    poll = get_settings().events_poll_seconds
+
+    async def generate():
+        nonlocal after_id
+        quiet_since = time.monotonic()
+        while True:
+            with session_scope() as scoped:
+                # Read the status before the events: events written before a terminal status are then all seen.
+                status = services.get_job(scoped, tenant_id=tenant_id, job_id=job_id).status
+                events = services.events_after(scoped, job_id=job_id, after_id=after_id)
+            for event in events:
+                after_id = event.id
+                quiet_since = time.monotonic()
+                yield f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.data)}\n\n"
+            if status in TERMINAL_STATUSES and not events:
+                return
+            if not events:
+                if await request.is_disconnected():
+                    return
+                if time.monotonic() - quiet_since > KEEPALIVE_SECONDS:  # keeps proxies from closing the stream
+                    quiet_since = time.monotonic()
+                    yield ": keep-alive\n\n"
+                await asyncio.sleep(poll)
+
+    return StreamingResponse(generate(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/{job_id}/checkpoints", response_model=CheckpointsPublic, responses=NOT_FOUND)
+def list_checkpoints(job_id: str, session: SessionDep, tenant_id: TenantDep) -> CheckpointsPublic:
+    services.get_job(session, tenant_id=tenant_id, job_id=job_id)
+    rows = services.list_checkpoints(session, job_id=job_id)
+    return CheckpointsPublic(data=[CheckpointPublic(step=r.step, bytes=r.bytes, sha256=r.sha256, created_at=r.created_at) for r in rows])
+
+
+def _adapter_download(session, tenant_id: str, job_id: str, step: int | None) -> FileResponse:
+    job = services.get_job(session, tenant_id=tenant_id, job_id=job_id)
+    checkpoint = services.get_checkpoint(session, job_id=job.id, step=step)
+    path = artifacts.checkpoint_archive(job.id, checkpoint.step)
+    return FileResponse(
+        path,
+        media_type="application/gzip",
+        filename=f"{job.id}-step-{checkpoint.step}.tar.gz",
+        headers={"X-Checksum-SHA256": checkpoint.sha256, "X-Checkpoint-Step": str(checkpoint.step)},
+    )
+
+
+ARCHIVE = {200: {"content": {"application/gzip": {}}, "description": "adapter folder as .tar.gz"}, **NOT_FOUND}
+
+
+@router.get("/{job_id}/checkpoints/{step}/adapter", responses=ARCHIVE, response_class=FileResponse)
+def download_checkpoint(job_id: str, step: int, session: SessionDep, tenant_id: TenantDep) -> FileResponse:
+    """The adapter at `step` as a .tar.gz that unpacks to a folder PeftModel.from_pretrained loads; its sha256
+    is in the X-Checksum-SHA256 header."""
+    return _adapter_download(session, tenant_id, job_id, step)
+
+
+@router.get("/{job_id}/adapter", responses=ARCHIVE, response_class=FileResponse)
+def download_adapter(job_id: str, session: SessionDep, tenant_id: TenantDep) -> FileResponse:
+    """The job's latest adapter (the final one once it succeeded) as a .tar.gz, sha256 in X-Checksum-SHA256."""
+    return _adapter_download(session, tenant_id, job_id, None)

@@ -1,0 +1,50 @@
+"""The service's one settings object, read from environment variables prefixed GRPO_ (API, worker, migrations).
+
+Embedded default: everything under `data_dir` (./.grpo): a SQLite database and a Celery broker kept as files in
+a folder (kombu's filesystem transport: no server, each message one file, safe for several local processes, and
+it stays out of SQLite so the broker never competes with the API for the database's write lock).
+Scaled out: GRPO_DATABASE_URL=postgresql+psycopg://... and GRPO_BROKER_URL=redis://..., data_dir on a shared store.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GRPO_")
+
+    data_dir: Path = Field(Path(".grpo"), description="Database, broker folder, datasets and adapters (embedded default)")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/grpo.db")
+    broker_url: str | None = Field(None, description="Celery broker URL; default filesystem:// under <data_dir>/broker")
+    queue: str = Field("grpo", description="Celery queue the API sends jobs to and workers consume")
+    max_upload_mb: float = Field(50.0, gt=0, description="Largest dataset upload, in MiB (413 past it)")
+    max_body_kb: int = Field(256, gt=0, description="Largest JSON request body, in KiB")
+    sqlite_busy_timeout_ms: int = Field(30_000, description="How long a SQLite writer waits for the lock")
+    events_poll_seconds: float = Field(0.5, gt=0, description="How often the event stream looks for new events")
+    model_cache: Path | None = Field(None, description="Converted base models; default ~/.cache/grpo-service/models")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'grpo.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_folder(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return (self.data_dir / "artifacts").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
