@@ -1,0 +1,49 @@
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.service_env import clear_service_caches, fresh_database
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def service(request, tmp_path, monkeypatch):
+    """The real app on a fresh database of each kind, with the embedded (folder) broker in tmp_path."""
+    with fresh_database(request.param, tmp_path) as url:
+        monkeypatch.setenv("GRPO_DATA_DIR", str(tmp_path / "data"))
+        monkeypatch.setenv("GRPO_DATABASE_URL", url)
+        monkeypatch.delenv("GRPO_BROKER_URL", raising=False)
+        monkeypatch.setenv("GRPO_MAX_UPLOAD_MB", "0.01")
+        clear_service_caches()
+        from api.db import get_engine, run_migrations
+        from api.main import create_app
+
+        run_migrations()
+        with TestClient(create_app()) as client:
+            yield client
+        get_engine().dispose()
+        clear_service_caches()
+
+
+def new_key(tenant: str) -> dict[str, str]:
+    from api.db import session_scope
+    from api.services import create_api_key
+
+    with session_scope() as session:
+        return {"Authorization": f"Bearer {create_api_key(session, tenant_name=tenant)}"}
+
+
+@pytest.fixture
+def alice(service):
+    return new_key("alice")
+
+
+@pytest.fixture
+def bob(service):
+    return new_key("bob")
+
+
+def queued_messages() -> int:
+    """Messages waiting in the embedded broker's folder: each is one file."""
+    from api.settings import get_settings
+
+    folder = get_settings().broker_folder / "queue"
+    return len(list(folder.glob("*.msg"))) if folder.is_dir() else 0

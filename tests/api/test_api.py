@@ -1,0 +1,228 @@
+"""The REST API against a real database, SQLite and PostgreSQL (see conftest.py). No worker runs here: jobs stay
+queued, and the embedded broker's folder shows what was sent."""
+
+import json
+
+import pytest
+
+from tests.api.conftest import new_key, queued_messages
+
+ROWS = [{"prompt": f"What is {a} + 1?", "answer": a + 1} for a in range(5)]
+
+
+def jsonl(rows) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def upload(client, headers, content: bytes, name="prompts.jsonl"):
+    return client.post("/v1/datasets", headers=headers, files={"file": (name, content, "application/jsonl")})
+
+
+def job_spec(dataset, **overrides):
+    spec = {
+        "base_model": "tiny-random-llama",
+        "dataset_id": dataset,
+        "rewards": [{"name": "numeric_answer"}],
+        "hyperparameters": {"group_size": 4, "max_steps": 3},
+    }
+    return {**spec, **overrides}
+
+
+@pytest.fixture
+def dataset_id(service, alice):
+    response = upload(service, alice, jsonl(ROWS))
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def test_upload_lists_and_describes_a_dataset(service, alice):
+    response = upload(service, alice, jsonl(ROWS))
+    assert response.status_code == 201
+    body = response.json()
+    assert body["rows"] == 5 and body["fields"] == ["answer", "prompt"] and len(body["sha256"]) == 64
+    assert service.get(f"/v1/datasets/{body['id']}", headers=alice).json()["id"] == body["id"]
+    assert [d["id"] for d in service.get("/v1/datasets", headers=alice).json()["data"]] == [body["id"]]
+
+
+def test_create_get_list_and_cancel_a_job(service, alice, dataset_id):
+    response = service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id))
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert job["status"] == "queued" and job["progress"] == {"step": 0, "max_steps": 3, "fraction": 0.0}
+    assert job["hyperparameters"]["group_size"] == 4 and job["hyperparameters"]["epsilon"] == 0.2  # defaults filled
+    assert queued_messages() == 1
+
+    assert service.get(f"/v1/jobs/{job['id']}", headers=alice).json()["id"] == job["id"]
+    listed = service.get("/v1/jobs", headers=alice, params={"status": "queued"}).json()
+    assert listed["count"] == 1 and listed["data"][0]["id"] == job["id"]
+    assert service.get("/v1/jobs", headers=alice, params={"status": "running"}).json()["count"] == 0
+
+    cancelled = service.post(f"/v1/jobs/{job['id']}/cancel", headers=alice).json()
+    assert cancelled["status"] == "cancelled" and cancelled["finished_at"] is not None
+
+
+def test_list_paginates_newest_first(service, alice, dataset_id):
+    ids = [service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id)).json()["id"] for _ in range(5)]
+    first = service.get("/v1/jobs", headers=alice, params={"limit": 2}).json()
+    rest = service.get("/v1/jobs", headers=alice, params={"limit": 10, "offset": 2}).json()
+    assert first["count"] == 5
+    assert [j["id"] for j in first["data"] + rest["data"]] == ids[::-1]
+
+
+def test_idempotency_key_returns_the_same_job_and_queues_once(service, alice, dataset_id):
+    headers = {**alice, "Idempotency-Key": "retry-me"}
+    first = service.post("/v1/jobs", headers=headers, json=job_spec(dataset_id))
+    second = service.post("/v1/jobs", headers=headers, json=job_spec(dataset_id))
+    assert first.json()["id"] == second.json()["id"]
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert queued_messages() == 1
+    # The same key from another tenant is another job.
+    bob = new_key("bob")
+    other_dataset = upload(service, bob, jsonl(ROWS)).json()["id"]
+    third = service.post("/v1/jobs", headers={**bob, "Idempotency-Key": "retry-me"}, json=job_spec(other_dataset))
+    assert third.json()["id"] != first.json()["id"]
+
+
+def test_metrics_page_by_step_with_an_after_step_cursor(service, alice, dataset_id):
+    from api.db import session_scope
+    from api.services import record_metrics
+
+    job_id = service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id)).json()["id"]
+    with session_scope() as session:
+        record_metrics(session, job_id=job_id, kind="eval", step=0, values={"eval_reward_sampled": 0.1})
+        for step in range(1, 6):
+            record_metrics(session, job_id=job_id, kind="train", step=step, values={"reward_mean": step / 10})
+        assert not record_metrics(session, job_id=job_id, kind="train", step=3, values={"reward_mean": 9.0})
+    page = service.get(f"/v1/jobs/{job_id}/metrics", headers=alice, params={"limit": 3}).json()
+    assert [(r["step"], r["kind"]) for r in page["data"]] == [(0, "eval"), (1, "train"), (2, "train")]
+    assert page["next_after_step"] == 2
+    rest = service.get(f"/v1/jobs/{job_id}/metrics", headers=alice, params={"after_step": 2}).json()
+    assert [r["step"] for r in rest["data"]] == [3, 4, 5] and rest["next_after_step"] is None
+    assert rest["data"][0]["values"] == {"reward_mean": 0.3}  # the replayed step did not overwrite
+
+
+def test_every_v1_call_needs_a_key(service, alice, dataset_id):
+    job_id = service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id)).json()["id"]
+    calls = [
+        ("get", "/v1/datasets"),
+        ("get", f"/v1/datasets/{dataset_id}"),
+        ("post", "/v1/datasets"),
+        ("get", "/v1/models"),
+        ("get", "/v1/rewards"),
+        ("post", "/v1/jobs"),
+        ("get", "/v1/jobs"),
+        ("get", f"/v1/jobs/{job_id}"),
+        ("post", f"/v1/jobs/{job_id}/cancel"),
+        ("get", f"/v1/jobs/{job_id}/metrics"),
+        ("get", f"/v1/jobs/{job_id}/events"),
+        ("get", f"/v1/jobs/{job_id}/checkpoints"),
+        ("get", f"/v1/jobs/{job_id}/checkpoints/1/adapter"),
+        ("get", f"/v1/jobs/{job_id}/adapter"),
+    ]
+    for headers in ({}, {"Authorization": "Bearer grpo_not-a-real-key"}, {"Authorization": "Basic abc"}):
+        for method, path in calls:
+            response = getattr(service, method)(path, headers=headers)
+            assert response.status_code == 401, (method, path, headers)
+            assert "API key" in response.json()["detail"]
+    assert service.get(f"/v1/jobs/{job_id}", headers=alice).json()["status"] == "queued"  # nothing was cancelled
+
+
+def test_another_tenants_ids_answer_404_like_missing_ones(service, alice, bob, dataset_id):
+    job_id = service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id)).json()["id"]
+    paths = [
+        ("get", f"/v1/datasets/{dataset_id}"),
+        ("get", f"/v1/jobs/{job_id}"),
+        ("post", f"/v1/jobs/{job_id}/cancel"),
+        ("get", f"/v1/jobs/{job_id}/metrics"),
+        ("get", f"/v1/jobs/{job_id}/events"),
+        ("get", f"/v1/jobs/{job_id}/checkpoints"),
+        ("get", f"/v1/jobs/{job_id}/checkpoints/1/adapter"),
+        ("get", f"/v1/jobs/{job_id}/adapter"),
+    ]
+    for method, path in paths:
+        theirs = getattr(service, method)(path, headers=bob)
+        missing = getattr(service, method)(path.replace(job_id, "job_" + "0" * 32).replace(dataset_id, "ds_" + "0" * 32), headers=bob)
+        assert theirs.status_code == 404 == missing.status_code, (method, path)
+        assert theirs.json()["detail"].replace(job_id, "X").replace(dataset_id, "X") == missing.json()["detail"].replace("job_" + "0" * 32, "X").replace("ds_" + "0" * 32, "X")
+    assert service.get("/v1/datasets", headers=bob).json()["count"] == 0
+    assert service.get("/v1/jobs", headers=bob).json()["count"] == 0
+    # Bob cannot train on Alice's dataset either.
+    response = service.post("/v1/jobs", headers=bob, json=job_spec(dataset_id))
+    assert response.status_code == 422 and "not found" in response.text
+    assert service.get(f"/v1/jobs/{job_id}", headers=alice).json()["status"] == "queued"
+
+
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        ({"rewards": [{"name": "os:system"}]}, "unknown reward 'os:system'; valid: exact_match, format_tags"),
+        ({"hyperparameters": {"group_size": 1}}, "group_size must be >= 2"),
+        ({"hyperparameters": {"epsilon": 1.5, "beta": -1}}, "epsilon must be in (0, 1)"),
+        ({"hyperparameters": {"max_step": 3}}, "unknown hyperparameters: max_step"),
+        ({"base_model": "gpt-9"}, "unknown base_model 'gpt-9'; valid: smollm2-135m-instruct, tiny-random-llama"),
+        ({"rewards": [{"name": "regex_match", "params": {}}]}, "param pattern: Field required"),
+        ({"rewards": []}, "rewards"),
+        ({"dataset_id": "ds_" + "1" * 32}, "not found"),
+    ],
+)
+def test_bad_job_specs_are_refused_and_nothing_is_queued(service, alice, dataset_id, change, expected):
+    response = service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id, **change))
+    assert response.status_code == 422, response.text
+    assert expected in response.text
+    assert queued_messages() == 0
+    assert service.get("/v1/jobs", headers=alice).json()["count"] == 0
+
+
+def test_a_dataset_without_the_field_a_reward_needs_is_refused(service, alice):
+    no_answer = upload(service, alice, jsonl([{"prompt": "hi"}])).json()["id"]
+    response = service.post("/v1/jobs", headers=alice, json=job_spec(no_answer))
+    assert response.status_code == 422
+    assert "reward 'numeric_answer' needs dataset field(s) answer" in response.json()["errors"][0]
+    assert queued_messages() == 0
+
+
+def test_malformed_jsonl_is_refused_naming_each_line(service, alice):
+    content = b'{"prompt": "ok", "answer": 1}\n{broken\n{"answer": 2}\n'
+    response = upload(service, alice, content)
+    assert response.status_code == 422
+    body = response.json()
+    assert "2 bad line(s)" in body["detail"]
+    assert body["errors"][0].startswith("line 2: invalid JSON") and body["errors"][1].startswith("line 3: needs exactly one of")
+    assert service.get("/v1/datasets", headers=alice).json()["count"] == 0
+
+
+def test_an_oversized_upload_is_refused_with_413(service, alice):
+    big = jsonl([{"prompt": "x" * 100, "answer": i} for i in range(200)])  # ~25 KB, over the 0.01 MiB cap set here
+    response = upload(service, alice, big)
+    assert response.status_code == 413
+    assert "MiB limit" in response.json()["detail"]
+    assert service.get("/v1/datasets", headers=alice).json()["count"] == 0
+
+
+def test_a_missing_file_field_is_a_clear_error(service, alice):
+    response = service.post("/v1/datasets", headers=alice, data={"other": "x"})
+    assert response.status_code == 422 and "multipart field `file`" in response.json()["detail"]
+
+
+def test_catalog_endpoints(service, alice):
+    models = {m["name"] for m in service.get("/v1/models", headers=alice).json()["data"]}
+    assert models == {"smollm2-135m-instruct", "tiny-random-llama"}
+    rewards = {r["name"]: r for r in service.get("/v1/rewards", headers=alice).json()["data"]}
+    assert {"numeric_answer", "exact_match", "regex_match", "format_tags", "length_target"} <= set(rewards)
+    assert rewards["numeric_answer"]["fields"] == ["answer"]
+    assert "tolerance" in rewards["numeric_answer"]["params_schema"]["properties"]
+
+
+def test_health_readiness_and_openapi(service):
+    assert service.get("/healthz").json() == {"status": "ok", "database": None, "broker": None}
+    assert service.get("/readyz").json() == {"status": "ok", "database": True, "broker": True}
+    schema = service.get("/openapi.json").json()
+    assert {"JobCreate", "JobPublic", "JobsPublic", "DatasetPublic", "MetricsPublic", "CheckpointsPublic", "ErrorBody"} <= set(
+        schema["components"]["schemas"]
+    )
+    assert service.get("/docs").status_code == 200
+
+
+def test_a_large_json_body_is_refused(service, alice, dataset_id):
+    response = service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id, rewards=[{"name": "x" * 300_000}]))
+    assert response.status_code == 413
