@@ -241,8 +241,9 @@ def job_public(job: Job) -> JobPublic:
 def _insert_ignoring_duplicates(session: Session, table, values: dict[str, Any]) -> bool:
     """INSERT ... ON CONFLICT DO NOTHING: a replayed step never writes a second row. True when inserted."""
     dialect = sqlite if session.get_bind().dialect.name == "sqlite" else postgresql
-    result = session.execute(dialect.insert(table).values(**values).on_conflict_do_nothing())
-    return result.rowcount == 1
+    statement = dialect.insert(table).values(**values).on_conflict_do_nothing()
+    # RETURNING, not rowcount: psycopg reports no reliable rowcount for INSERT ... ON CONFLICT.
+    return session.execute(statement.returning(*table.primary_key.columns)).first() is not None
 
 
 def record_metrics(session: Session, *, job_id: str, kind: str, step: int, values: dict[str, float]) -> bool:
