@@ -25,6 +25,9 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy grpo_core
 
+demo: install
+	$(BIN)/python scripts/demo.py
+
 bench-learning: install
 	$(BIN)/python benchmarks/learning.py --seeds 0 1 2 --steps 60
 
