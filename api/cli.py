@@ -1,10 +1,10 @@
 """The `grpo` command.
 
-    grpo serve [--data-dir DIR] [--port N]   API + one supervised Celery worker, SQLite, file-based broker
-    grpo api / grpo worker                   the parts alone, for the scaled-out layout (PostgreSQL, Redis)
-    grpo migrate                             apply database migrations
-    grpo keys create --tenant NAME           print a new API key (once; only its hash is stored)
-    grpo train CONFIG.yaml [--resume]        run a job locally without the service
+grpo serve [--data-dir DIR] [--port N]   API + one supervised Celery worker, SQLite, file-based broker
+grpo api / grpo worker                   the parts alone, for the scaled-out layout (PostgreSQL, Redis)
+grpo migrate                             apply database migrations
+grpo keys create --tenant NAME           print a new API key (once; only its hash is stored)
+grpo train CONFIG.yaml [--resume]        run a job locally without the service
 """
 
 from __future__ import annotations
@@ -80,8 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--host", default="127.0.0.1")
         sub.add_argument("--port", type=int, default=8000)
         sub.add_argument("--data-dir", type=Path, dest="sub_data_dir")
-    commands.add_parser("worker", help="a Celery worker alone").add_argument("--data-dir", type=Path, dest="sub_data_dir")
-    commands.add_parser("migrate", help="apply database migrations").add_argument("--data-dir", type=Path, dest="sub_data_dir")
+    commands.add_parser("worker", help="a Celery worker alone").add_argument(
+        "--data-dir", type=Path, dest="sub_data_dir"
+    )
+    commands.add_parser("migrate", help="apply database migrations").add_argument(
+        "--data-dir", type=Path, dest="sub_data_dir"
+    )
     keys = commands.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", help="create a key for a tenant (made if new) and print it")
     create.add_argument("--tenant", required=True)

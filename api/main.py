@@ -32,7 +32,9 @@ def create_app() -> FastAPI:
         declared = request.headers.get("content-length", "")
         limit = get_settings().max_body_kb * 1024
         if request.url.path != "/v1/datasets" and declared.isdigit() and int(declared) > limit:
-            return JSONResponse({"detail": f"request body larger than {limit // 1024} KiB", "errors": []}, status_code=413)
+            return JSONResponse(
+                {"detail": f"request body larger than {limit // 1024} KiB", "errors": []}, status_code=413
+            )
         return await call_next(request)
 
     @app.exception_handler(NotFound)
@@ -50,7 +52,9 @@ def create_app() -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": str(error.detail), "errors": []}, status_code=error.status_code, headers=error.headers)
+        return JSONResponse(
+            {"detail": str(error.detail), "errors": []}, status_code=error.status_code, headers=error.headers
+        )
 
     return app
 

@@ -59,7 +59,9 @@ def authenticate(session: Session, *, key: str) -> str | None:
     if not key.startswith(KEY_PREFIX) or len(key) > 200:
         return None
     presented = _hash_key(key)
-    candidates = session.execute(select(ApiKey.key_hash, ApiKey.tenant_id).where(ApiKey.prefix == key[: len(KEY_PREFIX) + 8]))
+    candidates = session.execute(
+        select(ApiKey.key_hash, ApiKey.tenant_id).where(ApiKey.prefix == key[: len(KEY_PREFIX) + 8])
+    )
     for key_hash, tenant_id in candidates:
         if hmac.compare_digest(key_hash, presented):
             return tenant_id
@@ -94,7 +96,9 @@ def create_dataset(session: Session, *, tenant_id: str, name: str, content: byte
 
 
 def list_datasets(session: Session, *, tenant_id: str) -> list[Dataset]:
-    return list(session.scalars(select(Dataset).where(Dataset.tenant_id == tenant_id).order_by(Dataset.created_at.desc())))
+    return list(
+        session.scalars(select(Dataset).where(Dataset.tenant_id == tenant_id).order_by(Dataset.created_at.desc()))
+    )
 
 
 def get_dataset(session: Session, *, tenant_id: str, dataset_id: str) -> Dataset:
@@ -179,7 +183,9 @@ def get_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
     return job
 
 
-def list_jobs(session: Session, *, tenant_id: str, status: str | None, limit: int, offset: int) -> tuple[list[Job], int]:
+def list_jobs(
+    session: Session, *, tenant_id: str, status: str | None, limit: int, offset: int
+) -> tuple[list[Job], int]:
     query = select(Job).where(Job.tenant_id == tenant_id)
     if status:
         query = query.where(Job.status == status)
@@ -248,7 +254,9 @@ def _insert_ignoring_duplicates(session: Session, table, values: dict[str, Any])
 
 def record_metrics(session: Session, *, job_id: str, kind: str, step: int, values: dict[str, float]) -> bool:
     inserted = _insert_ignoring_duplicates(
-        session, MetricRow.__table__, {"job_id": job_id, "kind": kind, "step": step, "values": values, "created_at": utcnow()}
+        session,
+        MetricRow.__table__,
+        {"job_id": job_id, "kind": kind, "step": step, "values": values, "created_at": utcnow()},
     )
     if inserted:
         record_event(session, job_id=job_id, type="metrics", data={"step": step, "kind": kind, "values": values})
@@ -269,7 +277,9 @@ def record_event(session: Session, *, job_id: str, type: str, data: dict[str, An
     session.add(Event(job_id=job_id, type=type, data=data))
 
 
-def list_metrics(session: Session, *, job_id: str, after_step: int, limit_steps: int) -> tuple[list[MetricRow], int | None]:
+def list_metrics(
+    session: Session, *, job_id: str, after_step: int, limit_steps: int
+) -> tuple[list[MetricRow], int | None]:
     """Metric rows of the next `limit_steps` steps after `after_step` (a step's train and eval rows never split
     across pages), and the cursor for the page after, or None when this page is the last."""
     steps = list(
@@ -293,11 +303,17 @@ def list_metrics(session: Session, *, job_id: str, after_step: int, limit_steps:
 
 
 def events_after(session: Session, *, job_id: str, after_id: int, limit: int = 500) -> list[Event]:
-    return list(session.scalars(select(Event).where(Event.job_id == job_id, Event.id > after_id).order_by(Event.id).limit(limit)))
+    return list(
+        session.scalars(
+            select(Event).where(Event.job_id == job_id, Event.id > after_id).order_by(Event.id).limit(limit)
+        )
+    )
 
 
 def list_checkpoints(session: Session, *, job_id: str) -> list[CheckpointRow]:
-    return list(session.scalars(select(CheckpointRow).where(CheckpointRow.job_id == job_id).order_by(CheckpointRow.step)))
+    return list(
+        session.scalars(select(CheckpointRow).where(CheckpointRow.job_id == job_id).order_by(CheckpointRow.step))
+    )
 
 
 def get_checkpoint(session: Session, *, job_id: str, step: int | None) -> CheckpointRow:

@@ -18,7 +18,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GRPO_")
 
-    data_dir: Path = Field(Path(".grpo"), description="Database, broker folder, datasets and adapters (embedded default)")
+    data_dir: Path = Field(
+        Path(".grpo"), description="Database, broker folder, datasets and adapters (embedded default)"
+    )
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/grpo.db")
     broker_url: str | None = Field(None, description="Celery broker URL; default filesystem:// under <data_dir>/broker")
     queue: str = Field("grpo", description="Celery queue the API sends jobs to and workers consume")

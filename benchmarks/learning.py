@@ -83,8 +83,10 @@ def main() -> None:
         before, after = recorder.evals[0][1], recorder.evals[-1][1]
         summary.append((seed, before, after, wall))
 
-    print(f"\n{args.model}, {args.steps} steps, G={args.group_size}, lr={args.learning_rate}, LoRA r={args.lora_r}, "
-          f"{args.max_new_tokens} new tokens, held-out: {len(eval_rows)} prompts")
+    print(
+        f"\n{args.model}, {args.steps} steps, G={args.group_size}, lr={args.learning_rate}, LoRA r={args.lora_r}, "
+        f"{args.max_new_tokens} new tokens, held-out: {len(eval_rows)} prompts"
+    )
     print("seed | sampled before -> after | greedy before -> after | wall")
     for seed, before, after, wall in summary:
         print(
@@ -94,7 +96,9 @@ def main() -> None:
         )
     rises = [after["eval_reward_sampled"] - before["eval_reward_sampled"] for _, before, after, _ in summary]
     spread = statistics.stdev(rises) if len(rises) > 1 else 0.0
-    print(f"sampled rise: mean {statistics.mean(rises):+.3f}, min {min(rises):+.3f}, max {max(rises):+.3f}, stdev {spread:.3f}")
+    print(
+        f"sampled rise: mean {statistics.mean(rises):+.3f}, min {min(rises):+.3f}, max {max(rises):+.3f}, stdev {spread:.3f}"
+    )
 
 
 if __name__ == "__main__":

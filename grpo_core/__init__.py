@@ -8,7 +8,7 @@ from grpo_core.algorithms import aggregate_token_losses, compute_group_advantage
 from grpo_core.config import GRPOConfig, LoraSettings, RewardSpec
 from grpo_core.data import DatasetError, arithmetic_task, load_jsonl, parse_jsonl
 from grpo_core.models import CATALOG, ModelLoadError, load_base_model
-from grpo_core.rewards import RewardSpecError, reward_registry, resolve_rewards, score_completions
+from grpo_core.rewards import RewardSpecError, resolve_rewards, reward_registry, score_completions
 from grpo_core.trainer import GRPOTrainer, TrainerCallback, TrainResult, evaluate, grpo_step
 
 __all__ = [

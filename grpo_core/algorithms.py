@@ -68,9 +68,7 @@ def _no_scaling(grouped_rewards: torch.Tensor, centered: torch.Tensor) -> torch.
     return centered
 
 
-def compute_group_advantages(
-    rewards: torch.Tensor, group_size: int, scale_rewards: str = "group"
-) -> torch.Tensor:
+def compute_group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str = "group") -> torch.Tensor:
     """Advantage of each completion relative to the other completions of its prompt.
 
     rewards: [N] with N = prompts x group_size, the group_size completions of a prompt adjacent.
@@ -78,7 +76,9 @@ def compute_group_advantages(
     function that could not score) counts as 0. A group whose rewards are all equal gives exactly 0.
     """
     if rewards.dim() != 1 or rewards.numel() % group_size != 0:
-        raise ValueError(f"rewards must be 1-D with a multiple of group_size={group_size} items, got {tuple(rewards.shape)}")
+        raise ValueError(
+            f"rewards must be 1-D with a multiple of group_size={group_size} items, got {tuple(rewards.shape)}"
+        )
     scale = _lookup(REWARD_SCALINGS, scale_rewards, "scale_rewards")
     grouped = torch.nan_to_num(rewards.float(), nan=0.0).view(-1, group_size)
     centered = grouped - grouped.mean(dim=1, keepdim=True)
@@ -123,7 +123,9 @@ def aggregate_token_losses(
     token_loss: torch.Tensor, completion_mask: torch.Tensor, loss_type: str, max_completion_length: int
 ) -> torch.Tensor:
     """Reduce a [N, T] matrix of per-token losses to a scalar, counting only tokens where completion_mask is 1."""
-    return _lookup(LOSS_AGGREGATIONS, loss_type, "loss_type")(token_loss, completion_mask.to(token_loss.dtype), max_completion_length)
+    return _lookup(LOSS_AGGREGATIONS, loss_type, "loss_type")(
+        token_loss, completion_mask.to(token_loss.dtype), max_completion_length
+    )
 
 
 # --- the policy loss --------------------------------------------------------------------------------------------

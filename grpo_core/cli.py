@@ -70,15 +70,19 @@ class ProgressBar(TrainerCallback):
         from tqdm import tqdm
 
         self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
-        self.last_eval: dict[str, float] = {}
+        self.last_eval: dict[str, str] = {}
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         self.bar.update(step - self.bar.n)
-        self.bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics.get('kl', 0.0):.4f}", **self.last_eval)
+        self.bar.set_postfix(
+            reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics.get('kl', 0.0):.4f}", **self.last_eval
+        )
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
         self.last_eval = {"eval": f"{metrics['eval_reward_sampled']:.3f}"}
-        self.bar.write(f"step {step}: held-out reward sampled {metrics['eval_reward_sampled']:.3f}, greedy {metrics['eval_reward_greedy']:.3f}")
+        self.bar.write(
+            f"step {step}: held-out reward sampled {metrics['eval_reward_sampled']:.3f}, greedy {metrics['eval_reward_greedy']:.3f}"
+        )
 
     def on_checkpoint(self, checkpoint: Checkpoint) -> None:
         self.bar.write(f"step {checkpoint.step}: checkpoint {checkpoint.path}")
@@ -99,7 +103,9 @@ def train_command(config_path: Path, resume: bool) -> int:
     resume_step = 0
     if resume and (checkpoint := latest_checkpoint(output_dir / "checkpoints")):
         resume_step = checkpoint.step
-    (output_dir / "config.json").write_text(json.dumps({**spec, "hyperparameters": config.to_dict()}, indent=2, default=str))
+    (output_dir / "config.json").write_text(
+        json.dumps({**spec, "hyperparameters": config.to_dict()}, indent=2, default=str)
+    )
     trainer = GRPOTrainer(
         base_model=spec["base_model"],
         train_rows=load_dataset(spec["dataset"], base),
@@ -107,10 +113,15 @@ def train_command(config_path: Path, resume: bool) -> int:
         rewards=[RewardSpec(**reward) for reward in spec["rewards"]],
         config=config,
         output_dir=output_dir,
-        callbacks=[JsonlMetricsWriter(output_dir / "metrics.jsonl", resume_step), ProgressBar(config.max_steps, resume_step)],
+        callbacks=[
+            JsonlMetricsWriter(output_dir / "metrics.jsonl", resume_step),
+            ProgressBar(config.max_steps, resume_step),
+        ],
     )
     result = trainer.train(resume=resume)
-    print(f"done: {result.final_step} steps; adapter in {result.adapter_dir}; metrics in {output_dir / 'metrics.jsonl'}")
+    print(
+        f"done: {result.final_step} steps; adapter in {result.adapter_dir}; metrics in {output_dir / 'metrics.jsonl'}"
+    )
     return 0
 
 

@@ -46,14 +46,20 @@ def row_problem(row: Any) -> str | None:
     if not isinstance(messages, list) or not messages:
         return "`messages` must be a non-empty list"
     for i, message in enumerate(messages):
-        if not (isinstance(message, dict) and isinstance(message.get("role"), str) and isinstance(message.get("content"), str)):
+        if not (
+            isinstance(message, dict)
+            and isinstance(message.get("role"), str)
+            and isinstance(message.get("content"), str)
+        ):
             return f"`messages[{i}]` must be an object with string `role` and `content`"
     return None
 
 
 def parse_jsonl(lines: Iterable[str | bytes]) -> list[dict[str, Any]]:
     """Parse JSONL text into rows, or raise DatasetError naming every bad line. Blank lines are skipped."""
-    rows, errors, total_errors = [], [], 0
+    rows: list[dict[str, Any]] = []
+    errors: list[LineError] = []
+    total_errors = 0
     for number, raw in enumerate(lines, start=1):
         try:
             text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
@@ -127,11 +133,7 @@ ARITHMETIC_TEMPLATE = "What is {a} + {b}?"
 def arithmetic_task(eval_fraction: float = 0.2, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """Single-digit addition ("What is 6 + 8?", answer 14): a (train, eval) split of the 100 pairs, the eval pairs
     never trained on. SmolLM2-135M solves some but not all at temperature 1, so groups are mixed and GRPO learns."""
-    rows = [
-        {"prompt": ARITHMETIC_TEMPLATE.format(a=a, b=b), "answer": a + b}
-        for a in range(10)
-        for b in range(10)
-    ]
+    rows = [{"prompt": ARITHMETIC_TEMPLATE.format(a=a, b=b), "answer": a + b} for a in range(10) for b in range(10)]
     random.Random(seed).shuffle(rows)
     cut = int(len(rows) * eval_fraction)
     return rows[cut:], rows[:cut]

@@ -156,7 +156,7 @@ CATALOG: dict[str, CatalogEntry] = {
 }
 
 
-def resolve_model_dir(name: str, cache_dir: Path | None = None) -> Path | str:
+def resolve_model_dir(name: str, cache_dir: str | Path | None = None) -> Path | str:
     """A local folder for a catalog name or folder path; a hub id is returned unchanged."""
     if name in CATALOG:
         return CATALOG[name].materialize(Path(cache_dir) if cache_dir else default_cache_dir())
@@ -173,7 +173,7 @@ def resolve_model_dir(name: str, cache_dir: Path | None = None) -> Path | str:
     )
 
 
-def load_tokenizer(name: str, cache_dir: Path | None = None):
+def load_tokenizer(name: str, cache_dir: str | Path | None = None):
     from transformers import AutoTokenizer
 
     source = resolve_model_dir(name, cache_dir)
@@ -185,7 +185,7 @@ def load_tokenizer(name: str, cache_dir: Path | None = None):
     return tokenizer
 
 
-def load_base_model(name: str, cache_dir: Path | None = None, dtype: torch.dtype = torch.float32):
+def load_base_model(name: str, cache_dir: str | Path | None = None, dtype: torch.dtype = torch.float32):
     """Load a base model and its tokenizer from a catalog name, a local folder, or a hub id.
 
     Returns (model, tokenizer). Catalog models are converted or built once into `cache_dir`

@@ -92,7 +92,9 @@ def resolve_rewards(
             continue
         missing = [f for f in fn.fields(params) if dataset_fields is not None and f not in dataset_fields]
         if missing:
-            problems.append(f"reward {spec.name!r} needs dataset field(s) {', '.join(missing)}, which the dataset lacks")
+            problems.append(
+                f"reward {spec.name!r} needs dataset field(s) {', '.join(missing)}, which the dataset lacks"
+            )
         resolved.append((fn, params, float(spec.weight)))
     if problems:
         raise RewardSpecError(problems)

@@ -27,7 +27,9 @@ class SampleBatch:
         return torch.cat([self.prompt_mask, self.completion_mask], dim=1)
 
 
-def completion_mask_from_eos(completion_ids: torch.Tensor, eos_token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_mask_from_eos(
+    completion_ids: torch.Tensor, eos_token_ids: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask [N, T] that keeps each completion up to and including its first EOS, and truncated [N] (no EOS)."""
     is_eos = torch.isin(completion_ids, torch.tensor(eos_token_ids, device=completion_ids.device))
     # Number of EOS strictly before each position: 0 means the token is still part of the answer.
@@ -65,7 +67,9 @@ def sample_groups(
     model.eval()
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     eos_ids = eos_token_ids(model, tokenizer)
-    sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+    sampling = (
+        {"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+    )
     output = model.generate(
         input_ids=encoded.input_ids,
         attention_mask=encoded.attention_mask,

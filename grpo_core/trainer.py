@@ -190,7 +190,9 @@ def grpo_step(
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, rows: Sequence[Mapping[str, Any]], rewards: ResolvedRewards, config: GRPOConfig) -> dict[str, float]:
+def evaluate(
+    model, tokenizer, rows: Sequence[Mapping[str, Any]], rewards: ResolvedRewards, config: GRPOConfig
+) -> dict[str, float]:
     """Mean reward on held-out rows: sampled (eval_samples_per_prompt each, at the training temperature) and
     greedy. Runs on its own RNG stream, so evaluating never changes what training samples next."""
     prompts = [render_prompt(row, tokenizer) for row in rows]
@@ -246,7 +248,11 @@ class GRPOTrainer:
         self.checkpoint_dir = self.output_dir / "checkpoints"
         self.callbacks = list(callbacks)
         self.cache_dir = cache_dir
-        self.model = self.tokenizer = self.optimizer = self.scheduler = None
+        # Built by setup(): kept out of __init__ so a bad spec is refused before any model is loaded.
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.optimizer: Any = None
+        self.scheduler: Any = None
 
     def setup(self) -> None:
         torch.manual_seed(self.config.seed)

@@ -100,7 +100,9 @@ def main() -> int:
     for name in ("GRPO_DATABASE_URL", "GRPO_BROKER_URL"):
         env.pop(name, None)  # the demo is the embedded default
     grpo = [sys.executable, "-m", "api.cli"]
-    key = subprocess.run([*grpo, "keys", "create", "--tenant", "demo"], env=env, check=True, capture_output=True, text=True).stdout.strip()
+    key = subprocess.run(
+        [*grpo, "keys", "create", "--tenant", "demo"], env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
     print(f"created an API key for tenant 'demo': {key[:13]}...")
 
     base_url = f"http://127.0.0.1:{args.port}"
@@ -109,8 +111,16 @@ def main() -> int:
         wait_ready(base_url, service)
         client = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
         train_rows, eval_rows = arithmetic_task()
-        train_id = client.post("/v1/datasets", files={"file": ("train.jsonl", jsonl(train_rows))}).raise_for_status().json()["id"]
-        eval_id = client.post("/v1/datasets", files={"file": ("heldout.jsonl", jsonl(eval_rows))}).raise_for_status().json()["id"]
+        train_id = (
+            client.post("/v1/datasets", files={"file": ("train.jsonl", jsonl(train_rows))})
+            .raise_for_status()
+            .json()["id"]
+        )
+        eval_id = (
+            client.post("/v1/datasets", files={"file": ("heldout.jsonl", jsonl(eval_rows))})
+            .raise_for_status()
+            .json()["id"]
+        )
         print(f"uploaded {len(train_rows)} training prompts and {len(eval_rows)} held-out prompts ('What is 6 + 8?')")
 
         spec = {
@@ -118,7 +128,12 @@ def main() -> int:
             "dataset_id": train_id,
             "eval_dataset_id": eval_id,
             "rewards": [{"name": "numeric_answer", "weight": 1.0}],
-            "hyperparameters": {**HYPERPARAMETERS, "max_steps": args.steps, "eval_every": args.steps, "seed": args.seed},
+            "hyperparameters": {
+                **HYPERPARAMETERS,
+                "max_steps": args.steps,
+                "eval_every": args.steps,
+                "seed": args.seed,
+            },
         }
         job = client.post("/v1/jobs", json=spec).raise_for_status().json()
         print(f"submitted {job['id']}: {args.model}, {args.steps} steps, G={HYPERPARAMETERS['group_size']}")
@@ -135,7 +150,9 @@ def main() -> int:
         with tarfile.open(fileobj=io.BytesIO(download.content), mode="r:gz") as archive:
             folder = adapter_root / archive.getnames()[0].split("/")[0]
             archive.extractall(adapter_root, filter="data")
-        print(f"downloaded the adapter ({len(download.content) / 1e6:.1f} MB, sha256 {digest[:16]}... verified) to {folder}")
+        print(
+            f"downloaded the adapter ({len(download.content) / 1e6:.1f} MB, sha256 {digest[:16]}... verified) to {folder}"
+        )
 
         from peft import PeftModel
 

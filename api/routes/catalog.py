@@ -22,5 +22,7 @@ def list_rewards(tenant_id: TenantDep) -> RewardsPublic:
             fields = list(fn.fields(fn.params_model()))
         except Exception:  # params without defaults: the fields depend on what the job passes
             fields = []
-        data.append(RewardPublic(name=fn.name, description=fn.description, params_schema=fn.params_schema(), fields=fields))
+        data.append(
+            RewardPublic(name=fn.name, description=fn.description, params_schema=fn.params_schema(), fields=fields)
+        )
     return RewardsPublic(data=data)

@@ -5,14 +5,16 @@ from starlette.formparsers import MultiPartException
 from api import services
 from api.deps import SessionDep, TenantDep
 from api.schemas import DatasetPublic, DatasetsPublic, ErrorBody
-from api.settings import get_settings
 from api.services import InvalidInput
+from api.settings import get_settings
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
 def _too_large(limit_bytes: int) -> InvalidInput:
-    return InvalidInput(f"upload larger than the {limit_bytes / 2**20:g} MiB limit (GRPO_MAX_UPLOAD_MB)", status_code=413)
+    return InvalidInput(
+        f"upload larger than the {limit_bytes / 2**20:g} MiB limit (GRPO_MAX_UPLOAD_MB)", status_code=413
+    )
 
 
 @router.post(
@@ -28,7 +30,9 @@ def _too_large(limit_bytes: int) -> InvalidInput:
                     "schema": {
                         "type": "object",
                         "required": ["file"],
-                        "properties": {"file": {"type": "string", "format": "binary", "description": "JSONL: one row per line"}},
+                        "properties": {
+                            "file": {"type": "string", "format": "binary", "description": "JSONL: one row per line"}
+                        },
                     }
                 }
             },
@@ -54,7 +58,9 @@ async def upload_dataset(request: Request, session: SessionDep, tenant_id: Tenan
     content = await upload.read(limit + 1)
     if len(content) > limit:
         raise _too_large(limit)
-    dataset = services.create_dataset(session, tenant_id=tenant_id, name=upload.filename or "dataset.jsonl", content=content)
+    dataset = services.create_dataset(
+        session, tenant_id=tenant_id, name=upload.filename or "dataset.jsonl", content=content
+    )
     session.commit()
     return DatasetPublic.model_validate(dataset)
 

@@ -136,7 +136,9 @@ async def stream_events(
 def list_checkpoints(job_id: str, session: SessionDep, tenant_id: TenantDep) -> CheckpointsPublic:
     services.get_job(session, tenant_id=tenant_id, job_id=job_id)
     rows = services.list_checkpoints(session, job_id=job_id)
-    return CheckpointsPublic(data=[CheckpointPublic(step=r.step, bytes=r.bytes, sha256=r.sha256, created_at=r.created_at) for r in rows])
+    return CheckpointsPublic(
+        data=[CheckpointPublic(step=r.step, bytes=r.bytes, sha256=r.sha256, created_at=r.created_at) for r in rows]
+    )
 
 
 def _adapter_download(session, tenant_id: str, job_id: str, step: int | None) -> FileResponse:

@@ -141,9 +141,13 @@ def test_another_tenants_ids_answer_404_like_missing_ones(service, alice, bob, d
     ]
     for method, path in paths:
         theirs = getattr(service, method)(path, headers=bob)
-        missing = getattr(service, method)(path.replace(job_id, "job_" + "0" * 32).replace(dataset_id, "ds_" + "0" * 32), headers=bob)
+        missing = getattr(service, method)(
+            path.replace(job_id, "job_" + "0" * 32).replace(dataset_id, "ds_" + "0" * 32), headers=bob
+        )
         assert theirs.status_code == 404 == missing.status_code, (method, path)
-        assert theirs.json()["detail"].replace(job_id, "X").replace(dataset_id, "X") == missing.json()["detail"].replace("job_" + "0" * 32, "X").replace("ds_" + "0" * 32, "X")
+        assert theirs.json()["detail"].replace(job_id, "X").replace(dataset_id, "X") == missing.json()[
+            "detail"
+        ].replace("job_" + "0" * 32, "X").replace("ds_" + "0" * 32, "X")
     assert service.get("/v1/datasets", headers=bob).json()["count"] == 0
     assert service.get("/v1/jobs", headers=bob).json()["count"] == 0
     # Bob cannot train on Alice's dataset either.
@@ -187,7 +191,9 @@ def test_malformed_jsonl_is_refused_naming_each_line(service, alice):
     assert response.status_code == 422
     body = response.json()
     assert "2 bad line(s)" in body["detail"]
-    assert body["errors"][0].startswith("line 2: invalid JSON") and body["errors"][1].startswith("line 3: needs exactly one of")
+    assert body["errors"][0].startswith("line 2: invalid JSON") and body["errors"][1].startswith(
+        "line 3: needs exactly one of"
+    )
     assert service.get("/v1/datasets", headers=alice).json()["count"] == 0
 
 
@@ -217,9 +223,15 @@ def test_health_readiness_and_openapi(service):
     assert service.get("/healthz").json() == {"status": "ok", "database": None, "broker": None}
     assert service.get("/readyz").json() == {"status": "ok", "database": True, "broker": True}
     schema = service.get("/openapi.json").json()
-    assert {"JobCreate", "JobPublic", "JobsPublic", "DatasetPublic", "MetricsPublic", "CheckpointsPublic", "ErrorBody"} <= set(
-        schema["components"]["schemas"]
-    )
+    assert {
+        "JobCreate",
+        "JobPublic",
+        "JobsPublic",
+        "DatasetPublic",
+        "MetricsPublic",
+        "CheckpointsPublic",
+        "ErrorBody",
+    } <= set(schema["components"]["schemas"])
     assert service.get("/docs").status_code == 200
 
 

@@ -29,7 +29,9 @@ class RunningService:
         self.base_url, self.env, self.processes = base_url, env, processes
 
     def grpo(self, *args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "api.cli", *args], env=self.env, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "api.cli", *args], env=self.env, capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
@@ -64,7 +66,10 @@ def running_service(request, tmp_path_factory):
             env=env, stdout=open(logs / "api.log", "w"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         worker = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "worker"], env=env, stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT
+            [sys.executable, "-m", "api.cli", "worker"],
+            env=env,
+            stdout=open(logs / "worker.log", "w"),
+            stderr=subprocess.STDOUT,
         )
         base_url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60

@@ -76,7 +76,18 @@ def test_loss_and_gradient_match_the_formula(loss_type, beta):
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.float32)
 
     cur = start.clone().requires_grad_(True)
-    out = compute_policy_loss(cur, old, ref, adv, mask, epsilon=0.2, epsilon_high=0.28, beta=beta, loss_type=loss_type, max_completion_length=6)
+    out = compute_policy_loss(
+        cur,
+        old,
+        ref,
+        adv,
+        mask,
+        epsilon=0.2,
+        epsilon_high=0.28,
+        beta=beta,
+        loss_type=loss_type,
+        max_completion_length=6,
+    )
     out.loss.backward()
 
     cur_ref = start.clone().requires_grad_(True)

@@ -16,12 +16,21 @@ CONFIG = {
     "eval_dataset": "prompts.jsonl",
     "output_dir": "out",
     "rewards": [{"name": "length_target", "params": {"target": 30}}, {"name": "numeric_answer", "weight": 0.5}],
-    "hyperparameters": {"group_size": 2, "max_steps": 3, "max_new_tokens": 6, "checkpoint_every": 2, "eval_every": 2, "lora": {"r": 2}},
+    "hyperparameters": {
+        "group_size": 2,
+        "max_steps": 3,
+        "max_new_tokens": 6,
+        "checkpoint_every": 2,
+        "eval_every": 2,
+        "lora": {"r": 2},
+    },
 }
 
 
 def run_grpo(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "grpo_core.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "grpo_core.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_train_writes_metrics_and_loadable_checkpoints_and_resumes(tmp_path):
@@ -43,7 +52,9 @@ def test_train_writes_metrics_and_loadable_checkpoints_and_resumes(tmp_path):
     assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
 
     # A longer run resumed from the finished one continues at step 4 and keeps each step once in metrics.jsonl.
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump({**CONFIG, "hyperparameters": {**CONFIG["hyperparameters"], "max_steps": 4}}))
+    (tmp_path / "job.yaml").write_text(
+        yaml.safe_dump({**CONFIG, "hyperparameters": {**CONFIG["hyperparameters"], "max_steps": 4}})
+    )
     resumed = run_grpo("train", "job.yaml", "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
@@ -51,6 +62,7 @@ def test_train_writes_metrics_and_loadable_checkpoints_and_resumes(tmp_path):
 
 
 def test_bad_config_is_a_clear_error_not_a_traceback(tmp_path):
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "What is 2 + 2?", "answer": 4}\n')
     bad = {**CONFIG, "rewards": [{"name": "os:system"}], "hyperparameters": {"group_size": 1}}
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(bad))
     done = run_grpo("train", "job.yaml", cwd=tmp_path)
@@ -60,3 +72,8 @@ def test_bad_config_is_a_clear_error_not_a_traceback(tmp_path):
     (tmp_path / "job.yaml").write_text(yaml.safe_dump({**CONFIG, "rewards": [{"name": "os:system"}]}))
     done = run_grpo("train", "job.yaml", cwd=tmp_path)
     assert done.returncode == 2 and "unknown reward 'os:system'" in done.stderr
+
+    (tmp_path / "prompts.jsonl").unlink()
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(CONFIG))
+    done = run_grpo("train", "job.yaml", cwd=tmp_path)
+    assert done.returncode == 2 and "No such file or directory" in done.stderr and "prompts.jsonl" in done.stderr

@@ -6,7 +6,11 @@ from grpo_core.data import DatasetError, arithmetic_task, dataset_fields, parse_
 
 
 def test_parses_prompt_and_messages_rows_and_skips_blank_lines():
-    text = ['{"prompt": "hi", "answer": 1}', "", json.dumps({"messages": [{"role": "user", "content": "yo"}], "answer": 2})]
+    text = [
+        '{"prompt": "hi", "answer": 1}',
+        "",
+        json.dumps({"messages": [{"role": "user", "content": "yo"}], "answer": 2}),
+    ]
     rows = parse_jsonl(text)
     assert len(rows) == 2
     assert dataset_fields(rows) == {"answer"}
@@ -59,5 +63,7 @@ def test_render_prompt_uses_the_chat_template(tiny_model_dir):
     text = render_prompt({"prompt": "What is 1 + 1?"}, tokenizer)
     assert "<|im_start|>user\nWhat is 1 + 1?<|im_end|>" in text
     assert text.endswith("<|im_start|>assistant\n")
-    chat = render_prompt({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}, tokenizer)
+    chat = render_prompt(
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}, tokenizer
+    )
     assert "Be brief." in chat and "helpful AI assistant" not in chat

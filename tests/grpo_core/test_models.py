@@ -34,8 +34,10 @@ def test_smollm2_converts_to_a_plain_trainable_checkpoint():
     model, tokenizer = load_base_model("smollm2-135m-instruct")
     assert getattr(model, "hf_quantizer", None) is None and not hasattr(model.config, "quantization_config")
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}], add_generation_prompt=True, return_tensors="pt")
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2 + 3?"}], add_generation_prompt=True, return_tensors="pt"
+    )
     ids = ids["input_ids"] if not torch.is_tensor(ids) else ids
     out = model.generate(ids, max_new_tokens=24, do_sample=False)
-    assert "5" in tokenizer.decode(out[0, ids.shape[1]:])
+    assert "5" in tokenizer.decode(out[0, ids.shape[1] :])
     assert "smollm2-135m-instruct" in CATALOG

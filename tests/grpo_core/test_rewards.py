@@ -1,7 +1,14 @@
 import pytest
 
 from grpo_core.config import RewardSpec
-from grpo_core.rewards import RewardFunction, RewardParams, RewardSpecError, last_number, resolve_rewards, score_completions
+from grpo_core.rewards import (
+    RewardFunction,
+    RewardParams,
+    RewardSpecError,
+    last_number,
+    resolve_rewards,
+    score_completions,
+)
 
 
 def score_one(name, completion, row=None, **params):
@@ -98,4 +105,7 @@ def test_operator_rewards_come_from_entry_points(monkeypatch):
     import grpo_core.rewards as rewards_module
 
     monkeypatch.setattr(rewards_module, "entry_points", lambda group: [FakeEntryPoint()])
-    assert score_completions(["HI", "hi"], [{}, {}], resolve_rewards([RewardSpec("shout")])).rewards.tolist() == [1.0, 0.0]
+    assert score_completions(["HI", "hi"], [{}, {}], resolve_rewards([RewardSpec("shout")])).rewards.tolist() == [
+        1.0,
+        0.0,
+    ]

@@ -23,10 +23,15 @@ def test_selective_log_softmax_equals_the_full_log_softmax_gather():
 def test_groups_are_adjacent_and_logprobs_match_a_plain_forward_pass():
     torch.manual_seed(0)
     model, tokenizer = load_base_model("tiny-random-llama")
-    prompts = ["<|im_start|>user\nWhat is 1 + 1?<|im_end|>\n<|im_start|>assistant\n", "<|im_start|>user\nHi<|im_end|>\n"]
+    prompts = [
+        "<|im_start|>user\nWhat is 1 + 1?<|im_end|>\n<|im_start|>assistant\n",
+        "<|im_start|>user\nHi<|im_end|>\n",
+    ]
     batch = sample_groups(model, tokenizer, prompts, group_size=3, max_new_tokens=6, temperature=1.0)
     assert batch.completion_ids.shape[0] == 6
-    assert torch.equal(batch.prompt_ids[0], batch.prompt_ids[2]) and not torch.equal(batch.prompt_ids[2], batch.prompt_ids[3])
+    assert torch.equal(batch.prompt_ids[0], batch.prompt_ids[2]) and not torch.equal(
+        batch.prompt_ids[2], batch.prompt_ids[3]
+    )
     # Padding is on the left, so the shorter second prompt starts with pad tokens (mask 0).
     assert batch.prompt_mask[3, 0] == 0 and batch.prompt_mask[0].all()
 
@@ -34,5 +39,7 @@ def test_groups_are_adjacent_and_logprobs_match_a_plain_forward_pass():
     # Check one unpadded sequence against a direct forward pass over its tokens.
     row = batch.input_ids[0]
     logits = model(row.unsqueeze(0)).logits[0, :-1]
-    direct = torch.log_softmax(logits, -1).gather(-1, row[1:].unsqueeze(-1)).squeeze(-1)[-batch.completion_ids.shape[1]:]
+    direct = (
+        torch.log_softmax(logits, -1).gather(-1, row[1:].unsqueeze(-1)).squeeze(-1)[-batch.completion_ids.shape[1] :]
+    )
     torch.testing.assert_close(logprobs[0], direct, rtol=1e-4, atol=1e-4)

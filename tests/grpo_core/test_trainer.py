@@ -11,7 +11,14 @@ LENGTH_REWARD = [RewardSpec("length_target", params={"target": 60})]
 
 
 def tiny_config(**overrides):
-    values = dict(group_size=4, prompts_per_step=2, max_steps=2, max_new_tokens=8, checkpoint_every=0, lora=LoraSettings(r=4, alpha=8))
+    values = dict(
+        group_size=4,
+        prompts_per_step=2,
+        max_steps=2,
+        max_new_tokens=8,
+        checkpoint_every=0,
+        lora=LoraSettings(r=4, alpha=8),
+    )
     return GRPOConfig(**{**values, **overrides})
 
 
@@ -58,7 +65,9 @@ def test_two_steps_change_lora_weights_and_leave_base_weights_bit_identical(tmp_
     assert result.final_step == 2 and len(recorder.steps) == 2
     for _, metrics in recorder.steps:
         assert torch.isfinite(torch.tensor(metrics["loss"]))
-        assert metrics["zero_std_group_fraction"] < 1.0, "the reward must give mixed groups for this test to mean anything"
+        assert metrics["zero_std_group_fraction"] < 1.0, (
+            "the reward must give mixed groups for this test to mean anything"
+        )
         assert metrics["kl"] >= 0.0
     params = dict(trainer.model.named_parameters())
     assert any(not torch.equal(params[n], before) for n, before in lora_before.items())
