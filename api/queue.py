@@ -28,9 +28,11 @@ def get_celery() -> Celery:
             "control_folder": str(folder / "control"),
         }
     else:
-        # Redis redelivers an unacknowledged message after the visibility timeout; a GRPO job runs for hours, so
-        # the timeout is set past any job (the database lease, not the broker, guards against double runs).
-        transport_options = {"visibility_timeout": 12 * 3600}
+        # Redis hands an unacknowledged message to another worker after the visibility timeout, even while the
+        # first still runs it. GRPO jobs run for hours, so that will happen; it is harmless because a second
+        # delivery finds the job's lease held and backs off. The timeout only bounds how long a message whose
+        # worker died waits before it is delivered again (the reconciler usually requeues it sooner).
+        transport_options = {"visibility_timeout": settings.broker_visibility_timeout}
     app.conf.update(
         broker_url=settings.resolved_broker_url,
         broker_transport_options=transport_options,
@@ -40,10 +42,16 @@ def get_celery() -> Celery:
         task_serializer="json",
         accept_content=["json"],
         # One job per worker process at a time: take one message, acknowledge it only when the job is done, so a
-        # worker that dies mid-job leaves the message to be delivered again.
+        # worker that dies mid-job leaves the message to be delivered again (Redis) rather than dropping it. With
+        # the folder broker a message is gone once taken; there the reconciler requeues the job from the database.
         worker_prefetch_multiplier=1,
         task_acks_late=True,
+        # A child process lost mid-task (prefork pool): requeue its message instead of acknowledging it.
         task_reject_on_worker_lost=True,
+        # No time limits: a job's length is its max_steps, and cancel is how a user stops one. A hung worker
+        # stops renewing its lease, and that, not a timer, hands the job on.
+        task_time_limit=None,
+        task_soft_time_limit=None,
         worker_hijack_root_logger=False,
     )
     return app

@@ -28,6 +28,19 @@ class Settings(BaseSettings):
     max_body_kb: int = Field(256, gt=0, description="Largest JSON request body, in KiB")
     sqlite_busy_timeout_ms: int = Field(30_000, description="How long a SQLite writer waits for the lock")
     events_poll_seconds: float = Field(0.5, gt=0, description="How often the event stream looks for new events")
+    lease_seconds: float = Field(
+        60.0, gt=0, description="A worker that has not renewed its job's lease for this long is taken for dead"
+    )
+    reconcile_every_seconds: float = Field(10.0, gt=0, description="How often each worker looks for lost jobs")
+    requeue_queued_after_seconds: float = Field(
+        300.0, gt=0, description="A job queued this long with no worker taking it is sent to the broker again"
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Times a job is started before a job that keeps killing its worker fails"
+    )
+    broker_visibility_timeout: float = Field(
+        3600.0, gt=0, description="Redis: seconds before an unacknowledged message is redelivered"
+    )
     model_cache: Path | None = Field(None, description="Converted base models; default ~/.cache/grpo-service/models")
 
     @property

@@ -1,12 +1,30 @@
 """The Celery worker's entry module: `celery -A worker.app worker` (or `grpo worker`)."""
 
+from celery.signals import worker_ready, worker_shutdown
+
 from api.queue import RUN_JOB_TASK, get_celery
+from api.settings import get_settings
+from worker.reconciler import Reconciler
 from worker.runner import run_job
 
 app = get_celery()
+_reconciler: Reconciler | None = None
 
 
 @app.task(name=RUN_JOB_TASK)
 def run_job_task(job_id: str) -> str:
-    # Thin on purpose: the job is re-read from the database by id inside run_job.
+    # Thin on purpose: the job is re-read from the database by id, and claimed, inside run_job.
     return run_job(job_id)
+
+
+@worker_ready.connect
+def start_reconciler(**_kwargs) -> None:
+    global _reconciler
+    _reconciler = Reconciler(get_settings().reconcile_every_seconds)
+    _reconciler.start()
+
+
+@worker_shutdown.connect
+def stop_reconciler(**_kwargs) -> None:
+    if _reconciler is not None:
+        _reconciler.stopped.set()

@@ -1,13 +1,24 @@
-"""Runs one job: re-read it by id, skip it if it is finished, train with callbacks that write progress back."""
+"""Runs one job: claim its lease, train with callbacks that write progress back, record the outcome.
+
+Celery delivers a message at least once: a worker killed mid-job leaves its message to be delivered again (or
+lost, with the folder broker), and Redis redelivers a message still running past its visibility timeout. So the
+database decides: a worker trains a job only after a compare-and-set claim of its lease, renews the lease from a
+heartbeat thread while it trains, and writes nothing once the lease is gone. A re-run resumes from the job's last
+complete checkpoint; metric and checkpoint rows are unique per (job, step), so a replayed step adds nothing.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import threading
+import uuid
 
 from api import artifacts, services
 from api.db import session_scope
 from api.models import TERMINAL_STATUSES, Job
+from api.services import LeaseLost
 from api.settings import get_settings
 from grpo_core import GRPOConfig, GRPOTrainer, RewardSpec, TrainerCallback, load_jsonl
 from grpo_core.checkpoint import Checkpoint
@@ -15,34 +26,73 @@ from grpo_core.checkpoint import Checkpoint
 log = logging.getLogger(__name__)
 
 
-class DatabaseReporter(TrainerCallback):
-    """Writes each step's metrics, evaluations and checkpoints to the database as the trainer goes, and tells it
-    to stop when the job was cancelled."""
+class Heartbeat(threading.Thread):
+    """Renews the job's lease every lease_seconds / 3 until stopped; notes when the lease was lost."""
 
-    def __init__(self, job_id: str):
-        self.job_id = job_id
+    def __init__(self, job_id: str, owner: str, lease_seconds: float):
+        super().__init__(daemon=True, name=f"heartbeat-{job_id}")
+        self.job_id, self.owner, self.lease_seconds = job_id, owner, lease_seconds
+        self.stopped = threading.Event()
+        self.lost = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.lease_seconds / 3):
+            try:
+                with session_scope() as session:
+                    renewed = services.renew_lease(
+                        session, job_id=self.job_id, owner=self.owner, lease_seconds=self.lease_seconds
+                    )
+            except Exception:  # a database hiccup: try again next beat; the lease has slack for two misses
+                log.exception("lease renewal for %s failed", self.job_id)
+                continue
+            if not renewed:
+                self.lost.set()
+                return
+
+
+class DatabaseReporter(TrainerCallback):
+    """Writes each step's metrics, evaluations and checkpoints to the database while this worker holds the lease,
+    and tells the trainer to stop when the job was cancelled."""
+
+    def __init__(self, job_id: str, owner: str, heartbeat: Heartbeat):
+        self.job_id, self.owner, self.heartbeat = job_id, owner, heartbeat
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         with session_scope() as session:
+            job = services.held_job(session, job_id=self.job_id, owner=self.owner)
             services.record_metrics(session, job_id=self.job_id, kind="train", step=step, values=metrics)
-            session.get(Job, self.job_id).step = step
+            job.step = step
+            job.steps_computed += 1
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
         with session_scope() as session:
+            services.held_job(session, job_id=self.job_id, owner=self.owner)
             services.record_metrics(session, job_id=self.job_id, kind="eval", step=step, values=metrics)
 
     def on_checkpoint(self, checkpoint: Checkpoint) -> None:
         _path, sha256, size = artifacts.pack_adapter(checkpoint.path, f"{self.job_id}-step-{checkpoint.step}")
         with session_scope() as session:
+            services.held_job(session, job_id=self.job_id, owner=self.owner)
             services.record_checkpoint(session, job_id=self.job_id, step=checkpoint.step, sha256=sha256, size=size)
 
     def should_stop(self) -> bool:
+        if self.heartbeat.lost.is_set():
+            raise LeaseLost(f"lease on job {self.job_id} lost")
         with session_scope() as session:
-            return bool(session.get(Job, self.job_id).cancel_requested)
+            return services.held_job(session, job_id=self.job_id, owner=self.owner).cancel_requested
+
+
+def _finish(job_id: str, owner: str, status: str, error: str | None = None) -> None:
+    with session_scope() as session:
+        job = services.held_job(session, job_id=job_id, owner=owner)
+        services.set_status(session, job=job, status=status, error=error, lease_owner=None, lease_expires_at=None)
 
 
 def run_job(job_id: str) -> str:
-    """Train job `job_id` to the end (resuming from its last checkpoint if it ran before); returns its status."""
+    """Train job `job_id` to the end, resuming from its last checkpoint if an earlier attempt died. Returns the
+    outcome: a job status, "missing", or "busy" when another worker holds the job's lease."""
+    settings = get_settings()
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     with session_scope() as session:
         job = session.get(Job, job_id)
         if job is None:
@@ -53,6 +103,17 @@ def run_job(job_id: str) -> str:
         if job.cancel_requested:
             services.set_status(session, job=job, status="cancelled")
             return "cancelled"
+        attempt = services.claim_job(
+            session,
+            job_id=job_id,
+            owner=owner,
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_attempts,
+        )
+        if attempt is None:
+            log.info("job %s is held by another worker (or out of attempts); backing off", job_id)
+            return "busy"
+        session.refresh(job)
         services.set_status(session, job=job, status="running", worker_host=socket.gethostname())
         spec = {
             "base_model": job.base_model,
@@ -61,6 +122,9 @@ def run_job(job_id: str) -> str:
             "train": job.dataset_id,
             "eval": job.eval_dataset_id,
         }
+
+    heartbeat = Heartbeat(job_id, owner, settings.lease_seconds)
+    heartbeat.start()
     try:
         trainer = GRPOTrainer(
             base_model=spec["base_model"],
@@ -69,17 +133,22 @@ def run_job(job_id: str) -> str:
             rewards=spec["rewards"],
             config=spec["config"],
             output_dir=artifacts.job_dir(job_id),
-            callbacks=[DatabaseReporter(job_id)],
-            cache_dir=get_settings().model_cache,
+            callbacks=[DatabaseReporter(job_id, owner, heartbeat)],
+            cache_dir=settings.model_cache,
         )
         result = trainer.train(resume=True)
+        status = "cancelled" if result.stopped_early else "succeeded"
+        _finish(job_id, owner, status)
+        return status
+    except LeaseLost:
+        log.warning("job %s: lease lost, another attempt owns it; stopping without writing", job_id)
+        return "lease-lost"
     except Exception as error:
         log.exception("job %s failed", job_id)
-        with session_scope() as session:
-            job = session.get(Job, job_id)
-            services.set_status(session, job=job, status="failed", error=f"{type(error).__name__}: {error}")
+        try:
+            _finish(job_id, owner, "failed", f"{type(error).__name__}: {error}")
+        except LeaseLost:
+            return "lease-lost"
         return "failed"
-    status = "cancelled" if result.stopped_early else "succeeded"
-    with session_scope() as session:
-        services.set_status(session, job=session.get(Job, job_id), status=status)
-    return status
+    finally:
+        heartbeat.stopped.set()

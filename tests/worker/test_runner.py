@@ -96,3 +96,92 @@ def test_a_job_cancelled_while_queued_never_trains(tenant_and_dataset):
 
 def test_a_missing_job_is_dropped(tenant_and_dataset):
     assert run_job("job_" + "0" * 32) == "missing"
+
+
+def test_a_second_delivery_backs_off_while_the_lease_is_held(tenant_and_dataset):
+    job_id = make_job(*tenant_and_dataset)
+    with session_scope() as session:
+        assert services.claim_job(session, job_id=job_id, owner="other-worker", lease_seconds=60, max_attempts=3) == 1
+    assert run_job(job_id) == "busy"
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job.attempt == 1 and job.lease_owner == "other-worker" and job.steps_computed == 0
+
+
+def test_an_expired_lease_is_queued_again_and_the_rerun_resumes_from_the_checkpoint(tenant_and_dataset, monkeypatch):
+    from worker import reconciler
+
+    sent = []
+    monkeypatch.setattr(reconciler, "enqueue_job", sent.append)  # the broker is not what this test is about
+    tenant_id, dataset_id = tenant_and_dataset
+    job_id = make_job(tenant_id, dataset_id, max_steps=4)
+    straight_id = make_job(tenant_id, dataset_id, max_steps=4)
+    assert run_job(straight_id) == "succeeded"
+
+    # Simulate a worker that trained 3 steps (checkpoint at 2) and died: run to step 3, then age its lease.
+    from worker import runner
+
+    class StopAfterThree(runner.DatabaseReporter):
+        def on_step(self, step, metrics):
+            super().on_step(step, metrics)
+            if step == 3:
+                raise SystemExit("killed")  # not an Exception: the runner records nothing, like a kill -9
+
+    monkeypatch.setattr(runner, "DatabaseReporter", StopAfterThree)
+    with pytest.raises(SystemExit):
+        run_job(job_id)
+    monkeypatch.undo()
+    monkeypatch.setattr(reconciler, "enqueue_job", sent.append)
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job.status == "running" and job.step == 3
+        job.lease_expires_at = job.lease_expires_at.replace(year=2000)
+
+    assert reconciler.reconcile_once() == [job_id] == sent
+    with session_scope() as session:
+        assert session.get(Job, job_id).status == "queued"
+    assert run_job(job_id) == "succeeded"
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert (job.attempt, job.step, job.steps_computed) == (2, 4, 3 + 2)  # steps 3 and 4 computed again
+    assert counts(job_id) == (4, [2, 4])
+    same = artifacts.checkpoint_archive(job_id, 4).read_bytes()
+    assert len(same) > 0 and same.replace(job_id.encode(), b"") != b""
+    from safetensors.torch import load_file
+
+    resumed = load_file(artifacts.job_dir(job_id) / "checkpoints" / "step-000004" / "adapter_model.safetensors")
+    straight = load_file(artifacts.job_dir(straight_id) / "checkpoints" / "step-000004" / "adapter_model.safetensors")
+    assert all((resumed[k] == straight[k]).all() for k in straight)
+
+
+def test_a_job_that_keeps_losing_its_worker_fails_after_max_attempts(tenant_and_dataset, monkeypatch):
+    from worker import reconciler
+
+    monkeypatch.setattr(reconciler, "enqueue_job", lambda job_id: None)
+    job_id = make_job(*tenant_and_dataset)
+    for attempt in (1, 2, 3):
+        with session_scope() as session:
+            assert (
+                services.claim_job(session, job_id=job_id, owner=f"w{attempt}", lease_seconds=-1, max_attempts=3)
+                == attempt
+            )
+            session.get(Job, job_id).status = "running"  # as run_job does in the claim's transaction
+        reconciler.reconcile_once()
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job.status == "failed" and "gave up after 3 attempts" in job.error
+        assert services.claim_job(session, job_id=job_id, owner="w4", lease_seconds=60, max_attempts=3) is None
+
+
+def test_a_queued_job_whose_message_is_old_is_sent_again_once(tenant_and_dataset, monkeypatch):
+    from worker import reconciler
+
+    sent = []
+    monkeypatch.setattr(reconciler, "enqueue_job", sent.append)
+    job_id = make_job(*tenant_and_dataset)
+    assert reconciler.reconcile_once() == []  # just sent: leave it
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        job.enqueued_at = job.enqueued_at.replace(year=2000)
+    assert reconciler.reconcile_once() == [job_id]
+    assert reconciler.reconcile_once() == []  # not again so soon

@@ -1,0 +1,90 @@
+"""Finds jobs the broker lost and queues them again. Runs as a thread in every worker process: each pass is a
+set of compare-and-set updates, so any number of workers can run it at once without double-queueing a job.
+
+- A running job whose lease expired lost its worker (killed, out of memory, machine gone). It goes back to
+  `queued` and is sent again; the next attempt resumes from its last checkpoint. A job that has used all of its
+  attempts (GRPO_MAX_ATTEMPTS) is marked failed instead: a job that kills its worker every time is never retried
+  forever.
+- A queued job sent longer ago than GRPO_REQUEUE_QUEUED_AFTER_SECONDS may have lost its message (a broker
+  restarted without persistence, an API killed between commit and send). It is sent again; a duplicate message
+  is harmless, since the lease lets only one delivery train.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from api import services
+from api.db import session_scope
+from api.models import Job, utcnow
+from api.queue import enqueue_job
+from api.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+def reconcile_once() -> list[str]:
+    """One pass; returns the ids of the jobs sent to the broker again."""
+    settings = get_settings()
+    now = utcnow()
+    to_send = []
+    with session_scope() as session:
+        expired = session.scalars(select(Job).where(Job.status == "running", Job.lease_expires_at < now))
+        for job in expired:
+            # Compare-and-set on the lease we saw, so a worker that renewed in the meantime keeps its job.
+            taken = session.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.lease_owner == job.lease_owner, Job.lease_expires_at < now)
+                .values(lease_owner=None, lease_expires_at=None, enqueued_at=now)
+                .returning(Job.id)
+                .execution_options(synchronize_session=False)
+            ).first()
+            if taken is None:
+                continue
+            session.refresh(job)
+            if job.attempt >= settings.max_attempts:
+                reason = (
+                    f"the worker running this job stopped without finishing it {job.attempt} times (killed, "
+                    f"e.g. out of memory); gave up after {settings.max_attempts} attempts (GRPO_MAX_ATTEMPTS)"
+                )
+                services.set_status(session, job=job, status="failed", error=reason)
+                log.warning("job %s failed: %s", job.id, reason)
+            else:
+                services.set_status(session, job=job, status="queued")
+                to_send.append(job.id)
+                log.warning("job %s lost its worker (attempt %d); queued again", job.id, job.attempt)
+        stale_before = now - timedelta(seconds=settings.requeue_queued_after_seconds)
+        stale = session.scalars(
+            select(Job).where(Job.status == "queued", Job.cancel_requested.is_(False), Job.enqueued_at < stale_before)
+        )
+        for job in stale:
+            sent = session.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.status == "queued", Job.enqueued_at == job.enqueued_at)
+                .values(enqueued_at=now)
+                .returning(Job.id)
+                .execution_options(synchronize_session=False)
+            ).first()
+            if sent is not None:
+                to_send.append(job.id)
+    for job_id in to_send:  # after the commit, like every send
+        enqueue_job(job_id)
+    return to_send
+
+
+class Reconciler(threading.Thread):
+    def __init__(self, every_seconds: float):
+        super().__init__(daemon=True, name="reconciler")
+        self.every_seconds = every_seconds
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every_seconds):
+            try:
+                reconcile_once()
+            except Exception:  # the database or broker is down for a moment: try again next pass
+                log.exception("reconcile pass failed")
