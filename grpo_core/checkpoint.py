@@ -122,6 +122,16 @@ def latest_checkpoint(root: Path) -> Checkpoint | None:
     return checkpoints[-1] if checkpoints else None
 
 
+def remove_partial_checkpoints(root: Path) -> int:
+    """Delete temp folders a crash left mid-write (never listed, only taking space). Call it only while no
+    other process writes checkpoints into root (the trainer holds the job's lease). Returns how many."""
+    root = Path(root)
+    partial = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(".tmp-")] if root.is_dir() else []
+    for path in partial:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(partial)
+
+
 def load_trainer_state(checkpoint: Checkpoint) -> dict[str, Any]:
     # weights_only=False: the file holds Python RNG tuples and numpy state; it is one we wrote ourselves.
     return torch.load(checkpoint.path / TRAINER_STATE, weights_only=False)

@@ -21,6 +21,7 @@ from grpo_core.checkpoint import (
     capture_rng_state,
     latest_checkpoint,
     load_trainer_state,
+    remove_partial_checkpoints,
     restore_rng_state,
     save_checkpoint,
 )
@@ -298,6 +299,7 @@ class GRPOTrainer:
         if self.model is None:
             self.setup()
         config = self.config
+        remove_partial_checkpoints(self.checkpoint_dir)
         checkpoint = latest_checkpoint(self.checkpoint_dir) if resume else None
         step = self._restore(checkpoint) if checkpoint else 0
         if step == 0:

@@ -2,7 +2,13 @@ import json
 
 import torch
 
-from grpo_core.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint, save_checkpoint
+from grpo_core.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    read_checkpoint,
+    remove_partial_checkpoints,
+    save_checkpoint,
+)
 
 
 class FakeAdapterModel:
@@ -31,6 +37,7 @@ def test_a_half_written_checkpoint_is_never_the_latest(tmp_path):
     cut = save_checkpoint(tmp_path, 4, FakeAdapterModel(), {"step": 4})
     (cut.path / "adapter_model.safetensors").write_bytes(b"wei")
     assert latest_checkpoint(tmp_path).step == 1
+    assert remove_partial_checkpoints(tmp_path) == 1 and not (tmp_path / ".tmp-step-000002-abc").exists()
 
 
 def test_verify_detects_a_changed_file(tmp_path):
