@@ -118,6 +118,7 @@ class Service:
                     return
             except httpx.HTTPError:
                 pass
+            assert self.api.poll() is None, "API exited:\n" + self.logs()[-3000:]
             assert time.monotonic() < deadline, "API did not start"
             time.sleep(0.2)
 
