@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test lint demo bench-learning clean
+.PHONY: install test chaos lint demo bench-learning clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ install: $(BIN)/.installed
 
 test: install
 	$(BIN)/python -m pytest
+
+# The fault suite: kills workers, Redis and the API on purpose and prints a CHAOS line per figure.
+chaos: install
+	$(BIN)/python -m pytest -m chaos -s tests/chaos
 
 lint: install
 	$(BIN)/ruff check .
