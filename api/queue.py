@@ -52,6 +52,9 @@ def get_celery() -> Celery:
         # stops renewing its lease, and that, not a timer, hands the job on.
         task_time_limit=None,
         task_soft_time_limit=None,
+        # A broker that goes away mid-job must not abort hours of training: the job keeps its lease in the
+        # database, finishes, and the worker reconnects afterwards.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
     )
     return app
