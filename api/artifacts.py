@@ -18,8 +18,17 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 ARCHIVE_NAME = "adapter.tar.gz"
 
 
+class OutsideArtifacts(Exception):
+    """A file to serve is missing, not a regular file, or resolves (through a symlink) outside the artifacts folder."""
+
+
+def is_server_id(value: str) -> bool:
+    """Whether `value` has the shape of an id the server makes (prefix_32hex); nothing else is ever looked up."""
+    return _ID.fullmatch(value) is not None
+
+
 def _checked(server_id: str) -> str:
-    if not _ID.match(server_id):
+    if not is_server_id(server_id):
         raise ValueError(f"not a server-made id: {server_id!r}")
     return server_id
 
@@ -34,6 +43,21 @@ def job_dir(job_id: str) -> Path:
 
 def checkpoint_archive(job_id: str, step: int) -> Path:
     return job_dir(job_id) / "checkpoints" / f"step-{int(step):06d}" / ARCHIVE_NAME
+
+
+def servable(path: Path) -> Path:
+    """The real path of a file to send, once it is shown to be a regular file inside the artifacts folder. A
+    symlink (of the file or of any folder above it) pointing elsewhere, planted by anyone who can write to the
+    artifacts folder, raises OutsideArtifacts instead of serving what it points to. Send the returned path, not
+    `path`, so the file opened is the one checked."""
+    root = get_settings().artifacts_dir
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError):  # missing, a dangling link, a symlink loop
+        raise OutsideArtifacts(f"{path} does not exist") from None
+    if not real.is_relative_to(root) or not real.is_file():
+        raise OutsideArtifacts(f"{path} resolves to {real}, not a file inside {root}")
+    return real
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.db import session_scope
@@ -20,10 +21,15 @@ def get_session() -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_tenant_id(request: Request, session: SessionDep) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
-    tenant_id = authenticate(session, key=key.strip()) if scheme.lower() == "bearer" else None
+# Declared as a security scheme so the OpenAPI says which calls need the key (and clients and fuzzers can send it).
+# auto_error=False: a missing key or another scheme gets the same 401 body as a wrong key, below.
+bearer = HTTPBearer(auto_error=False, description="An API key made by `grpo keys create --tenant <name>`")
+
+
+def get_tenant_id(
+    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+) -> str:
+    tenant_id = authenticate(session, key=credentials.credentials) if credentials else None
     if tenant_id is None:
         raise HTTPException(
             status_code=401,

@@ -6,6 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from api.routes import catalog, datasets, health, jobs
 from api.services import InvalidInput, NotFound
@@ -15,6 +16,16 @@ from api.settings import get_settings
 def _describe(error: dict) -> str:
     where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
     return f"{where}: {error.get('msg')}" if where else str(error.get("msg"))
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods the app routes for this request's path, asked of the router itself (included routers too)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
 
 
 def create_app() -> FastAPI:
@@ -51,10 +62,13 @@ def create_app() -> FastAPI:
         return JSONResponse({"detail": "invalid request: " + "; ".join(problems), "errors": problems}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(
-            {"detail": str(error.detail), "errors": []}, status_code=error.status_code, headers=error.headers
-        )
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        headers = dict(error.headers or {})
+        if error.status_code == 405:
+            # Starlette names only the methods of the first route that matched the path; a resource such as
+            # /v1/jobs is served by several routes (GET and POST), and Allow must list them all.
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return JSONResponse({"detail": str(error.detail), "errors": []}, status_code=error.status_code, headers=headers)
 
     return app
 

@@ -15,6 +15,25 @@ class ErrorBody(BaseModel):
     errors: list[str] = Field(default_factory=list, description="Each problem, when there are several")
 
 
+# Largest value an integer query or path parameter takes: the database's 32-bit INTEGER. Past it PostgreSQL (and
+# SQLite past 64 bits) fail the query itself, which would be a 500, not the 422 a bad parameter gets.
+MAX_INT = 2**31 - 1
+
+ERROR_DESCRIPTIONS = {
+    400: "The body could not be parsed at all (for instance JSON that is not UTF-8)",
+    401: "Missing or invalid API key (header WWW-Authenticate: Bearer)",
+    404: "No such object for this tenant: another tenant's id answers exactly like one that does not exist",
+    413: "Request body larger than the limit (GRPO_MAX_BODY_KB; uploads GRPO_MAX_UPLOAD_MB)",
+    422: "Invalid request: `detail` says what is wrong, `errors` lists each problem",
+}
+
+
+def error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for error statuses: every error the API sends has the ErrorBody shape (main.py's
+    handlers), including 422, which FastAPI would otherwise document as its own HTTPValidationError."""
+    return {code: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[code]} for code in status_codes}
+
+
 class DatasetPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from datetime import timedelta
 from typing import Any
@@ -72,6 +73,14 @@ def authenticate(session: Session, *, key: str) -> str | None:
 # --- datasets -------------------------------------------------------------------------------------------------------
 
 
+def display_name(filename: str) -> str:
+    """An uploaded file's name as a label only (files are stored under the dataset id): the last path component,
+    without control characters (a NUL byte cannot be stored in PostgreSQL text), at most 200 characters."""
+    base = re.split(r"[/\\]", filename)[-1]
+    cleaned = "".join(c for c in base if c.isprintable()).strip()
+    return cleaned[:200] if cleaned not in ("", ".", "..") else "dataset.jsonl"
+
+
 def create_dataset(session: Session, *, tenant_id: str, name: str, content: bytes) -> Dataset:
     """Parse and store an uploaded JSONL file; bad lines raise InvalidInput naming each line and why."""
     from grpo_core import DatasetError
@@ -84,7 +93,7 @@ def create_dataset(session: Session, *, tenant_id: str, name: str, content: byte
         ) from None
     dataset = Dataset(
         tenant_id=tenant_id,
-        name=name[:200],
+        name=display_name(name),
         rows=len(rows),
         fields=sorted(dataset_fields(rows)),
         sha256=hashlib.sha256(content).hexdigest(),
@@ -103,6 +112,10 @@ def list_datasets(session: Session, *, tenant_id: str) -> list[Dataset]:
 
 
 def get_dataset(session: Session, *, tenant_id: str, dataset_id: str) -> Dataset:
+    # Only an id of the server's own shape reaches the database: others (path tricks, NUL bytes, which
+    # PostgreSQL refuses in text with an error) answer like any other id that does not exist.
+    if not artifacts.is_server_id(dataset_id):
+        raise NotFound("dataset", dataset_id)
     dataset = session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id))
     if dataset is None:
         raise NotFound("dataset", dataset_id)
@@ -179,6 +192,8 @@ def create_job(session: Session, *, tenant_id: str, spec: JobCreate, idempotency
 
 
 def get_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
+    if not artifacts.is_server_id(job_id):  # as in get_dataset
+        raise NotFound("job", job_id)
     job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
     if job is None:
         raise NotFound("job", job_id)

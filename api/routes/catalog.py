@@ -1,10 +1,10 @@
 from fastapi import APIRouter
 
 from api.deps import TenantDep
-from api.schemas import ModelPublic, ModelsPublic, RewardPublic, RewardsPublic
+from api.schemas import ModelPublic, ModelsPublic, RewardPublic, RewardsPublic, error_responses
 from grpo_core import CATALOG, reward_registry
 
-router = APIRouter(prefix="/v1", tags=["catalog"])
+router = APIRouter(prefix="/v1", tags=["catalog"], responses=error_responses(401, 413))
 
 
 @router.get("/models", response_model=ModelsPublic)

@@ -1,14 +1,15 @@
 from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile as StarletteUploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from api import services
 from api.deps import SessionDep, TenantDep
-from api.schemas import DatasetPublic, DatasetsPublic, ErrorBody
+from api.schemas import DatasetPublic, DatasetsPublic, error_responses
 from api.services import InvalidInput
 from api.settings import get_settings
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(401, 413))
 
 
 def _too_large(limit_bytes: int) -> InvalidInput:
@@ -21,7 +22,7 @@ def _too_large(limit_bytes: int) -> InvalidInput:
     "",
     status_code=201,
     response_model=DatasetPublic,
-    responses={413: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    responses=error_responses(422),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -33,7 +34,8 @@ def _too_large(limit_bytes: int) -> InvalidInput:
                         "properties": {
                             "file": {"type": "string", "format": "binary", "description": "JSONL: one row per line"}
                         },
-                    }
+                    },
+                    "example": {"file": '{"prompt": "What is 2 + 3?", "answer": 5}\n'},
                 }
             },
         }
@@ -48,10 +50,12 @@ async def upload_dataset(request: Request, session: SessionDep, tenant_id: Tenan
         raise _too_large(limit)
     try:
         form = await request.form(max_files=1, max_fields=4, max_part_size=limit)
-    except MultiPartException as error:
-        if "maximum size" in str(error).lower():
+    except (MultiPartException, HTTPException) as error:
+        # Inside an app Starlette turns MultiPartException into HTTPException(400): both mean a malformed upload.
+        message = error.message if isinstance(error, MultiPartException) else str(error.detail)
+        if "maximum size" in message.lower():
             raise _too_large(limit) from None
-        raise InvalidInput(f"could not read the multipart upload: {error}") from None
+        raise InvalidInput(f"could not read the multipart upload: {message}") from None
     upload = form.get("file")
     if not isinstance(upload, StarletteUploadFile):
         raise InvalidInput("send the JSONL file as the multipart field `file` (curl -F file=@prompts.jsonl)")
@@ -71,6 +75,6 @@ def list_datasets(session: SessionDep, tenant_id: TenantDep) -> DatasetsPublic:
     return DatasetsPublic(data=[DatasetPublic.model_validate(d) for d in datasets], count=len(datasets))
 
 
-@router.get("/{dataset_id}", response_model=DatasetPublic, responses={404: {"model": ErrorBody}})
+@router.get("/{dataset_id}", response_model=DatasetPublic, responses=error_responses(404, 422))
 def get_dataset(dataset_id: str, session: SessionDep, tenant_id: TenantDep) -> DatasetPublic:
     return DatasetPublic.model_validate(services.get_dataset(session, tenant_id=tenant_id, dataset_id=dataset_id))

@@ -4,9 +4,10 @@ from sqlalchemy import text
 
 from api.db import get_engine
 from api.queue import broker_reachable
-from api.schemas import Health
+from api.schemas import Health, error_responses
 
-router = APIRouter(tags=["health"])
+# No key needed here; only the body-size cap (main.py) applies.
+router = APIRouter(tags=["health"], responses=error_responses(413))
 
 
 @router.get("/healthz", response_model=Health)

@@ -1,9 +1,10 @@
 import asyncio
 import json
+import logging
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
 from api import artifacts, services
@@ -12,24 +13,27 @@ from api.deps import SessionDep, TenantDep
 from api.models import TERMINAL_STATUSES
 from api.queue import enqueue_job
 from api.schemas import (
+    MAX_INT,
     CheckpointPublic,
     CheckpointsPublic,
-    ErrorBody,
     JobCreate,
     JobPublic,
     JobsPublic,
     JobStatus,
     MetricPublic,
     MetricsPublic,
+    error_responses,
 )
 from api.settings import get_settings
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-NOT_FOUND = {404: {"model": ErrorBody}}
+# Every route here takes a body, a query or an id, so each can answer 422 (in the ErrorBody shape, like all errors).
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 413, 422))
+NOT_FOUND = error_responses(404)
 KEEPALIVE_SECONDS = 15
+log = logging.getLogger(__name__)
 
 
-@router.post("", status_code=201, response_model=JobPublic, responses={422: {"model": ErrorBody}})
+@router.post("", status_code=201, response_model=JobPublic, responses=error_responses(400))
 def create_job(
     spec: JobCreate,
     response: Response,
@@ -54,7 +58,7 @@ def list_jobs(
     tenant_id: TenantDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> JobsPublic:
     """Newest first, optionally filtered by status."""
     jobs, count = services.list_jobs(session, tenant_id=tenant_id, status=status, limit=limit, offset=offset)
@@ -79,7 +83,7 @@ def get_metrics(
     job_id: str,
     session: SessionDep,
     tenant_id: TenantDep,
-    after_step: Annotated[int, Query(ge=-1)] = -1,
+    after_step: Annotated[int, Query(ge=-1, le=MAX_INT)] = -1,
     limit: Annotated[int, Query(ge=1, le=1000, description="Steps per page")] = 200,
 ) -> MetricsPublic:
     """Metric rows by step: kind "train" (one per step) and "eval" (held-out reward; step 0 is before training)."""
@@ -144,7 +148,12 @@ def list_checkpoints(job_id: str, session: SessionDep, tenant_id: TenantDep) -> 
 def _adapter_download(session, tenant_id: str, job_id: str, step: int | None) -> FileResponse:
     job = services.get_job(session, tenant_id=tenant_id, job_id=job_id)
     checkpoint = services.get_checkpoint(session, job_id=job.id, step=step)
-    path = artifacts.checkpoint_archive(job.id, checkpoint.step)
+    try:
+        path = artifacts.servable(artifacts.checkpoint_archive(job.id, checkpoint.step))
+    except artifacts.OutsideArtifacts as error:
+        # Never follow a link out of the artifacts folder; a missing archive is not a server error either.
+        log.warning("refusing to serve checkpoint %s of job %s: %s", checkpoint.step, job.id, error)
+        raise services.NotFound("adapter archive", f"{job.id} step {checkpoint.step}") from None
     return FileResponse(
         path,
         media_type="application/gzip",
@@ -157,7 +166,9 @@ ARCHIVE = {200: {"content": {"application/gzip": {}}, "description": "adapter fo
 
 
 @router.get("/{job_id}/checkpoints/{step}/adapter", responses=ARCHIVE, response_class=FileResponse)
-def download_checkpoint(job_id: str, step: int, session: SessionDep, tenant_id: TenantDep) -> FileResponse:
+def download_checkpoint(
+    job_id: str, step: Annotated[int, Path(ge=0, le=MAX_INT)], session: SessionDep, tenant_id: TenantDep
+) -> FileResponse:
     """The adapter at `step` as a .tar.gz that unpacks to a folder PeftModel.from_pretrained loads; its sha256
     is in the X-Checksum-SHA256 header."""
     return _adapter_download(session, tenant_id, job_id, step)
