@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from api.limits import BodySizeLimit
 from api.routes import catalog, datasets, health, jobs
 from api.services import InvalidInput, NotFound
 from api.settings import get_settings
@@ -37,16 +38,15 @@ def create_app() -> FastAPI:
     for router in (health.router, datasets.router, catalog.router, jobs.router):
         app.include_router(router)
 
-    @app.middleware("http")
-    async def cap_json_bodies(request: Request, call_next):
-        # Uploads have their own, larger cap; every other body is a small JSON document.
-        declared = request.headers.get("content-length", "")
-        limit = get_settings().max_body_kb * 1024
-        if request.url.path != "/v1/datasets" and declared.isdigit() and int(declared) > limit:
-            return JSONResponse(
-                {"detail": f"request body larger than {limit // 1024} KiB", "errors": []}, status_code=413
-            )
-        return await call_next(request)
+    def body_limit(path: str) -> int:
+        # Uploads have their own cap (the route answers 413 with the exact figure); every other body is a small
+        # JSON document. Counted as the body arrives, so a chunked body without Content-Length is capped too.
+        settings = get_settings()
+        if path == "/v1/datasets":
+            return int(settings.max_upload_mb * 2**20) + 64 * 1024  # room for the multipart envelope
+        return settings.max_body_kb * 1024
+
+    app.add_middleware(BodySizeLimit, limit_for=body_limit)
 
     @app.exception_handler(NotFound)
     async def not_found(_request: Request, error: NotFound) -> JSONResponse:

@@ -46,7 +46,12 @@ def create_job(
     job, created = services.create_job(session, tenant_id=tenant_id, spec=spec, idempotency_key=idempotency_key)
     session.commit()  # the message goes to the broker only once the row is durable
     if created:
-        enqueue_job(job.id)
+        try:
+            enqueue_job(job.id)
+        except Exception:
+            # The job is durable and queued in the database; a worker's reconciler sends it once the broker is
+            # back (GRPO_REQUEUE_QUEUED_AFTER_SECONDS). Failing the request would make the client retry for nothing.
+            log.warning("broker unreachable; job %s stays queued for the reconciler to send", job.id, exc_info=True)
     else:
         response.headers["Idempotent-Replayed"] = "true"
     return services.job_public(job)

@@ -238,3 +238,22 @@ def test_health_readiness_and_openapi(service):
 def test_a_large_json_body_is_refused(service, alice, dataset_id):
     response = service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id, rewards=[{"name": "x" * 300_000}]))
     assert response.status_code == 413
+
+
+def test_a_chunked_body_without_content_length_is_capped_too(service, alice):
+    def chunks():
+        for _ in range(40):
+            yield b"x" * 10_000  # 400 KB in all, over the 256 KiB JSON cap
+
+    response = service.post("/v1/jobs", headers={**alice, "Content-Type": "application/json"}, content=chunks())
+    assert response.status_code == 413 and "KiB limit" in response.json()["detail"]
+
+
+def test_a_job_submitted_while_the_broker_is_down_is_accepted_and_stays_queued(service, alice, dataset_id, monkeypatch):
+    from tests.service_env import clear_service_caches
+
+    monkeypatch.setenv("GRPO_BROKER_URL", "redis://127.0.0.1:1/0")  # nothing listens on port 1
+    clear_service_caches()
+    response = service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id))
+    assert response.status_code == 201 and response.json()["status"] == "queued"
+    assert service.get("/readyz").status_code == 503
