@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import warnings
 from pathlib import Path
 
 import httpx
@@ -44,7 +45,7 @@ def wait_ready(base_url: str, service: subprocess.Popen, timeout: float = 180) -
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if service.poll() is not None:
-            sys.exit(f"grpo serve exited with {service.returncode}; see its log above")
+            sys.exit(f"grpo serve exited with {service.returncode}; see its log")
         try:
             if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
                 return
@@ -86,6 +87,8 @@ def follow(client: httpx.Client, job_id: str, max_steps: int) -> None:
 
 
 def main() -> int:
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -106,7 +109,16 @@ def main() -> int:
     print(f"created an API key for tenant 'demo': {key[:13]}...")
 
     base_url = f"http://127.0.0.1:{args.port}"
-    service = subprocess.Popen([*grpo, "serve", "--port", str(args.port)], env=env, start_new_session=True)
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    service_log = args.data_dir / "serve.log"
+    print(f"starting grpo serve on {base_url} (its log: {service_log})")
+    service = subprocess.Popen(
+        [*grpo, "serve", "--port", str(args.port)],
+        env=env,
+        start_new_session=True,
+        stdout=open(service_log, "w"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_ready(base_url, service)
         client = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
