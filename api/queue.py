@@ -55,7 +55,6 @@ def get_celery() -> Celery:
         # A broker that goes away mid-job must not abort hours of training: the job keeps its lease in the
         # database, finishes, and the worker reconnects afterwards.
         worker_cancel_long_running_tasks_on_connection_loss=False,
-        worker_hijack_root_logger=False,
     )
     return app
 

@@ -111,7 +111,7 @@ def run_job(job_id: str) -> str:
             max_attempts=settings.max_attempts,
         )
         if attempt is None:
-            log.info("job %s is held by another worker (or out of attempts); backing off", job_id)
+            log.warning("job %s is held by another worker (or out of attempts); backing off", job_id)
             return "busy"
         session.refresh(job)
         services.set_status(session, job=job, status="running", worker_host=socket.gethostname())

@@ -223,7 +223,11 @@ class Client:
             time.sleep(0.05)
 
     def train_steps(self, job_id: str) -> list[int]:
-        return [m["step"] for m in self.http.get(f"/v1/jobs/{job_id}/metrics").json()["data"] if m["kind"] == "train"]
+        return [
+            m["step"]
+            for m in self.http.get(f"/v1/jobs/{job_id}/metrics", params={"limit": 1000}).json()["data"]
+            if m["kind"] == "train"
+        ]
 
 
 def job_row(svc: Service, job_id: str) -> dict:

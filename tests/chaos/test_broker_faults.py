@@ -34,20 +34,26 @@ def test_redis_restart_while_jobs_are_queued_and_running(tmp_path, private_redis
 
 
 def test_visibility_timeout_shorter_than_the_job(tmp_path, private_redis):
-    # Redis hands the unacknowledged message to the second worker after 10 s while the first still trains.
+    # Redis hands an unacknowledged message to another consumer once it is older than the visibility timeout
+    # (10 s here), while the first worker still trains. kombu scans for such messages when a consumer starts and
+    # then every 100 s or so; a second worker started after the timeout makes the redelivery happen for sure.
     with service(tmp_path, database="postgresql", broker_url=private_redis.url, GRPO_BROKER_VISIBILITY_TIMEOUT="10",
                  GRPO_LEASE_SECONDS="30") as svc:  # fmt: skip
         svc.start_api()
         svc.start_worker()
-        svc.start_worker()
         client = Client(svc)
         dataset = client.upload_arithmetic()
         started = time.monotonic()
-        job_id = client.submit(dataset, max_steps=40, max_new_tokens=16)
-        job = client.wait(job_id, timeout=600)
+        job_id = client.submit(dataset, max_steps=1000)  # over a minute alone on 2 cores
+        client.wait_step(job_id, 1)
+        time.sleep(15)
+        svc.start_worker()
+        job = client.wait(job_id, timeout=900)
         took = time.monotonic() - started
         row = job_row(svc, job_id)
         backoffs = len(re.findall(rf"job {job_id} is held by another worker", svc.logs()))
         figure("3 visibility timeout", visibility_timeout_s=10, job_seconds=round(took), training_attempts_started=row["attempt"],
                redeliveries_backed_off=backoffs, status=job["status"], metric_rows=len(client.train_steps(job_id)))  # fmt: skip
-        assert job["status"] == "succeeded" and row["attempt"] == 1 and row["steps_computed"] == 40
+        assert took > 3 * 10, "the job must outlast the visibility timeout for this case to mean anything"
+        assert backoffs >= 1, "Redis redelivered the running job's message at least once, and it backed off"
+        assert job["status"] == "succeeded" and row["attempt"] == 1 and row["steps_computed"] == 1000
