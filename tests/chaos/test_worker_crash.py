@@ -22,12 +22,14 @@ def test_kill_9_at_random_steps(layout, tmp_path, private_redis):
         client = Client(svc)
         dataset = client.upload_arithmetic()
 
-        reference = client.submit(dataset, max_steps=MAX_STEPS, checkpoint_every=CHECKPOINT_EVERY)
+        # Steps long enough (~0.5 s alone on 2 cores) that the kill lands while the job runs.
+        spec = dict(max_steps=MAX_STEPS, checkpoint_every=CHECKPOINT_EVERY, group_size=4, max_new_tokens=24)
+        reference = client.submit(dataset, **spec)
         assert client.wait(reference)["status"] == "succeeded"
         expected = adapter_weights(client, reference)
 
-        for kill_at in sorted(random.Random(os.getpid()).sample(range(1, MAX_STEPS), 3)):
-            job_id = client.submit(dataset, max_steps=MAX_STEPS, checkpoint_every=CHECKPOINT_EVERY)
+        for kill_at in sorted(random.Random(os.getpid()).sample(range(1, MAX_STEPS - 2), 3)):
+            job_id = client.submit(dataset, **spec)
             client.wait_step(job_id, kill_at)
             os.kill(svc.worker_pid(supervisor), signal.SIGKILL)
             job = client.wait(job_id)
