@@ -106,7 +106,11 @@ class Job(Base):
 
 class MetricRow(Base):
     __tablename__ = "metrics"
-    __table_args__ = (UniqueConstraint("job_id", "kind", "step", name="uq_metrics_job_kind_step"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "kind", "step", name="uq_metrics_job_kind_step"),
+        # The metrics endpoint pages by step across both kinds: (job_id, step) serves its range scan in order.
+        Index("ix_metrics_job_step", "job_id", "step"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(10))  # "train" (one per step) or "eval" (held-out evaluation)
