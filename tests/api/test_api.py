@@ -101,16 +101,10 @@ def test_metrics_page_by_step_with_an_after_step_cursor(service, alice, dataset_
     assert rest["data"][0]["values"] == {"reward_mean": 0.3}  # the replayed step did not overwrite
 
 
-def test_every_v1_call_needs_a_key(service, alice, dataset_id):
-    job_id = service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id)).json()["id"]
-    calls = [
-        ("get", "/v1/datasets"),
+def id_routes(job_id, dataset_id):
+    """Every (method, path) that takes an id."""
+    return [
         ("get", f"/v1/datasets/{dataset_id}"),
-        ("post", "/v1/datasets"),
-        ("get", "/v1/models"),
-        ("get", "/v1/rewards"),
-        ("post", "/v1/jobs"),
-        ("get", "/v1/jobs"),
         ("get", f"/v1/jobs/{job_id}"),
         ("post", f"/v1/jobs/{job_id}/cancel"),
         ("get", f"/v1/jobs/{job_id}/metrics"),
@@ -118,6 +112,19 @@ def test_every_v1_call_needs_a_key(service, alice, dataset_id):
         ("get", f"/v1/jobs/{job_id}/checkpoints"),
         ("get", f"/v1/jobs/{job_id}/checkpoints/1/adapter"),
         ("get", f"/v1/jobs/{job_id}/adapter"),
+    ]
+
+
+def test_every_v1_call_needs_a_key(service, alice, dataset_id):
+    job_id = service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id)).json()["id"]
+    calls = [
+        ("get", "/v1/datasets"),
+        ("post", "/v1/datasets"),
+        ("get", "/v1/models"),
+        ("get", "/v1/rewards"),
+        ("post", "/v1/jobs"),
+        ("get", "/v1/jobs"),
+        *id_routes(job_id, dataset_id),
     ]
     for headers in ({}, {"Authorization": "Bearer grpo_not-a-real-key"}, {"Authorization": "Basic abc"}):
         for method, path in calls:
@@ -129,16 +136,7 @@ def test_every_v1_call_needs_a_key(service, alice, dataset_id):
 
 def test_another_tenants_ids_answer_404_like_missing_ones(service, alice, bob, dataset_id):
     job_id = service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id)).json()["id"]
-    paths = [
-        ("get", f"/v1/datasets/{dataset_id}"),
-        ("get", f"/v1/jobs/{job_id}"),
-        ("post", f"/v1/jobs/{job_id}/cancel"),
-        ("get", f"/v1/jobs/{job_id}/metrics"),
-        ("get", f"/v1/jobs/{job_id}/events"),
-        ("get", f"/v1/jobs/{job_id}/checkpoints"),
-        ("get", f"/v1/jobs/{job_id}/checkpoints/1/adapter"),
-        ("get", f"/v1/jobs/{job_id}/adapter"),
-    ]
+    paths = id_routes(job_id, dataset_id)
     for method, path in paths:
         theirs = getattr(service, method)(path, headers=bob)
         missing = getattr(service, method)(
