@@ -118,10 +118,13 @@ def epoch_order(num_rows: int, seed: int, epoch: int) -> list[int]:
 
 def rows_for_step(num_rows: int, step: int, prompts_per_step: int, seed: int) -> list[int]:
     """Row indices for training step `step` (0-based): consecutive slices of per-epoch shuffles."""
+    orders: dict[int, list[int]] = {}  # a step spans at most a few epochs: shuffle each once, not once per prompt
     indices = []
     for position in range(step * prompts_per_step, (step + 1) * prompts_per_step):
         epoch, offset = divmod(position, num_rows)
-        indices.append(epoch_order(num_rows, seed, epoch)[offset])
+        if epoch not in orders:
+            orders[epoch] = epoch_order(num_rows, seed, epoch)
+        indices.append(orders[epoch][offset])
     return indices
 
 

@@ -145,8 +145,7 @@ def test_an_expired_lease_is_queued_again_and_the_rerun_resumes_from_the_checkpo
         job = session.get(Job, job_id)
         assert (job.attempt, job.step, job.steps_computed) == (2, 4, 3 + 2)  # steps 3 and 4 computed again
     assert counts(job_id) == (4, [2, 4])
-    same = artifacts.checkpoint_archive(job_id, 4).read_bytes()
-    assert len(same) > 0 and same.replace(job_id.encode(), b"") != b""
+    assert artifacts.checkpoint_archive(job_id, 4).is_file()
     from safetensors.torch import load_file
 
     resumed = load_file(artifacts.job_dir(job_id) / "checkpoints" / "step-000004" / "adapter_model.safetensors")
