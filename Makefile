@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test chaos lint demo bench-learning clean
+.PHONY: install test chaos lint demo bench bench-scaling bench-parity bench-learning clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,20 @@ lint: install
 
 demo: install
 	$(BIN)/python scripts/demo.py
+
+# TRL is installed only here: it is a yardstick, never a dependency of the service.
+$(BIN)/.bench-installed: $(BIN)/.installed
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: $(BIN)/.bench-installed
+	$(BIN)/python benchmarks/speed.py
+
+bench-scaling: install
+	$(BIN)/python benchmarks/speed.py --scaling
+
+bench-parity: $(BIN)/.bench-installed
+	$(BIN)/python benchmarks/parity.py --seeds 0 1 2
 
 bench-learning: install
 	$(BIN)/python benchmarks/learning.py --seeds 0 1 2 --steps 60

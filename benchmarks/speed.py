@@ -1,0 +1,304 @@
+"""Step throughput and peak memory of our GRPO step against TRL's GRPOTrainer, and how our cost grows.
+
+    .venv/bin/python benchmarks/speed.py              # side by side with TRL at the default setting (make bench)
+    .venv/bin/python benchmarks/speed.py --scaling    # ours alone: G, max_new_tokens and prompt length swept
+
+Default setting: SmolLM2-135M-Instruct in fp32, LoRA r=8 on q_proj and v_proj, one prompt x G=8 completions x 64
+new tokens per step, beta 0.04, no gradient checkpointing. Each trainer runs in its own process (so peak RSS is
+its own), one process per round, the trainers alternating; the first step of every process is a warm-up and is
+not timed. The prompt asks for a story, so both trainers nearly always generate the full max_new_tokens; the
+table prints the mean completion length of each so the work compared is visible.
+
+The roofline line divides the step's floating-point work (sampling, the reference pass, the policy pass and its
+backward, counted from the model's shapes) by this machine's measured fp32 matmul rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+STORY_PROMPT = "Write a long story about a robot who learns to paint. Describe every color it discovers."
+FEW_SHOT_EXAMPLES = [
+    ("A baker wakes before dawn", "The ovens hum in the dark while flour drifts like snow across the counter."),
+    ("A lighthouse keeper sees a ship", "Far out past the rocks a single lantern swings, then vanishes in fog."),
+    ("A child finds a map", "Under the loose floorboard, wrapped in oilcloth, the paper smells of salt and tar."),
+    ("A train stops in a desert", "The engine sighs, and the passengers press their faces to the dusty glass."),
+    ("An old dog waits at a gate", "Every evening at six he lies down by the latch and watches the road."),
+    ("A musician loses her voice", "She opens her mouth on stage and only the quiet of the hall answers her."),
+    ("A gardener plants the last seed", "He pats the soil twice, the way his mother did, and looks at the sky."),
+    ("A pilot flies through a storm", "Rain hammers the canopy and the needles on the dials tremble and spin."),
+]
+
+
+def few_shot_prompt(target_tokens: int, tokenizer) -> str:
+    """A few-shot story prompt of about target_tokens tokens (examples repeated until it is long enough)."""
+    lines = ["Continue each story opening with one vivid sentence, as in the examples.\n"]
+    i = 0
+    while len(tokenizer("\n".join(lines)).input_ids) < target_tokens - 30:
+        opening, sentence = FEW_SHOT_EXAMPLES[i % len(FEW_SHOT_EXAMPLES)]
+        lines.append(f"Opening: {opening}.\nSentence: {sentence}\n")
+        i += 1
+    lines.append(f"Opening: {STORY_PROMPT}\nSentence:")
+    return "\n".join(lines)
+
+
+@dataclass
+class Setting:
+    model: str = "smollm2-135m-instruct"
+    group_size: int = 8
+    max_new_tokens: int = 64
+    prompt: str = "short"  # short | fewshot
+    beta: float = 0.04
+    lora_r: int = 8
+    seed: int = 0
+    steps: int = 3  # timed steps per process, after one warm-up step
+
+
+def grpo_config(setting: Setting, max_steps: int):
+    from grpo_core import GRPOConfig, LoraSettings
+
+    return GRPOConfig(
+        group_size=setting.group_size,
+        max_new_tokens=setting.max_new_tokens,
+        beta=setting.beta,
+        seed=setting.seed,
+        max_steps=max_steps,
+        checkpoint_every=0,
+        lora=LoraSettings(r=setting.lora_r, alpha=2 * setting.lora_r, dropout=0.0, target_modules=("q_proj", "v_proj")),
+    )
+
+
+REWARDS = [("length_target", {"target": 200})]  # cheap and varied across a group, so advantages are non-zero
+
+
+def benchmark_rows(setting: Setting, tokenizer) -> list[dict]:
+    from grpo_core.data import render_prompt
+
+    text = STORY_PROMPT if setting.prompt == "short" else few_shot_prompt(400, tokenizer)
+    rendered = render_prompt({"prompt": text}, tokenizer)
+    return [{"prompt": rendered, "prompt_tokens": len(tokenizer(rendered).input_ids)}]
+
+
+# --- one trainer in one process ------------------------------------------------------------------------------------
+
+
+def run_ours(setting: Setting) -> dict:
+    import torch
+
+    from grpo_core import RewardSpec
+    from grpo_core.models import load_base_model
+    from grpo_core.rewards import resolve_rewards
+    from grpo_core.trainer import add_lora, grpo_step, make_optimizer
+
+    config = grpo_config(setting, max_steps=setting.steps + 1)
+    torch.manual_seed(setting.seed)
+    base, tokenizer = load_base_model(setting.model)
+    model = add_lora(base, config.lora, setting.seed)
+    optimizer, _ = make_optimizer(model, config)
+    rows = benchmark_rows(setting, tokenizer)
+    rewards = resolve_rewards([RewardSpec(name, params=params) for name, params in REWARDS], {"prompt"})
+    seconds, lengths = [], []
+    for _ in range(setting.steps + 1):
+        started = time.perf_counter()
+        metrics = grpo_step(model, tokenizer, optimizer, rows, rewards, config)
+        seconds.append(time.perf_counter() - started)
+        lengths.append(metrics["completion_length_mean"])
+    return {"seconds": seconds[1:], "lengths": lengths[1:], "prompt_tokens": rows[0]["prompt_tokens"]}
+
+
+def run_trl(setting: Setting) -> dict:
+    from trl_side import build_trl_trainer, step_timer
+
+    from grpo_core import RewardSpec
+    from grpo_core.models import load_tokenizer
+
+    config = grpo_config(setting, max_steps=setting.steps + 1)
+    tokenizer = load_tokenizer(setting.model)
+    rows = benchmark_rows(setting, tokenizer) * (setting.steps + 1)
+    timer = step_timer()
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as output_dir:
+        specs = [RewardSpec(name, params=params) for name, params in REWARDS]
+        build_trl_trainer(setting.model, rows, specs, config, output_dir, [timer]).train()
+    lengths = [log["completions/mean_length"] for log in timer.logs]
+    return {"seconds": timer.seconds[1:], "lengths": lengths[1:], "prompt_tokens": rows[0]["prompt_tokens"]}
+
+
+def child_main(trainer: str, setting: Setting) -> None:
+    result = run_ours(setting) if trainer == "ours" else run_trl(setting)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def run_child(trainer: str, setting: Setting) -> dict:
+    command = [sys.executable, __file__, "--child", trainer, "--setting", json.dumps(asdict(setting))]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
+    process = subprocess.run(command, capture_output=True, text=True, env=env)
+    for line in process.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line.removeprefix("RESULT "))
+    raise RuntimeError(f"{trainer} run failed:\n{process.stdout[-3000:]}\n{process.stderr[-5000:]}")
+
+
+# --- figures -------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    seconds_per_step: float  # median
+    completions_per_second: float
+    tokens_per_second: float
+    peak_rss_mb: float
+    mean_length: float
+
+
+def summarise(runs: list[dict], group_size: int) -> Summary:
+    seconds = [s for run in runs for s in run["seconds"]]
+    lengths = [n for run in runs for n in run["lengths"]]
+    median = statistics.median(seconds)
+    return Summary(
+        seconds_per_step=median,
+        completions_per_second=group_size / median,
+        tokens_per_second=sum(n * group_size for n in lengths) / sum(seconds),
+        peak_rss_mb=max(run["peak_rss_mb"] for run in runs),
+        mean_length=statistics.mean(lengths),
+    )
+
+
+def matmul_gflops() -> float:
+    """This machine's fp32 matmul rate (2048 x 2048, all threads torch uses), best of 5."""
+    import torch
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - started)
+    return 2 * 2048**3 / best / 1e9
+
+
+def step_gflop(model_name: str, prompt_tokens: int, group_size: int, new_tokens: int, beta: float) -> float:
+    """Floating-point work of one step, from the model's shapes: sampling (the prompt once, then G x new_tokens
+    decoded tokens), the reference forward when beta > 0, the policy forward, and its backward (input gradients
+    only, about one forward: the base weights are frozen and the LoRA weight gradients are negligible)."""
+    from transformers import AutoConfig
+
+    from grpo_core.models import resolve_model_dir
+
+    c = AutoConfig.from_pretrained(resolve_model_dir(model_name))
+    head_dim = c.hidden_size // c.num_attention_heads
+    q, kv = c.num_attention_heads * head_dim, c.num_key_value_heads * head_dim
+    per_token_linear = 2 * c.num_hidden_layers * (c.hidden_size * (2 * q + 2 * kv) + 3 * c.hidden_size * c.intermediate_size)
+    lm_head = 2 * c.hidden_size * c.vocab_size
+    completion = group_size * new_tokens
+    # Attention scores and weighted values: 4 x context x q-width per token per layer, context ~ prompt + t.
+    attention = 4 * c.num_hidden_layers * q * group_size * sum(prompt_tokens + t for t in range(new_tokens))
+    one_pass = (prompt_tokens + completion) * per_token_linear + completion * lm_head + attention
+    passes = 1 + (1 if beta > 0 else 0) + 2  # sampling, reference, policy forward, backward
+    return passes * one_pass / 1e9
+
+
+def side_by_side(setting: Setting, rounds: int) -> None:
+    runs: dict[str, list[dict]] = {"ours": [], "trl": []}
+    for round_index in range(rounds):
+        order = ["trl", "ours"] if round_index % 2 == 0 else ["ours", "trl"]
+        for trainer in order:
+            started = time.perf_counter()
+            runs[trainer].append(run_child(trainer, setting))
+            print(
+                f"round {round_index + 1}/{rounds} {trainer:4s}: steps "
+                + " ".join(f"{s:.2f}s" for s in runs[trainer][-1]["seconds"])
+                + f" (process {time.perf_counter() - started:.0f}s)",
+                flush=True,
+            )
+    ours, trl = summarise(runs["ours"], setting.group_size), summarise(runs["trl"], setting.group_size)
+    prompt_tokens = runs["ours"][0]["prompt_tokens"]
+    print(
+        f"\n{setting.model} fp32, LoRA r={setting.lora_r} q_proj/v_proj, 1 prompt ({prompt_tokens} tokens) x "
+        f"G={setting.group_size} x {setting.max_new_tokens} new tokens, beta {setting.beta}, "
+        f"{rounds} rounds x {setting.steps} timed steps each"
+    )
+    rows = [
+        ("seconds per step (median)", "seconds_per_step", "{:.2f}"),
+        ("completions per second", "completions_per_second", "{:.3f}"),
+        ("generated tokens per second", "tokens_per_second", "{:.1f}"),
+        ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
+        ("mean completion length", "mean_length", "{:.1f}"),
+    ]
+    print(f"{'':30s} {'ours':>10s} {'TRL':>10s} {'ours/TRL':>10s}")
+    for label, key, fmt in rows:
+        a, b = getattr(ours, key), getattr(trl, key)
+        print(f"{label:30s} {fmt.format(a):>10s} {fmt.format(b):>10s} {a / b:>10.2f}")
+    print_roofline(setting, prompt_tokens, ours)
+
+
+def print_roofline(setting: Setting, prompt_tokens: int, ours: Summary) -> None:
+    gflop = step_gflop(setting.model, prompt_tokens, setting.group_size, round(ours.mean_length), setting.beta)
+    rate = matmul_gflops()
+    floor = gflop / rate
+    print(
+        f"roofline: {gflop:.0f} GFLOP per step / {rate:.0f} GFLOP/s measured fp32 matmul = {floor:.2f} s; "
+        f"ours takes {ours.seconds_per_step / floor:.1f}x that"
+    )
+
+
+def scaling(base: Setting) -> None:
+    sweeps = [("group_size", [2, 4, 8, 16, 32]), ("max_new_tokens", [32, 64, 128, 256]), ("prompt", ["short", "fewshot"])]
+    print(f"ours alone; default G={base.group_size}, {base.max_new_tokens} new tokens, short prompt; one value changed a row")
+    print(f"{'setting':24s} {'prompt tok':>10s} {'s/step':>8s} {'s/completion':>13s} {'peak RSS MB':>12s} {'mean len':>9s}")
+    for field_name, values in sweeps:
+        for value in values:
+            setting = Setting(**{**asdict(base), field_name: value})
+            result = run_child("ours", setting)
+            summary = summarise([result], setting.group_size)
+            print(
+                f"{field_name}={value!s:14s} {result['prompt_tokens']:>10d} {summary.seconds_per_step:>8.2f} "
+                f"{summary.seconds_per_step / setting.group_size:>13.3f} {summary.peak_rss_mb:>12.0f} {summary.mean_length:>9.1f}",
+                flush=True,
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--group-size", type=int, default=Setting.group_size)
+    parser.add_argument("--max-new-tokens", type=int, default=Setting.max_new_tokens)
+    parser.add_argument("--prompt", choices=["short", "fewshot"], default=Setting.prompt)
+    parser.add_argument("--beta", type=float, default=Setting.beta)
+    parser.add_argument("--lora-r", type=int, default=Setting.lora_r)
+    parser.add_argument("--seed", type=int, default=Setting.seed)
+    parser.add_argument("--steps", type=int, default=Setting.steps, help="timed steps per process")
+    parser.add_argument("--rounds", type=int, default=2, help="processes per trainer, alternating")
+    parser.add_argument("--scaling", action="store_true", help="sweep G, max_new_tokens and prompt length (ours)")
+    parser.add_argument("--child", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--setting", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child_main(args.child, Setting(**json.loads(args.setting)))
+        return
+    setting = Setting(
+        group_size=args.group_size,
+        max_new_tokens=args.max_new_tokens,
+        prompt=args.prompt,
+        beta=args.beta,
+        lora_r=args.lora_r,
+        seed=args.seed,
+        steps=args.steps,
+    )
+    if args.scaling:
+        scaling(setting)
+    else:
+        side_by_side(setting, args.rounds)
+
+
+if __name__ == "__main__":
+    main()
