@@ -28,6 +28,7 @@ from grpo_core.checkpoint import (
 from grpo_core.config import GRPOConfig, LoraSettings, RewardSpec
 from grpo_core.data import dataset_fields, render_prompt, rows_for_step
 from grpo_core.models import load_base_model
+from grpo_core.packed_linear import pack_frozen_linears
 from grpo_core.rewards import RewardFunction, resolve_rewards, score_completions
 from grpo_core.sampling import SampleBatch, completion_logprobs, sample_groups
 
@@ -61,7 +62,8 @@ class TrainResult:
 
 def add_lora(model, lora: LoraSettings, seed: int):
     """Wrap `model` in a fresh LoRA adapter; only the adapter weights train. The LoRA A matrices are initialised
-    from `seed`, so the same seed starts from the same adapter."""
+    from `seed`, so the same seed starts from the same adapter. On a CPU the frozen base linears then compute with
+    oneDNN-packed copies of their weights (grpo_core/packed_linear.py)."""
     from peft import LoraConfig, get_peft_model
 
     peft_config = LoraConfig(
@@ -72,7 +74,10 @@ def add_lora(model, lora: LoraSettings, seed: int):
         task_type="CAUSAL_LM",
     )
     torch.manual_seed(seed)
-    return get_peft_model(model, peft_config)
+    policy = get_peft_model(model, peft_config)
+    # The base weights stay frozen from here on, so on a CPU their products can use a packed copy (faster).
+    pack_frozen_linears(policy)
+    return policy
 
 
 def learning_rate_at(step: int, config: GRPOConfig) -> float:
