@@ -1,7 +1,13 @@
 import torch
 
 from grpo_core.models import load_base_model
-from grpo_core.sampling import completion_logprobs, completion_mask_from_eos, sample_groups, selective_log_softmax
+from grpo_core.sampling import (
+    completion_logprobs,
+    completion_mask_from_eos,
+    next_tokens,
+    sample_groups,
+    selective_log_softmax,
+)
 
 EOS = 2
 
@@ -43,3 +49,88 @@ def test_groups_are_adjacent_and_logprobs_match_a_plain_forward_pass():
         torch.log_softmax(logits, -1).gather(-1, row[1:].unsqueeze(-1)).squeeze(-1)[-batch.completion_ids.shape[1] :]
     )
     torch.testing.assert_close(logprobs[0], direct, rtol=1e-4, atol=1e-4)
+
+
+def test_selective_log_softmax_gradient_equals_autograd_through_the_full_log_softmax():
+    torch.manual_seed(1)
+    logits = torch.randn(3, 5, 11, requires_grad=True)
+    ids = torch.randint(0, 11, (3, 5))
+    upstream = torch.randn(3, 5)
+    (selective_log_softmax(logits, ids) * upstream).sum().backward()
+    ours = logits.grad.clone()
+    logits.grad = None
+    (torch.log_softmax(logits, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1) * upstream).sum().backward()
+    torch.testing.assert_close(ours, logits.grad)
+
+
+def tiny_policy(b_value: float | None = 0.3):
+    from grpo_core.config import LoraSettings
+    from grpo_core.trainer import add_lora
+
+    model, tokenizer = load_base_model("tiny-random-llama")
+    policy = add_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0), seed=0)
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, b_value)  # a non-zero adapter, so the policy differs from the base
+    return policy, tokenizer
+
+
+def full_sequence_logprobs(model, batch):
+    """The plain computation: every row's whole sequence in one forward pass."""
+    mask = batch.attention_mask
+    logits = model(
+        input_ids=batch.input_ids,
+        attention_mask=mask,
+        position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+        use_cache=False,
+    ).logits[:, -batch.completion_ids.shape[1] - 1 : -1]
+    return torch.log_softmax(logits.float(), -1).gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
+
+
+def test_prompt_once_logprobs_and_gradients_equal_a_forward_over_the_full_sequences():
+    torch.manual_seed(0)
+    policy, tokenizer = tiny_policy()
+    prompts = ["<|im_start|>user\nWhat is 1 + 1?<|im_end|>\n<|im_start|>assistant\n", "Hi there"]  # padded
+    batch = sample_groups(policy, tokenizer, prompts, group_size=3, max_new_tokens=7)
+    assert batch.prompt_mask[3, 0] == 0, "the second prompt must be left-padded for this test to mean anything"
+    scored = batch.completion_mask.bool()
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+
+    ours = completion_logprobs(policy, batch)
+    ours_grads = torch.autograd.grad(ours[scored].sum(), trainable)
+    plain = full_sequence_logprobs(policy, batch)
+    plain_grads = torch.autograd.grad(plain[scored].sum(), trainable)
+
+    torch.testing.assert_close(ours[scored], plain[scored], rtol=1e-4, atol=1e-4)
+    for a, b in zip(ours_grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    assert any(g.abs().sum() > 0 for g in ours_grads)
+
+
+def test_sampling_stops_as_soon_as_every_row_has_ended():
+    policy, tokenizer = tiny_policy()
+    prompt = ["<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"]
+    first = sample_groups(policy, tokenizer, prompt, group_size=2, max_new_tokens=5, greedy=True)
+    assert first.completion_ids.shape == (2, 5)
+    # Make the token greedy decoding picks first an end-of-sequence token: every row then ends at step one.
+    policy.generation_config.eos_token_id = int(first.completion_ids[0, 0])
+    ended = sample_groups(policy, tokenizer, prompt, group_size=2, max_new_tokens=5, greedy=True)
+    assert ended.completion_ids.shape == (2, 1)
+    assert ended.completion_mask.tolist() == [[1], [1]] and not ended.truncated.any()
+
+
+def test_next_tokens_draws_from_the_softmax_and_respects_top_p():
+    torch.manual_seed(0)
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    logits = probs.log().expand(40_000, -1)
+    counts = torch.bincount(next_tokens(logits, temperature=1.0, top_p=1.0, greedy=False), minlength=5)
+    torch.testing.assert_close(counts / counts.sum(), probs, atol=0.01, rtol=0)
+    assert counts[4] == 0  # a zero-probability token is never drawn
+    # top_p=0.7 keeps the smallest prefix reaching 0.7: the first two tokens, renormalised to 0.625 / 0.375.
+    counts = torch.bincount(next_tokens(logits, temperature=1.0, top_p=0.7, greedy=False), minlength=5)
+    torch.testing.assert_close(counts / counts.sum(), torch.tensor([0.625, 0.375, 0, 0, 0]), atol=0.01, rtol=0)
+    # Temperature 2 flattens: p ~ sqrt(probs).
+    flat = probs.sqrt() / probs.sqrt().sum()
+    counts = torch.bincount(next_tokens(logits, temperature=2.0, top_p=1.0, greedy=False), minlength=5)
+    torch.testing.assert_close(counts / counts.sum(), flat, atol=0.01, rtol=0)
