@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Security
@@ -13,7 +13,10 @@ from api.db import session_scope
 from api.services import authenticate
 
 
-def get_session() -> Iterator[Session]:
+async def get_session() -> AsyncIterator[Session]:
+    """A session for the request, committed at its end. Async on purpose: opening a Session does no I/O (it
+    connects at its first query), so FastAPI runs this on the event loop instead of hopping to a worker thread to
+    enter it and again to leave it. The routes that use it stay sync and do their queries in the thread pool."""
     with session_scope() as session:
         yield session
 

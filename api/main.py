@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -29,10 +33,20 @@ def _allowed_methods(request: Request) -> list[str]:
     ]
 
 
+@asynccontextmanager
+async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    # The app imports torch and transformers (for reward and config validation): ~280k long-lived objects that
+    # every full garbage collection would walk, a 130 ms pause that showed as the p99 of GET /v1/jobs/{id}.
+    # Freezing them after start-up leaves collections only the objects that requests create.
+    gc.freeze()
+    yield
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
         title="grpo-service",
         version="0.1.0",
+        lifespan=_lifespan,
         description="GRPO fine-tuning jobs with LoRA adapters. Every /v1 call needs `Authorization: Bearer <key>`.",
     )
     for router in (health.router, datasets.router, catalog.router, jobs.router):
