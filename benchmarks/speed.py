@@ -198,7 +198,9 @@ def step_gflop(model_name: str, prompt_tokens: int, group_size: int, new_tokens:
     c = AutoConfig.from_pretrained(resolve_model_dir(model_name))
     head_dim = c.hidden_size // c.num_attention_heads
     q, kv = c.num_attention_heads * head_dim, c.num_key_value_heads * head_dim
-    per_token_linear = 2 * c.num_hidden_layers * (c.hidden_size * (2 * q + 2 * kv) + 3 * c.hidden_size * c.intermediate_size)
+    per_token_linear = (
+        2 * c.num_hidden_layers * (c.hidden_size * (2 * q + 2 * kv) + 3 * c.hidden_size * c.intermediate_size)
+    )
     lm_head = 2 * c.hidden_size * c.vocab_size
     completion = group_size * new_tokens
     # Attention scores and weighted values: 4 x context x q-width per token per layer, context ~ prompt + t.
@@ -253,9 +255,17 @@ def print_roofline(setting: Setting, prompt_tokens: int, ours: Summary) -> None:
 
 
 def scaling(base: Setting) -> None:
-    sweeps = [("group_size", [2, 4, 8, 16, 32]), ("max_new_tokens", [32, 64, 128, 256]), ("prompt", ["short", "fewshot"])]
-    print(f"ours alone; default G={base.group_size}, {base.max_new_tokens} new tokens, short prompt; one value changed a row")
-    print(f"{'setting':24s} {'prompt tok':>10s} {'s/step':>8s} {'s/completion':>13s} {'peak RSS MB':>12s} {'mean len':>9s}")
+    sweeps = [
+        ("group_size", [2, 4, 8, 16, 32]),
+        ("max_new_tokens", [32, 64, 128, 256]),
+        ("prompt", ["short", "fewshot"]),
+    ]
+    print(
+        f"ours alone; default G={base.group_size}, {base.max_new_tokens} new tokens, short prompt; one value changed a row"
+    )
+    print(
+        f"{'setting':24s} {'prompt tok':>10s} {'s/step':>8s} {'s/completion':>13s} {'peak RSS MB':>12s} {'mean len':>9s}"
+    )
     for field_name, values in sweeps:
         for value in values:
             setting = Setting(**{**asdict(base), field_name: value})

@@ -259,7 +259,9 @@ def completion_logprobs(model, batch: SampleBatch, temperature: float = 1.0) -> 
             past_key_values=cache,
             use_cache=True,
         )
-        logprobs.append(selective_log_softmax(scale(completion_output.logits, temperature), batch.completion_ids[:, 1:]))
+        logprobs.append(
+            selective_log_softmax(scale(completion_output.logits, temperature), batch.completion_ids[:, 1:])
+        )
     return torch.cat(logprobs, dim=1)
 
 
