@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -44,6 +45,13 @@ class PackedLinear(nn.Linear):
     _packed_version: tuple[int, int]
     _merged: torch.Tensor | None  # a packed weight with a LoRA delta added, used while sampling
 
+    def reset_packing(self) -> None:
+        self._packed, self._packed_version, self._merged = None, (0, -1), None
+
+    def use_merged_weight(self, weight: torch.Tensor | None) -> None:
+        """Compute no-grad passes with `weight` (packed now) instead of this layer's own; None to stop."""
+        self._merged = None if weight is None else torch.ops.mkldnn._reorder_linear_weight(weight, 8)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._merged is not None and not torch.is_grad_enabled():
             return torch.ops.mkldnn._linear_pointwise(x, self._merged, self.bias, "none", [None], "")
@@ -69,9 +77,7 @@ def pack_frozen_linears(model: nn.Module) -> int:
     for module in model.modules():
         if type(module) is nn.Linear and module.weight.device.type == "cpu" and module.weight.dtype == torch.float32:
             module.__class__ = PackedLinear
-            module._packed = None
-            module._packed_version = (0, -1)
-            module._merged = None
+            cast(PackedLinear, module).reset_packing()
             count += 1
     return count
 
@@ -83,21 +89,21 @@ def adapter_merged(model: nn.Module) -> Iterator[None]:
     new tensor, dropped on exit. A no-op for a model without such layers."""
     from peft.tuners.lora import LoraLayer
 
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and isinstance(m.get_base_layer(), PackedLinear)]
-    if not layers or not hasattr(model, "disable_adapter"):
+    layers: list[Any] = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    bases = [layer.get_base_layer() for layer in layers]
+    if not layers or not all(isinstance(b, PackedLinear) for b in bases) or not hasattr(model, "disable_adapter"):
         yield
         return
     with torch.no_grad():
-        for layer in layers:
-            base = layer.get_base_layer()
+        for layer, base in zip(layers, bases, strict=True):
             merged = base.weight.detach().clone()
             for name in layer.active_adapters:
                 if name in layer.lora_A:
                     merged += layer.get_delta_weight(name)
-            base._merged = torch.ops.mkldnn._reorder_linear_weight(merged, 8)
+            base.use_merged_weight(merged)
     try:
-        with model.disable_adapter():
+        with cast(Any, model).disable_adapter():
             yield
     finally:
-        for layer in layers:
-            layer.get_base_layer()._merged = None
+        for base in bases:
+            base.use_merged_weight(None)
