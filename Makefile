@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test chaos lint demo bench bench-scaling bench-parity bench-learning clean
+.PHONY: install test chaos lint demo bench bench-scaling bench-ablations bench-parity bench-learning clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,7 +41,10 @@ bench: $(BIN)/.bench-installed
 	$(BIN)/python benchmarks/speed.py
 
 bench-scaling: install
-	$(BIN)/python benchmarks/speed.py --scaling
+	$(BIN)/python benchmarks/speed.py --scaling --steps 2
+
+bench-ablations: install
+	$(BIN)/python benchmarks/ablations.py
 
 bench-parity: $(BIN)/.bench-installed
 	$(BIN)/python benchmarks/parity.py --seeds 0 1 2

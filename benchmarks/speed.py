@@ -211,6 +211,9 @@ def step_gflop(model_name: str, prompt_tokens: int, group_size: int, new_tokens:
 
 
 def side_by_side(setting: Setting, rounds: int) -> None:
+    from grpo_core.models import resolve_model_dir
+
+    resolve_model_dir(setting.model)  # convert a catalog model here, so no child's peak RSS includes that
     runs: dict[str, list[dict]] = {"ours": [], "trl": []}
     for round_index in range(rounds):
         order = ["trl", "ours"] if round_index % 2 == 0 else ["ours", "trl"]
@@ -244,17 +247,58 @@ def side_by_side(setting: Setting, rounds: int) -> None:
     print_roofline(setting, prompt_tokens, ours)
 
 
+def read_bandwidth_gbs() -> float:
+    """This machine's memory read rate: summing a 512 MB tensor, best of 5."""
+    import torch
+
+    x = torch.ones(128 * 2**20)
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - started)
+    return x.numel() * 4 / best / 1e9
+
+
+def weight_bytes(model_name: str) -> int:
+    """Bytes of fp32 weights one decoding step reads: every linear, and the (tied) output embedding once."""
+    from transformers import AutoConfig
+
+    from grpo_core.models import resolve_model_dir
+
+    c = AutoConfig.from_pretrained(resolve_model_dir(model_name))
+    head_dim = c.hidden_size // c.num_attention_heads
+    q, kv = c.num_attention_heads * head_dim, c.num_key_value_heads * head_dim
+    per_layer = c.hidden_size * (2 * q + 2 * kv) + 3 * c.hidden_size * c.intermediate_size
+    return 4 * (c.num_hidden_layers * per_layer + c.hidden_size * c.vocab_size)
+
+
 def print_roofline(setting: Setting, prompt_tokens: int, ours: Summary) -> None:
-    gflop = step_gflop(setting.model, prompt_tokens, setting.group_size, round(ours.mean_length), setting.beta)
+    new_tokens = round(ours.mean_length)
+    gflop = step_gflop(setting.model, prompt_tokens, setting.group_size, new_tokens, setting.beta)
     rate = matmul_gflops()
     floor = gflop / rate
     print(
         f"roofline: {gflop:.0f} GFLOP per step / {rate:.0f} GFLOP/s measured fp32 matmul = {floor:.2f} s; "
         f"ours takes {ours.seconds_per_step / floor:.1f}x that"
     )
+    # Decoding G rows at a time is bound by reading the weights, not by arithmetic: each of the new_tokens
+    # sequential steps reads every weight once. That floor replaces the sampling pass's FLOP time.
+    bandwidth = read_bandwidth_gbs()
+    decode_floor = new_tokens * weight_bytes(setting.model) / (bandwidth * 1e9)
+    passes = 1 + (1 if setting.beta > 0 else 0) + 2
+    combined = decode_floor + floor * (passes - 1) / passes
+    print(
+        f"with decoding bound by memory ({new_tokens} steps x {weight_bytes(setting.model) / 2**20:.0f} MiB of "
+        f"weights / {bandwidth:.0f} GB/s = {decode_floor:.2f} s) plus the other passes' FLOP time: {combined:.2f} s; "
+        f"ours takes {ours.seconds_per_step / combined:.1f}x that"
+    )
 
 
 def scaling(base: Setting) -> None:
+    from grpo_core.models import resolve_model_dir
+
+    resolve_model_dir(base.model)
     sweeps = [
         ("group_size", [2, 4, 8, 16, 32]),
         ("max_new_tokens", [32, 64, 128, 256]),
