@@ -129,7 +129,8 @@ def _sample(model, tokenizer, prompts, group_size, max_new_tokens, temperature, 
     was_training = model.training
     model.eval()
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    prompt_ids, prompt_mask = encoded.input_ids, encoded.attention_mask
+    device = model.device
+    prompt_ids, prompt_mask = encoded.input_ids.to(device), encoded.attention_mask.to(device)
     eos_ids = eos_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     rows = len(prompts) * group_size
@@ -151,9 +152,9 @@ def _sample(model, tokenizer, prompts, group_size, max_new_tokens, temperature, 
     unpadded = bool(prompt_mask.all())
     position = attention_mask.sum(dim=1, keepdim=True)
 
-    completion_ids = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long)
-    finished = torch.zeros(rows, dtype=torch.bool)
-    eos = torch.tensor(eos_ids)
+    completion_ids = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    eos = torch.tensor(eos_ids, device=device)
     length = 0
     for t in range(max_new_tokens):
         tokens = next_tokens(logits, temperature=temperature, top_p=top_p, greedy=greedy)
@@ -255,7 +256,7 @@ def completion_logprobs(model, batch: SampleBatch, temperature: float = 1.0) -> 
         completion_output = model(
             input_ids=batch.completion_ids[:, :-1],
             attention_mask=attention_mask,
-            position_ids=start + torch.arange(completion_length - 1),
+            position_ids=start + torch.arange(completion_length - 1, device=start.device),
             past_key_values=cache,
             use_cache=True,
         )
