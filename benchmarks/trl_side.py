@@ -18,6 +18,7 @@ import torch
 from grpo_core import GRPOConfig
 from grpo_core.models import load_tokenizer, resolve_model_dir
 from grpo_core.rewards import resolve_rewards, score_completions
+from grpo_core.trainer import peft_lora_config
 
 
 def reward_function(specs, rows: Sequence[Mapping[str, Any]]) -> Callable[..., list[float]]:
@@ -47,7 +48,6 @@ def build_trl_trainer(
 ):
     """A TRL GRPOTrainer over `rows` (each with a `prompt` already rendered by our chat template)."""
     from datasets import Dataset
-    from peft import LoraConfig
     from trl import GRPOConfig as TRLConfig
     from trl import GRPOTrainer as TRLTrainer
 
@@ -83,21 +83,13 @@ def build_trl_trainer(
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    lora = config.lora
-    peft_config = LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
-        task_type="CAUSAL_LM",
-    )
     return TRLTrainer(
         model=str(model_dir),
         reward_funcs=[reward_function(rewards, rows)],
         args=args,
         train_dataset=Dataset.from_list([dict(row) for row in rows]),
         processing_class=tokenizer,
-        peft_config=peft_config,
+        peft_config=peft_lora_config(config.lora),  # the same adapter settings as ours
         callbacks=list(callbacks),
     )
 

@@ -60,21 +60,26 @@ class TrainResult:
 # --- pieces -------------------------------------------------------------------------------------------------------
 
 
-def add_lora(model, lora: LoraSettings, seed: int):
-    """Wrap `model` in a fresh LoRA adapter; only the adapter weights train. The LoRA A matrices are initialised
-    from `seed`, so the same seed starts from the same adapter. On a CPU the frozen base linears then compute with
-    oneDNN-packed copies of their weights (grpo_core/packed_linear.py)."""
-    from peft import LoraConfig, get_peft_model
+def peft_lora_config(lora: LoraSettings):
+    from peft import LoraConfig
 
-    peft_config = LoraConfig(
+    return LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
         task_type="CAUSAL_LM",
     )
+
+
+def add_lora(model, lora: LoraSettings, seed: int):
+    """Wrap `model` in a fresh LoRA adapter; only the adapter weights train. The LoRA A matrices are initialised
+    from `seed`, so the same seed starts from the same adapter. On a CPU the frozen base linears then compute with
+    oneDNN-packed copies of their weights (grpo_core/packed_linear.py)."""
+    from peft import get_peft_model
+
     torch.manual_seed(seed)
-    policy = get_peft_model(model, peft_config)
+    policy = get_peft_model(model, peft_lora_config(lora))
     # The base weights stay frozen from here on, so on a CPU their products can use a packed copy (faster).
     pack_frozen_linears(policy)
     return policy
