@@ -110,7 +110,7 @@ def main() -> None:
 
     def record(phase: str, variant: str, seconds: float) -> None:
         results.append((phase, variant, seconds))
-        print(f"{phase:34s} {variant:58s} {seconds:7.3f} s", flush=True)
+        print(f"{phase:34s} {variant:58s} {seconds * 1000:9.1f} ms", flush=True)
 
     # --- sampling -----------------------------------------------------------------------------------------------
     unpacked(model)

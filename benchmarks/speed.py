@@ -79,39 +79,43 @@ def grpo_config(setting: Setting, max_steps: int):
 REWARDS = [("length_target", {"target": 200})]  # cheap and varied across a group, so advantages are non-zero
 
 
-def benchmark_rows(setting: Setting, tokenizer) -> list[dict]:
+def benchmark_row(setting: Setting, tokenizer) -> dict:
+    """The dataset row: the prompt as a user would upload it (our trainer applies the chat template)."""
+    return {"prompt": STORY_PROMPT if setting.prompt == "short" else few_shot_prompt(400, tokenizer)}
+
+
+def rendered_row(row: dict, tokenizer) -> dict:
+    """The same row with the chat template applied, as TRL gets it (TRL then uses the text as it is)."""
     from grpo_core.data import render_prompt
 
-    text = STORY_PROMPT if setting.prompt == "short" else few_shot_prompt(400, tokenizer)
-    rendered = render_prompt({"prompt": text}, tokenizer)
-    return [{"prompt": rendered, "prompt_tokens": len(tokenizer(rendered).input_ids)}]
+    rendered = render_prompt(row, tokenizer)
+    return {"prompt": rendered, "prompt_tokens": len(tokenizer(rendered, add_special_tokens=False).input_ids)}
 
 
 # --- one trainer in one process ------------------------------------------------------------------------------------
 
 
 def run_ours(setting: Setting) -> dict:
-    import torch
-
-    from grpo_core import RewardSpec
-    from grpo_core.models import load_base_model
-    from grpo_core.rewards import resolve_rewards
-    from grpo_core.trainer import add_lora, grpo_step, make_optimizer
+    """Our trainer as the service runs it (GRPOTrainer.setup: model, adapter, optimizer, allocator settings),
+    then grpo_step timed one call at a time."""
+    from grpo_core import GRPOTrainer, RewardSpec
+    from grpo_core.trainer import grpo_step
 
     config = grpo_config(setting, max_steps=setting.steps + 1)
-    torch.manual_seed(setting.seed)
-    base, tokenizer = load_base_model(setting.model)
-    model = add_lora(base, config.lora, setting.seed)
-    optimizer, _ = make_optimizer(model, config)
-    rows = benchmark_rows(setting, tokenizer)
-    rewards = resolve_rewards([RewardSpec(name, params=params) for name, params in REWARDS], {"prompt"})
+    specs = [RewardSpec(name, params=params) for name, params in REWARDS]
+    trainer = GRPOTrainer(
+        base_model=setting.model, train_rows=[{"prompt": STORY_PROMPT}], rewards=specs, config=config, output_dir="."
+    )
+    trainer.setup()
+    rows = [benchmark_row(setting, trainer.tokenizer)]
     seconds, lengths = [], []
     for _ in range(setting.steps + 1):
         started = time.perf_counter()
-        metrics = grpo_step(model, tokenizer, optimizer, rows, rewards, config)
+        metrics = grpo_step(trainer.model, trainer.tokenizer, trainer.optimizer, rows, trainer.rewards, config)
         seconds.append(time.perf_counter() - started)
         lengths.append(metrics["completion_length_mean"])
-    return {"seconds": seconds[1:], "lengths": lengths[1:], "prompt_tokens": rows[0]["prompt_tokens"]}
+    prompt_tokens = rendered_row(rows[0], trainer.tokenizer)["prompt_tokens"]
+    return {"seconds": seconds[1:], "lengths": lengths[1:], "prompt_tokens": prompt_tokens}
 
 
 def run_trl(setting: Setting) -> dict:
@@ -122,7 +126,7 @@ def run_trl(setting: Setting) -> dict:
 
     config = grpo_config(setting, max_steps=setting.steps + 1)
     tokenizer = load_tokenizer(setting.model)
-    rows = benchmark_rows(setting, tokenizer) * (setting.steps + 1)
+    rows = [rendered_row(benchmark_row(setting, tokenizer), tokenizer)] * (setting.steps + 1)
     timer = step_timer()
     import tempfile
 
