@@ -59,7 +59,7 @@ class Setting:
     beta: float = 0.04
     lora_r: int = 8
     seed: int = 0
-    steps: int = 3  # timed steps per process, after one warm-up step
+    steps: int = 4  # timed steps per process, after one warm-up step
 
 
 def grpo_config(setting: Setting, max_steps: int):
