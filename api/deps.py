@@ -6,11 +6,13 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Security
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.db import session_scope
-from api.services import authenticate
+from api.services import authenticate, recent_keys
+from api.settings import get_settings
 
 
 async def get_session() -> AsyncIterator[Session]:
@@ -29,10 +31,18 @@ SessionDep = Annotated[Session, Depends(get_session)]
 bearer = HTTPBearer(auto_error=False, description="An API key made by `grpo keys create --tenant <name>`")
 
 
-def get_tenant_id(
+async def get_tenant_id(
     session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
 ) -> str:
-    tenant_id = authenticate(session, key=credentials.credentials) if credentials else None
+    """The caller's tenant. A key this process checked in the last GRPO_AUTH_CACHE_SECONDS is trusted without a
+    query; any other is looked up in a worker thread (never on the event loop, where waiting for a pooled
+    connection could block the requests that would free one)."""
+    key = credentials.credentials if credentials else None
+    tenant_id = recent_keys.get(key, get_settings().auth_cache_seconds) if key else None
+    if tenant_id is None and key:
+        tenant_id = await run_in_threadpool(authenticate, session, key=key)
+        if tenant_id is not None:
+            recent_keys.put(key, tenant_id)
     if tenant_id is None:
         raise HTTPException(
             status_code=401,

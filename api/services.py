@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -54,6 +55,33 @@ def create_api_key(session: Session, *, tenant_name: str) -> str:
     session.add(ApiKey(tenant_id=tenant.id, prefix=key[: len(KEY_PREFIX) + 8], key_hash=_hash_key(key)))
     session.flush()
     return key
+
+
+class RecentKeys:
+    """Keys this process checked lately, by hash, with their tenant: a request with a known key then needs no
+    database lookup (and no hop to a worker thread for it). Only keys that passed are kept, for `ttl` seconds,
+    so a key removed from the database stops working within that time. Bounded: emptied when full."""
+
+    def __init__(self, max_entries: int = 10_000):
+        self.max_entries = max_entries
+        self._tenants: dict[str, tuple[str, float]] = {}
+
+    def get(self, key: str, ttl: float) -> str | None:
+        entry = self._tenants.get(_hash_key(key))
+        if entry is None or time.monotonic() - entry[1] > ttl:
+            return None
+        return entry[0]
+
+    def put(self, key: str, tenant_id: str) -> None:
+        if len(self._tenants) >= self.max_entries:
+            self._tenants.clear()
+        self._tenants[_hash_key(key)] = (tenant_id, time.monotonic())
+
+    def clear(self) -> None:
+        self._tenants.clear()
+
+
+recent_keys = RecentKeys()
 
 
 def authenticate(session: Session, *, key: str) -> str | None:

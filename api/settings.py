@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     broker_visibility_timeout: float = Field(
         3600.0, gt=0, description="Redis: seconds before an unacknowledged message is redelivered"
     )
+    auth_cache_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="How long an API process trusts a key it has checked before asking the database again (0: every call)",
+    )
     model_cache: Path | None = Field(None, description="Converted base models; default ~/.cache/grpo-service/models")
 
     @property

@@ -84,3 +84,36 @@ def test_an_archive_that_links_outside_the_artifacts_folder_is_not_served(servic
         assert response.status_code == 404 and "not an adapter" not in response.text, path
     archive.unlink()  # a missing archive is a 404 too, not a 500
     assert service.get(f"/v1/jobs/{job_id}/adapter", headers=alice).status_code == 404
+
+
+def test_a_checked_key_is_trusted_for_a_while_and_a_wrong_key_is_looked_up_every_time(service, alice, monkeypatch):
+    from sqlalchemy import delete, event
+    from sqlalchemy.engine import Engine
+
+    from api.db import session_scope
+    from api.models import ApiKey
+    from api.settings import get_settings
+
+    lookups = []
+
+    def count_key_lookups(_connection, _cursor, statement, *_args):
+        if "FROM api_keys" in statement:
+            lookups.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", count_key_lookups)
+    try:
+        assert service.get("/v1/jobs", headers=alice).status_code == 200
+        assert service.get("/v1/jobs", headers=alice).status_code == 200
+        assert len(lookups) == 1, "the second call with the same key must not query the keys table"
+        wrong = {"Authorization": "Bearer grpo_notakey0000000000"}
+        assert [service.get("/v1/jobs", headers=wrong).status_code for _ in range(2)] == [401, 401]
+        assert len(lookups) == 3, "a key that failed is never remembered"
+    finally:
+        event.remove(Engine, "before_cursor_execute", count_key_lookups)
+
+    with session_scope() as session:
+        session.execute(delete(ApiKey))
+    assert service.get("/v1/jobs", headers=alice).status_code == 200  # still within GRPO_AUTH_CACHE_SECONDS
+    monkeypatch.setenv("GRPO_AUTH_CACHE_SECONDS", "0")
+    get_settings.cache_clear()
+    assert service.get("/v1/jobs", headers=alice).status_code == 401
