@@ -69,7 +69,7 @@ def query_plans(job_id: str) -> list[tuple[str, str]]:
     sqlite = engine.dialect.name == "sqlite"
     explain = "EXPLAIN QUERY PLAN " if sqlite else "EXPLAIN "
     queries = {
-        "key lookup (every call)": "SELECT key_hash, tenant_id FROM api_keys WHERE prefix = 'grpo_abcdefgh'",
+        "key lookup (a key unseen for 30 s)": "SELECT key_hash, tenant_id FROM api_keys WHERE prefix = 'grpo_abcdefgh'",
         "job by id and tenant": f"SELECT * FROM jobs WHERE id = '{job_id}' AND tenant_id = 'x'",
         "metric steps page": f"SELECT step FROM metrics WHERE job_id = '{job_id}' AND step > 5000 GROUP BY step ORDER BY step LIMIT 201",
         "metric rows page": f"SELECT * FROM metrics WHERE job_id = '{job_id}' AND step > 5000 AND step <= 5200 ORDER BY step, kind DESC",
