@@ -53,10 +53,15 @@ class PackedLinear(nn.Linear):
         self._merged = None if weight is None else torch.ops.mkldnn._reorder_linear_weight(weight, 8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._merged is not None and not torch.is_grad_enabled():
+        if self._merged is not None:
+            if torch.is_grad_enabled():
+                # Inside adapter_merged the LoRA wrappers are switched off: a pass that trains would silently
+                # train nothing, so it is refused.
+                raise RuntimeError("adapter_merged() is for passes under torch.no_grad()")
             return torch.ops.mkldnn._linear_pointwise(x, self._merged, self.bias, "none", [None], "")
-        weight = self.weight
-        if weight.requires_grad or x.device.type != "cpu" or x.dtype != weight.dtype:
+        weight, bias = self.weight, self.bias
+        trainable = weight.requires_grad or (bias is not None and bias.requires_grad)
+        if trainable or x.device.type != "cpu" or x.dtype != weight.dtype:
             return super().forward(x)
         version = (weight.data_ptr(), weight._version)
         if self._packed is None or self._packed_version != version:

@@ -65,5 +65,7 @@ def test_merged_adapter_gives_the_policy_logits_and_leaves_every_weight_unchange
         with policy.disable_adapter():
             base = policy(input_ids=ids).logits
     torch.testing.assert_close(merged, expected, rtol=1e-4, atol=1e-4)
+    with adapter_merged(policy), pytest.raises(RuntimeError, match="no_grad"):
+        policy(input_ids=ids)  # a pass that records gradients would train nothing in there
     assert not torch.allclose(base, expected, atol=1e-3), "the adapter must matter for this test to mean anything"
     assert all(torch.equal(p, before[n]) for n, p in policy.named_parameters())
