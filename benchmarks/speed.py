@@ -22,6 +22,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 
@@ -128,8 +129,6 @@ def run_trl(setting: Setting) -> dict:
     tokenizer = load_tokenizer(setting.model)
     rows = [rendered_row(benchmark_row(setting, tokenizer), tokenizer)] * (setting.steps + 1)
     timer = step_timer()
-    import tempfile
-
     with tempfile.TemporaryDirectory() as output_dir:
         specs = [RewardSpec(name, params=params) for name, params in REWARDS]
         build_trl_trainer(setting.model, rows, specs, config, output_dir, [timer]).train()
@@ -191,10 +190,15 @@ def matmul_gflops() -> float:
     return 2 * 2048**3 / best / 1e9
 
 
-def step_gflop(model_name: str, prompt_tokens: int, group_size: int, new_tokens: int, beta: float) -> float:
-    """Floating-point work of one step, from the model's shapes: sampling (the prompt once, then G x new_tokens
-    decoded tokens), the reference forward when beta > 0, the policy forward, and its backward (input gradients
-    only, about one forward: the base weights are frozen and the LoRA weight gradients are negligible)."""
+@dataclass
+class ModelShape:
+    layers: int
+    linear_params_per_layer: int  # q, k, v, o and the three MLP projections
+    attention_width: int  # heads x head_dim of the queries
+    embedding_params: int  # the (tied) output embedding: vocab x hidden
+
+
+def model_shape(model_name: str) -> ModelShape:
     from transformers import AutoConfig
 
     from grpo_core.models import resolve_model_dir
@@ -202,16 +206,32 @@ def step_gflop(model_name: str, prompt_tokens: int, group_size: int, new_tokens:
     c = AutoConfig.from_pretrained(resolve_model_dir(model_name))
     head_dim = c.hidden_size // c.num_attention_heads
     q, kv = c.num_attention_heads * head_dim, c.num_key_value_heads * head_dim
-    per_token_linear = (
-        2 * c.num_hidden_layers * (c.hidden_size * (2 * q + 2 * kv) + 3 * c.hidden_size * c.intermediate_size)
+    return ModelShape(
+        layers=c.num_hidden_layers,
+        linear_params_per_layer=c.hidden_size * (2 * q + 2 * kv) + 3 * c.hidden_size * c.intermediate_size,
+        attention_width=q,
+        embedding_params=c.hidden_size * c.vocab_size,
     )
-    lm_head = 2 * c.hidden_size * c.vocab_size
+
+
+def passes_per_step(beta: float) -> int:
+    return 1 + (1 if beta > 0 else 0) + 2  # sampling, reference (beta > 0), policy forward, backward
+
+
+def step_gflop(shape: ModelShape, prompt_tokens: int, group_size: int, new_tokens: int, beta: float) -> float:
+    """Floating-point work of one step, from the model's shapes: sampling (the prompt once, then G x new_tokens
+    decoded tokens), the reference forward when beta > 0, the policy forward, and its backward (input gradients
+    only, about one forward: the base weights are frozen and the LoRA weight gradients are negligible)."""
     completion = group_size * new_tokens
     # Attention scores and weighted values: 4 x context x q-width per token per layer, context ~ prompt + t.
-    attention = 4 * c.num_hidden_layers * q * group_size * sum(prompt_tokens + t for t in range(new_tokens))
-    one_pass = (prompt_tokens + completion) * per_token_linear + completion * lm_head + attention
-    passes = 1 + (1 if beta > 0 else 0) + 2  # sampling, reference, policy forward, backward
-    return passes * one_pass / 1e9
+    context = sum(prompt_tokens + t for t in range(new_tokens))
+    attention = 4 * shape.layers * shape.attention_width * group_size * context
+    one_pass = (
+        2 * (prompt_tokens + completion) * shape.layers * shape.linear_params_per_layer
+        + 2 * completion * shape.embedding_params
+        + attention
+    )
+    return passes_per_step(beta) * one_pass / 1e9
 
 
 def side_by_side(setting: Setting, rounds: int) -> None:
@@ -264,22 +284,10 @@ def read_bandwidth_gbs() -> float:
     return x.numel() * 4 / best / 1e9
 
 
-def weight_bytes(model_name: str) -> int:
-    """Bytes of fp32 weights one decoding step reads: every linear, and the (tied) output embedding once."""
-    from transformers import AutoConfig
-
-    from grpo_core.models import resolve_model_dir
-
-    c = AutoConfig.from_pretrained(resolve_model_dir(model_name))
-    head_dim = c.hidden_size // c.num_attention_heads
-    q, kv = c.num_attention_heads * head_dim, c.num_key_value_heads * head_dim
-    per_layer = c.hidden_size * (2 * q + 2 * kv) + 3 * c.hidden_size * c.intermediate_size
-    return 4 * (c.num_hidden_layers * per_layer + c.hidden_size * c.vocab_size)
-
-
 def print_roofline(setting: Setting, prompt_tokens: int, ours: Summary) -> None:
+    shape = model_shape(setting.model)
     new_tokens = round(ours.mean_length)
-    gflop = step_gflop(setting.model, prompt_tokens, setting.group_size, new_tokens, setting.beta)
+    gflop = step_gflop(shape, prompt_tokens, setting.group_size, new_tokens, setting.beta)
     rate = matmul_gflops()
     floor = gflop / rate
     print(
@@ -287,13 +295,15 @@ def print_roofline(setting: Setting, prompt_tokens: int, ours: Summary) -> None:
         f"ours takes {ours.seconds_per_step / floor:.1f}x that"
     )
     # Decoding G rows at a time is bound by reading the weights, not by arithmetic: each of the new_tokens
-    # sequential steps reads every weight once. That floor replaces the sampling pass's FLOP time.
+    # sequential steps reads every weight once (every linear, and the tied output embedding). That floor
+    # replaces the sampling pass's FLOP time.
+    weight_bytes = 4 * (shape.layers * shape.linear_params_per_layer + shape.embedding_params)
     bandwidth = read_bandwidth_gbs()
-    decode_floor = new_tokens * weight_bytes(setting.model) / (bandwidth * 1e9)
-    passes = 1 + (1 if setting.beta > 0 else 0) + 2
+    decode_floor = new_tokens * weight_bytes / (bandwidth * 1e9)
+    passes = passes_per_step(setting.beta)
     combined = decode_floor + floor * (passes - 1) / passes
     print(
-        f"with decoding bound by memory ({new_tokens} steps x {weight_bytes(setting.model) / 2**20:.0f} MiB of "
+        f"with decoding bound by memory ({new_tokens} steps x {weight_bytes / 2**20:.0f} MiB of "
         f"weights / {bandwidth:.0f} GB/s = {decode_floor:.2f} s) plus the other passes' FLOP time: {combined:.2f} s; "
         f"ours takes {ours.seconds_per_step / combined:.1f}x that"
     )
