@@ -5,13 +5,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import os
 import re
 import tarfile
-import tempfile
 from pathlib import Path
 
 from api.settings import get_settings
+from grpo_core.files import atomic_write
 
 _ID = re.compile(r"^[a-z]{2,4}_[0-9a-f]{32}$")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -61,17 +60,8 @@ def servable(path: Path) -> Path:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def pack_adapter(checkpoint_dir: Path, folder_name: str) -> tuple[Path, str, int]:

@@ -19,8 +19,10 @@ from sqlalchemy.orm import Session
 from api import artifacts
 from api.models import ApiKey, CheckpointRow, Dataset, Event, Job, MetricRow, Tenant, utcnow
 from api.schemas import JobCreate, JobPublic, Progress, RewardRef
-from grpo_core import CATALOG, GRPOConfig, RewardSpec, RewardSpecError, parse_jsonl, resolve_rewards
-from grpo_core.data import dataset_fields
+from grpo_core.config import GRPOConfig, RewardSpec
+from grpo_core.data import DatasetError, dataset_fields, parse_jsonl
+from grpo_core.rewards import RewardSpecError, resolve_rewards
+from grpo_core.spec import BASE_MODELS
 
 KEY_PREFIX = "grpo_"
 
@@ -111,8 +113,6 @@ def display_name(filename: str) -> str:
 
 def create_dataset(session: Session, *, tenant_id: str, name: str, content: bytes) -> Dataset:
     """Parse and store an uploaded JSONL file; bad lines raise InvalidInput naming each line and why."""
-    from grpo_core import DatasetError
-
     try:
         rows = parse_jsonl(content.splitlines())
     except DatasetError as error:
@@ -157,8 +157,8 @@ def validate_job_spec(session: Session, *, tenant_id: str, spec: JobCreate) -> G
     """Check a spec against the catalog, the datasets, the ranges and the reward registry before anything is
     queued. Raises InvalidInput listing every problem."""
     problems: list[str] = []
-    if spec.base_model not in CATALOG:
-        problems.append(f"unknown base_model {spec.base_model!r}; valid: {', '.join(sorted(CATALOG))}")
+    if spec.base_model not in BASE_MODELS:
+        problems.append(f"unknown base_model {spec.base_model!r}; valid: {', '.join(sorted(BASE_MODELS))}")
     fields: set[str] | None = None
     for key in ("dataset_id", "eval_dataset_id"):
         dataset_id = getattr(spec, key)

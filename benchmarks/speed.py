@@ -112,7 +112,9 @@ def run_ours(setting: Setting) -> dict:
     seconds, lengths = [], []
     for _ in range(setting.steps + 1):
         started = time.perf_counter()
-        metrics = grpo_step(trainer.model, trainer.tokenizer, trainer.optimizer, rows, trainer.rewards, config)
+        metrics = grpo_step(
+            trainer.model, trainer.tokenizer, trainer.optimizer, trainer.scheduler, rows, trainer.rewards, config
+        )
         seconds.append(time.perf_counter() - started)
         lengths.append(metrics["completion_length_mean"])
     prompt_tokens = rendered_row(rows[0], trainer.tokenizer)["prompt_tokens"]

@@ -17,7 +17,8 @@ import torch
 
 from grpo_core import GRPOConfig
 from grpo_core.models import load_tokenizer, resolve_model_dir
-from grpo_core.rewards import resolve_rewards, score_completions
+from grpo_core.rewards import resolve_rewards
+from grpo_core.rollout import score_completions
 from grpo_core.trainer import peft_lora_config
 
 

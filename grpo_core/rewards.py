@@ -4,6 +4,9 @@ A job names rewards; it never supplies code. Built-ins live here; an operator in
 points in the group `grpo_service.rewards`, each pointing at a `RewardFunction`. Every reward declares its
 params (a pydantic model, so a bad spec is refused with a precise message before a model is loaded) and the
 dataset fields it reads.
+
+Names, params and fields are all this module holds, and it imports no torch: the API validates specs with it.
+Scoring a batch of completions is `grpo_core.rollout.score_completions`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from grpo_core.config import RewardSpec
@@ -99,33 +101,6 @@ def resolve_rewards(
     if problems:
         raise RewardSpecError(problems)
     return resolved
-
-
-@dataclass(frozen=True)
-class Scores:
-    rewards: torch.Tensor  # [N] weighted sum over reward functions
-    per_function: torch.Tensor  # [N, F] each function's raw score
-    errors: int  # completions x functions that raised and were scored 0
-
-
-def score_completions(
-    completions: Sequence[str], rows: Sequence[Mapping[str, Any]], rewards: Sequence[tuple[RewardFunction, Any, float]]
-) -> Scores:
-    """Score completion i against rows[i] with every reward; a reward that raises scores 0 and is counted."""
-    per_function = torch.zeros(len(completions), len(rewards))
-    errors = 0
-    for i, (completion, row) in enumerate(zip(completions, rows, strict=True)):
-        for j, (fn, params, _weight) in enumerate(rewards):
-            try:
-                value = float(fn.score(completion, row, params))
-                if not math.isfinite(value):
-                    raise ValueError("non-finite reward")
-            except Exception:
-                errors += 1
-                value = 0.0
-            per_function[i, j] = value
-    weights = torch.tensor([weight for _fn, _params, weight in rewards])
-    return Scores(rewards=per_function @ weights, per_function=per_function, errors=errors)
 
 
 # --- built-ins ----------------------------------------------------------------------------------------------------

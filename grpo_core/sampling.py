@@ -52,7 +52,7 @@ def eos_token_ids(model, tokenizer) -> list[int]:
 
 class ReservedLayer(DynamicLayer):
     """A KV-cache layer that writes each new token into storage reserved for the whole sample, where the default
-    layer concatenates, copying the whole cache at every decoding step (8% of a step on a CPU)."""
+    layer concatenates, copying the whole cache at every decoding step (benchmarks/README.md: ablations)."""
 
     def __init__(self, capacity: int):
         super().__init__()
@@ -95,7 +95,7 @@ def next_tokens(logits: torch.Tensor, *, temperature: float, top_p: float, greed
         # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
         probs = probs.masked_fill(probs.cumsum(dim=-1) - probs > top_p, 0.0)
     # Inverse-CDF sampling: one uniform draw per row. torch.multinomial draws one exponential per vocabulary entry
-    # instead, about 8 ms a call for 8 x 49k entries on a CPU, which is 10% of a decode step.
+    # instead, a cost that shows in every decode step on a CPU (benchmarks/README.md: ablations).
     cdf = probs.cumsum(dim=-1)
     total = cdf[:, -1:]
     u = torch.minimum(torch.rand_like(total) * total, torch.nextafter(total, torch.zeros_like(total)))
@@ -118,8 +118,9 @@ def sample_groups(
     """Sample group_size completions for each prompt with the KV cache, stopping when every one has hit EOS.
 
     Each prompt is prefilled once and its KV cache copied to its G rows, rather than prefilling G copies.
-    Pure temperature / top-p sampling (no top-k), so the distribution sampled is the one whose log-probs the loss
-    uses; greedy=True decodes the argmax (for evaluation). The loop ends as soon as every row has ended.
+    Temperature and top-p sampling, no top-k. The loss's log-probs (completion_logprobs) use the full softmax at
+    the same temperature, without the top-p cut, as TRL does: with top_p < 1 the sampled distribution is the
+    truncated one. greedy=True decodes the argmax (for evaluation). The loop ends once every row has ended.
     """
     with adapter_merged(model):
         return _sample(model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p, greedy)

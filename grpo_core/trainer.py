@@ -1,4 +1,4 @@
-"""The GRPO training loop: sample, score, advantages, loss, step, report; checkpoints and exact resume.
+"""The GRPO training loop: collect a rollout, update the policy, report; checkpoints and exact resume.
 
 Each piece is a function callable alone (with a tiny model in a test); `GRPOTrainer` only wires them together
 and owns the state that must survive a restart (adapter, optimizer, scheduler, RNG, step).
@@ -9,30 +9,30 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from grpo_core.algorithms import compute_group_advantages, compute_policy_loss, zero_std_group_fraction
+from grpo_core.algorithms import compute_policy_loss, zero_std_group_fraction
 from grpo_core.checkpoint import (
     Checkpoint,
     capture_rng_state,
-    latest_checkpoint,
+    changed_files,
+    list_checkpoints,
     load_trainer_state,
     remove_partial_checkpoints,
     restore_rng_state,
     save_checkpoint,
 )
 from grpo_core.config import GRPOConfig, LoraSettings, RewardSpec
-from grpo_core.data import dataset_fields, render_prompt, rows_for_step
+from grpo_core.data import dataset_fields, rows_for_step
 from grpo_core.models import load_base_model
 from grpo_core.packed_linear import pack_frozen_linears
-from grpo_core.rewards import RewardFunction, resolve_rewards, score_completions
-from grpo_core.sampling import SampleBatch, completion_logprobs, sample_groups
-
-ResolvedRewards = list[tuple[RewardFunction, Any, float]]
+from grpo_core.rewards import resolve_rewards
+from grpo_core.rollout import ResolvedRewards, Rollout, collect_rollout, sample_and_score, without_dropout
+from grpo_core.sampling import completion_logprobs
 
 
 class TrainerCallback:
@@ -44,9 +44,16 @@ class TrainerCallback:
 
     def on_checkpoint(self, checkpoint: Checkpoint) -> None: ...
 
+    def on_warning(self, message: str) -> None:
+        """Something the user should know that did not stop the run (a corrupt checkpoint skipped on resume)."""
+
     def should_stop(self) -> bool:
         """Checked between steps: True ends the run cooperatively after saving a checkpoint."""
         return False
+
+
+class ResumeMismatch(ValueError):
+    """The checkpoint to resume from was saved by a run with other settings: resuming would not continue it."""
 
 
 @dataclass
@@ -54,7 +61,6 @@ class TrainResult:
     final_step: int
     stopped_early: bool
     adapter_dir: Path  # the last checkpoint's folder, loadable with PeftModel.from_pretrained
-    last_metrics: dict[str, float] = field(default_factory=dict)
 
 
 # --- pieces -------------------------------------------------------------------------------------------------------
@@ -89,8 +95,8 @@ def reuse_freed_memory() -> bool:
     """Ask the C library's malloc to keep freed memory for reuse instead of handing it back to the kernel.
 
     A step allocates and frees about a gigabyte of activations and logits. By default glibc maps each large block
-    fresh and unmaps it when freed, so every step faults all of it back in: 70-90k page faults, 0.4 s of a 7 s
-    step here (benchmarks/README.md). With mapping and trimming off, later steps reuse the heap with no faults,
+    fresh and unmaps it when freed, so every step faults all of it back in (benchmarks/README.md has the count
+    and its cost). With mapping and trimming off, later steps reuse the heap with no faults,
     and the peak RSS measured no higher. Process-wide, so the trainer's setup calls it: its process trains (a
     worker, `grpo train`). Returns False where there is no glibc mallopt."""
     import ctypes
@@ -106,119 +112,104 @@ def reuse_freed_memory() -> bool:
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
-def learning_rate_at(step: int, config: GRPOConfig) -> float:
-    """Multiplier of the base learning rate for the update at 0-based `step`: linear warmup, then constant or
-    cosine decay to 0 at max_steps."""
-    if step < config.warmup_steps:
-        return (step + 1) / (config.warmup_steps + 1)
+def learning_rate_at(update: int, config: GRPOConfig) -> float:
+    """Multiplier of the base learning rate for the 0-based optimizer update `update`. Updates are counted as TRL
+    counts them: num_iterations per step, so a run makes max_steps x num_iterations of them. Linear warmup over
+    warmup_steps updates, then constant, or cosine decay to 0 at the last update."""
+    if update < config.warmup_steps:
+        return (update + 1) / (config.warmup_steps + 1)
     if config.lr_schedule == "constant":
         return 1.0
-    progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
+    total_updates = config.max_steps * config.num_iterations
+    progress = (update - config.warmup_steps) / max(1, total_updates - config.warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def make_optimizer(model, config: GRPOConfig):
+    """AdamW over the trainable (LoRA) weights, and a scheduler to step once per optimizer update."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_at(step, config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda update: learning_rate_at(update, config))
     return optimizer, scheduler
 
 
-def decode_completions(tokenizer, batch: SampleBatch) -> list[str]:
-    """The text of each completion up to its first EOS, without special tokens."""
-    lengths = batch.completion_mask.sum(dim=1).tolist()
-    return [
-        tokenizer.decode(ids[:length], skip_special_tokens=True)
-        for ids, length in zip(batch.completion_ids, lengths, strict=True)
-    ]
+def update_policy(model, optimizer, scheduler, rollout: Rollout, config: GRPOConfig) -> list[dict[str, float]]:
+    """config.num_iterations clipped updates on one rollout, the scheduler stepped after each. Returns each
+    update's metrics: the loss's (loss, clip fractions, ratio, kl), grad_norm, and the learning rate it used.
+
+    The update passes run without dropout, like the sampling, old and reference passes: the ratio and the KL
+    compare the policy with itself, so the ratio is exactly 1 before the first update (TRL's disable_dropout)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
+    updates = []
+    with without_dropout(model):
+        for _ in range(config.num_iterations):
+            logprobs = completion_logprobs(model, rollout.batch, config.temperature)
+            output = compute_policy_loss(
+                logprobs,
+                rollout.old_logprobs,
+                rollout.ref_logprobs,
+                rollout.advantages,
+                rollout.batch.completion_mask,
+                epsilon=config.epsilon,
+                epsilon_high=config.epsilon_high,
+                beta=config.beta,
+                loss_type=config.loss_type,
+                max_completion_length=config.max_new_tokens,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            output.loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm).item()
+            learning_rate = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            updates.append({**output.metrics, "grad_norm": grad_norm, "learning_rate": learning_rate})
+    return updates
 
 
-def reference_logprobs(model, batch: SampleBatch, temperature: float) -> torch.Tensor:
-    """Log-probs under the reference policy: the same weights with the LoRA adapter switched off."""
-    with torch.no_grad(), model.disable_adapter():
-        return completion_logprobs(model, batch, temperature)
+def step_metrics(
+    rollout: Rollout, updates: Sequence[dict[str, float]], rewards: ResolvedRewards, step_seconds: float
+) -> dict[str, float]:
+    """What a step reports: rewards and advantages of its rollout, the last update's loss figures, completion
+    lengths and timings."""
+    scores, batch = rollout.samples.scores, rollout.batch
+    lengths = batch.completion_mask.sum(dim=1).float()
+    return {
+        "reward_mean": scores.rewards.mean().item(),
+        "reward_std": scores.rewards.std().item(),
+        **{f"reward/{fn.name}": scores.per_function[:, j].mean().item() for j, (fn, _p, _w) in enumerate(rewards)},
+        "reward_errors": float(scores.errors),
+        "zero_std_group_fraction": zero_std_group_fraction(scores.rewards, batch.group_size),
+        "advantage_mean": rollout.advantages.mean().item(),
+        "advantage_std": rollout.advantages.std().item(),
+        "advantage_max": rollout.advantages.max().item(),
+        "advantage_min": rollout.advantages.min().item(),
+        "kl": 0.0,  # replaced by the loss's figure when beta > 0
+        **updates[-1],
+        "completion_length_mean": lengths.mean().item(),
+        "completion_length_max": lengths.max().item(),
+        "truncated_fraction": batch.truncated.float().mean().item(),
+        "step_seconds": step_seconds,
+        "sampling_seconds": rollout.sampling_seconds,
+        "generated_tokens_per_second": lengths.sum().item() / max(rollout.sampling_seconds, 1e-9),
+    }
 
 
 def grpo_step(
     model,
     tokenizer,
     optimizer,
+    scheduler,
     rows: Sequence[Mapping[str, Any]],
     rewards: ResolvedRewards,
     config: GRPOConfig,
 ) -> dict[str, float]:
-    """One training step on `rows` (P prompts): sample G completions each, score, advantages, num_iterations
-    clipped updates. Returns the step's metrics. The caller steps the learning-rate scheduler."""
+    """One training step on `rows` (P prompts): collect a rollout (G completions each, scored, advantages, old
+    and reference log-probs), update the policy num_iterations times, report the step's metrics."""
     started = time.perf_counter()
-    group_size = config.group_size
-    prompts = [render_prompt(row, tokenizer) for row in rows]
-    batch = sample_groups(
-        model,
-        tokenizer,
-        prompts,
-        group_size=group_size,
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        top_p=config.top_p,
-    )
-    sampled = time.perf_counter()
-    group_rows = [row for row in rows for _ in range(group_size)]
-    scores = score_completions(decode_completions(tokenizer, batch), group_rows, rewards)
-    advantages = compute_group_advantages(scores.rewards, group_size, config.scale_rewards)
-
-    with torch.no_grad():
-        # With one update per sample the sampling policy is the current one: its log-probs need no extra pass.
-        old_logprobs = completion_logprobs(model, batch, config.temperature) if config.num_iterations > 1 else None
-    ref_logprobs = reference_logprobs(model, batch, config.temperature) if config.beta > 0 else None
-
-    model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    for _ in range(config.num_iterations):
-        logprobs = completion_logprobs(model, batch, config.temperature)
-        output = compute_policy_loss(
-            logprobs,
-            old_logprobs,
-            ref_logprobs,
-            advantages,
-            batch.completion_mask,
-            epsilon=config.epsilon,
-            epsilon_high=config.epsilon_high,
-            beta=config.beta,
-            loss_type=config.loss_type,
-            max_completion_length=config.max_new_tokens,
-        )
-        optimizer.zero_grad(set_to_none=True)
-        output.loss.backward()
-        max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm).item()
-        optimizer.step()
-
-    lengths = batch.completion_mask.sum(dim=1).float()
-    generated_tokens = lengths.sum().item()
-    finished = time.perf_counter()
-    metrics = {
-        "reward_mean": scores.rewards.mean().item(),
-        "reward_std": scores.rewards.std().item(),
-        **{f"reward/{fn.name}": scores.per_function[:, j].mean().item() for j, (fn, _p, _w) in enumerate(rewards)},
-        "reward_errors": float(scores.errors),
-        "zero_std_group_fraction": zero_std_group_fraction(scores.rewards, group_size),
-        "advantage_mean": advantages.mean().item(),
-        "advantage_std": advantages.std().item(),
-        "advantage_max": advantages.max().item(),
-        "advantage_min": advantages.min().item(),
-        **output.metrics,
-        "completion_length_mean": lengths.mean().item(),
-        "completion_length_max": lengths.max().item(),
-        "truncated_fraction": batch.truncated.float().mean().item(),
-        "learning_rate": optimizer.param_groups[0]["lr"],
-        "grad_norm": grad_norm,
-        "step_seconds": finished - started,
-        "sampling_seconds": sampled - started,
-        "generated_tokens_per_second": generated_tokens / max(sampled - started, 1e-9),
-    }
-    if config.beta == 0:
-        metrics.setdefault("kl", 0.0)
-    return metrics
+    rollout = collect_rollout(model, tokenizer, rows, rewards, config)
+    updates = update_policy(model, optimizer, scheduler, rollout, config)
+    return step_metrics(rollout, updates, rewards, time.perf_counter() - started)
 
 
 @torch.no_grad()
@@ -227,24 +218,12 @@ def evaluate(
 ) -> dict[str, float]:
     """Mean reward on held-out rows: sampled (eval_samples_per_prompt each, at the training temperature) and
     greedy. Runs on its own RNG stream, so evaluating never changes what training samples next."""
-    prompts = [render_prompt(row, tokenizer) for row in rows]
     results = {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed + 1)
         for name, greedy, samples in (("sampled", False, config.eval_samples_per_prompt), ("greedy", True, 1)):
-            batch = sample_groups(
-                model,
-                tokenizer,
-                prompts,
-                group_size=samples,
-                max_new_tokens=config.max_new_tokens,
-                temperature=config.temperature,
-                top_p=config.top_p,
-                greedy=greedy,
-            )
-            group_rows = [row for row in rows for _ in range(samples)]
-            scores = score_completions(decode_completions(tokenizer, batch), group_rows, rewards)
-            results[f"eval_reward_{name}"] = scores.rewards.mean().item()
+            scored = sample_and_score(model, tokenizer, rows, rewards, config, group_size=samples, greedy=greedy)
+            results[f"eval_reward_{name}"] = scored.scores.rewards.mean().item()
     return results
 
 
@@ -271,7 +250,8 @@ class GRPOTrainer:
     ):
         if not train_rows:
             raise ValueError("the training dataset is empty")
-        self.rewards = resolve_rewards(list(rewards), dataset_fields([*train_rows, *eval_rows]))
+        self.reward_specs = list(rewards)
+        self.rewards = resolve_rewards(self.reward_specs, dataset_fields([*train_rows, *eval_rows]))
         self.base_model = base_model
         self.train_rows = list(train_rows)
         self.eval_rows = list(eval_rows)
@@ -293,12 +273,44 @@ class GRPOTrainer:
         self.model = add_lora(base, self.config.lora, self.config.seed)
         self.optimizer, self.scheduler = make_optimizer(self.model, self.config)
 
+    def _run_settings(self) -> dict[str, Any]:
+        """What, besides the hyperparameters, makes a checkpoint belong to this run."""
+        return {
+            "base_model": self.base_model,
+            "rewards": [{"name": s.name, "weight": s.weight, "params": dict(s.params)} for s in self.reward_specs],
+        }
+
+    def _warn(self, message: str) -> None:
+        for callback in self.callbacks:
+            callback.on_warning(message)
+
+    def _resume_point(self) -> Checkpoint | None:
+        """The newest checkpoint whose every file still has the sha256 its manifest recorded; a newer one that does
+        not is skipped with a warning (the disk or a copy damaged it), so training goes on from the one before."""
+        for checkpoint in reversed(list_checkpoints(self.checkpoint_dir)):
+            changed = changed_files(checkpoint)
+            if not changed:
+                return checkpoint
+            self._warn(
+                f"checkpoint at step {checkpoint.step} is corrupt ({', '.join(changed)} no longer match the sha256 "
+                "saved with it); resuming from the checkpoint before it"
+            )
+        return None
+
     def _restore(self, checkpoint: Checkpoint) -> int:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        set_peft_model_state_dict(self.model, load_file(checkpoint.path / "adapter_model.safetensors"))
         state = load_trainer_state(checkpoint)
+        differences = self.config.training_differences(state["config"])
+        saved_run = state.get("run", {})
+        differences += [key for key, value in self._run_settings().items() if saved_run.get(key, value) != value]
+        if differences:
+            raise ResumeMismatch(
+                f"cannot resume from the checkpoint at step {checkpoint.step}: it was saved with other "
+                f"{', '.join(differences)}; run with the settings it was saved with, or in a new output folder"
+            )
+        set_peft_model_state_dict(self.model, load_file(checkpoint.path / "adapter_model.safetensors"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         restore_rng_state(state["rng"])
@@ -307,11 +319,11 @@ class GRPOTrainer:
     def _save(self, step: int) -> Checkpoint:
         state = {
             "step": step,
-            "data_position": step * self.config.prompts_per_step,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": capture_rng_state(),
             "config": self.config.to_dict(),
+            "run": self._run_settings(),
         }
         checkpoint = save_checkpoint(self.checkpoint_dir, step, self.model, state)
         for callback in self.callbacks:
@@ -326,27 +338,25 @@ class GRPOTrainer:
             callback.on_eval(step, metrics)
 
     def train(self, resume: bool = False) -> TrainResult:
-        """Train to max_steps. resume=True continues from the latest complete checkpoint in output_dir (from step
-        0 when there is none), giving the same adapter as a run that never stopped."""
+        """Train to max_steps. resume=True continues from the latest sound checkpoint in output_dir (from step 0
+        when there is none), giving the same adapter as a run that never stopped; a checkpoint saved with
+        settings that change training raises ResumeMismatch naming them."""
         if self.model is None:
             self.setup()
         config = self.config
         remove_partial_checkpoints(self.checkpoint_dir)
-        checkpoint = latest_checkpoint(self.checkpoint_dir) if resume else None
+        checkpoint = self._resume_point() if resume else None
         step = self._restore(checkpoint) if checkpoint else 0
         if step == 0:
             self._evaluate(0)
-        metrics: dict[str, float] = {}
         stopped_early = False
         while step < config.max_steps:
             if any(callback.should_stop() for callback in self.callbacks):
                 stopped_early = True
                 break
             indices = rows_for_step(len(self.train_rows), step, config.prompts_per_step, config.seed)
-            metrics = grpo_step(
-                self.model, self.tokenizer, self.optimizer, [self.train_rows[i] for i in indices], self.rewards, config
-            )
-            self.scheduler.step()
+            rows = [self.train_rows[i] for i in indices]
+            metrics = grpo_step(self.model, self.tokenizer, self.optimizer, self.scheduler, rows, self.rewards, config)
             step += 1
             for callback in self.callbacks:
                 callback.on_step(step, metrics)
@@ -358,4 +368,4 @@ class GRPOTrainer:
             checkpoint = self._save(step)
         if not stopped_early:
             self._evaluate(step)
-        return TrainResult(step, stopped_early, checkpoint.path, metrics)
+        return TrainResult(step, stopped_early, checkpoint.path)

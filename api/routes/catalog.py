@@ -2,7 +2,8 @@ from fastapi import APIRouter
 
 from api.deps import TenantDep
 from api.schemas import ModelPublic, ModelsPublic, RewardPublic, RewardsPublic, error_responses
-from grpo_core import CATALOG, reward_registry
+from grpo_core.rewards import reward_registry
+from grpo_core.spec import BASE_MODELS
 
 router = APIRouter(prefix="/v1", tags=["catalog"], responses=error_responses(401, 413))
 
@@ -10,7 +11,7 @@ router = APIRouter(prefix="/v1", tags=["catalog"], responses=error_responses(401
 @router.get("/models", response_model=ModelsPublic)
 def list_models(tenant_id: TenantDep) -> ModelsPublic:
     """Base models the workers can load, by the name a job spec uses."""
-    return ModelsPublic(data=[ModelPublic(name=e.name, description=e.description) for e in CATALOG.values()])
+    return ModelsPublic(data=[ModelPublic(name=name, description=text) for name, text in BASE_MODELS.items()])
 
 
 @router.get("/rewards", response_model=RewardsPublic)

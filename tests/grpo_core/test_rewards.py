@@ -7,8 +7,8 @@ from grpo_core.rewards import (
     RewardSpecError,
     last_number,
     resolve_rewards,
-    score_completions,
 )
+from grpo_core.rollout import score_completions
 
 
 def score_one(name, completion, row=None, **params):

@@ -81,11 +81,11 @@ def test_two_steps_change_lora_weights_and_leave_base_weights_bit_identical(tmp_
 
 
 def test_beta_zero_runs_no_reference_pass_and_beta_positive_runs_one(tmp_path, monkeypatch):
-    import grpo_core.trainer as trainer_module
+    import grpo_core.rollout as rollout_module
 
     calls = []
-    real = trainer_module.reference_logprobs
-    monkeypatch.setattr(trainer_module, "reference_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = rollout_module.reference_logprobs
+    monkeypatch.setattr(rollout_module, "reference_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
     make_trainer(tmp_path / "a", tiny_config(beta=0.0, max_steps=1)).train()
     assert calls == []
     make_trainer(tmp_path / "b", tiny_config(beta=0.1, max_steps=1)).train()
@@ -95,7 +95,8 @@ def test_beta_zero_runs_no_reference_pass_and_beta_positive_runs_one(tmp_path, m
 def test_reference_pass_uses_the_base_weights_with_the_adapter_off(tmp_path):
     from grpo_core.models import load_base_model
     from grpo_core.sampling import completion_logprobs, sample_groups
-    from grpo_core.trainer import add_lora, reference_logprobs
+    from grpo_core.rollout import reference_logprobs
+    from grpo_core.trainer import add_lora
 
     model, tokenizer = load_base_model("tiny-random-llama")
     plain, _ = load_base_model("tiny-random-llama")
