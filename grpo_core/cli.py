@@ -44,21 +44,25 @@ def load_dataset(reference: str, base: Path) -> list[dict[str, Any]]:
 
 
 class JsonlMetricsWriter(TrainerCallback):
-    """Appends one JSON line per step and per evaluation; a resumed run drops the lines past its checkpoint so
-    every step appears once."""
+    """Appends one JSON line per step and per evaluation. A resumed run drops the lines from the step it goes on
+    from (known only at its first step: the newest checkpoint may have been skipped as corrupt), so every step
+    appears once; a new run starts the file afresh."""
 
-    def __init__(self, path: Path, resume_step: int):
+    def __init__(self, path: Path, resume: bool):
         self.path = path
-        kept = []
-        if path.exists() and resume_step:
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
-        path.write_text("".join(line + "\n" for line in kept))
+        self.trim_before_first_step = resume and path.exists()
+        if not self.trim_before_first_step:
+            path.write_text("")
 
     def _write(self, record: dict) -> None:
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        if self.trim_before_first_step:
+            self.trim_before_first_step = False
+            lines = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] < step]
+            self.path.write_text("".join(line + "\n" for line in lines))
         self._write({"step": step, "kind": "train", **metrics})
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
@@ -87,6 +91,9 @@ class ProgressBar(TrainerCallback):
     def on_checkpoint(self, checkpoint: Checkpoint) -> None:
         self.bar.write(f"step {checkpoint.step}: checkpoint {checkpoint.path}")
 
+    def on_warning(self, message: str) -> None:
+        self.bar.write(f"warning: {message}")
+
 
 def train_command(config_path: Path, resume: bool) -> int:
     from grpo_core.checkpoint import latest_checkpoint
@@ -114,7 +121,7 @@ def train_command(config_path: Path, resume: bool) -> int:
         config=config,
         output_dir=output_dir,
         callbacks=[
-            JsonlMetricsWriter(output_dir / "metrics.jsonl", resume_step),
+            JsonlMetricsWriter(output_dir / "metrics.jsonl", resume),
             ProgressBar(config.max_steps, resume_step),
         ],
     )
@@ -135,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return train_command(args.config, args.resume)
     except (ValueError, OSError, ModelLoadError, DatasetError, RewardSpecError, TypeError) as error:
+        # ResumeMismatch is a ValueError: it names the settings that differ from the checkpoint's.
         print(f"grpo: error: {error}", file=sys.stderr)
         return 2
 

@@ -45,3 +45,26 @@ def test_verify_detects_a_changed_file(tmp_path):
     (checkpoint.path / "adapter_model.safetensors").write_bytes(b"WEIGHTS")  # same size, other bytes
     assert read_checkpoint(checkpoint.path) is not None
     assert read_checkpoint(checkpoint.path, verify=True) is None
+
+
+def test_an_atomic_write_leaves_all_or_nothing(tmp_path):
+    import pytest
+
+    from grpo_core.files import atomic_write
+
+    target = tmp_path / "folder"
+    with pytest.raises(RuntimeError), atomic_write(target) as tmp:
+        tmp.mkdir()
+        (tmp / "half").write_text("x")
+        raise RuntimeError("crash mid-write")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_write(target) as tmp:
+        tmp.mkdir()
+        (tmp / "first").write_text("1")
+    with atomic_write(target, replace=False) as tmp:  # someone else's copy is already there: keep it
+        tmp.mkdir()
+        (tmp / "second").write_text("2")
+    assert [p.name for p in tmp_path.iterdir()] == ["folder"] and [p.name for p in target.iterdir()] == ["first"]
+    with atomic_write(target) as tmp:
+        tmp.write_bytes(b"a file now")
+    assert target.read_bytes() == b"a file now"

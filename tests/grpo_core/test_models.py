@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from grpo_core.models import CATALOG, ModelLoadError, load_base_model, resolve_model_dir
+from grpo_core.models import ModelLoadError, load_base_model, resolve_model_dir
 
 
 def test_tiny_model_is_small_seeded_and_shares_the_smollm2_tokenizer(tmp_path):
@@ -40,4 +40,3 @@ def test_smollm2_converts_to_a_plain_trainable_checkpoint():
     ids = ids["input_ids"] if not torch.is_tensor(ids) else ids
     out = model.generate(ids, max_new_tokens=24, do_sample=False)
     assert "5" in tokenizer.decode(out[0, ids.shape[1] :])
-    assert "smollm2-135m-instruct" in CATALOG

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from grpo_core.models import load_base_model
@@ -134,3 +135,25 @@ def test_next_tokens_draws_from_the_softmax_and_respects_top_p():
     flat = probs.sqrt() / probs.sqrt().sum()
     counts = torch.bincount(next_tokens(logits, temperature=2.0, top_p=1.0, greedy=False), minlength=5)
     torch.testing.assert_close(counts / counts.sum(), flat, atol=0.01, rtol=0)
+
+
+def test_logprobs_at_a_temperature_are_those_of_the_distribution_the_sampler_draws_from():
+    torch.manual_seed(0)
+    model, tokenizer = load_base_model("tiny-random-llama")
+    with torch.no_grad():  # sharpen the random model so one first token has a large share at temperature 0.5
+        model.model.norm.weight.mul_(15)
+    temperature = 0.5
+    batch = sample_groups(
+        model, tokenizer, ["<|im_start|>user\nHi<|im_end|>\n"], group_size=2000, max_new_tokens=1, temperature=0.5
+    )
+    first = batch.completion_ids[:, 0]
+    top = torch.mode(first).values
+    drawn_share = (first == top).float().mean().item()
+    with torch.no_grad():
+        logprobs = completion_logprobs(model, batch, temperature)[:, 0]
+    model_share = logprobs[first == top].exp()
+    assert torch.equal(model_share, model_share[:1].expand_as(model_share))  # one value for one token
+    assert drawn_share > 0.3
+    assert model_share[0].item() == pytest.approx(drawn_share, abs=0.04)
+    # Without the temperature the same token is much less likely: the scaling is what makes the two agree.
+    assert completion_logprobs(model, batch, 1.0)[first == top][0, 0].exp().item() < drawn_share - 0.2

@@ -1,5 +1,6 @@
 """Trainer tests on tiny-random-llama: they run real sampling, scoring and updates on CPU in seconds."""
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -68,7 +69,8 @@ def test_two_steps_change_lora_weights_and_leave_base_weights_bit_identical(tmp_
         assert metrics["zero_std_group_fraction"] < 1.0, (
             "the reward must give mixed groups for this test to mean anything"
         )
-        assert metrics["kl"] >= 0.0
+    # LoRA's B starts at zero, so the first step's policy is the reference; after one update it is not.
+    assert recorder.steps[0][1]["kl"] == 0.0 and recorder.steps[1][1]["kl"] > 0.0
     params = dict(trainer.model.named_parameters())
     assert any(not torch.equal(params[n], before) for n, before in lora_before.items())
     for name, before in base_before.items():
@@ -94,8 +96,8 @@ def test_beta_zero_runs_no_reference_pass_and_beta_positive_runs_one(tmp_path, m
 
 def test_reference_pass_uses_the_base_weights_with_the_adapter_off(tmp_path):
     from grpo_core.models import load_base_model
-    from grpo_core.sampling import completion_logprobs, sample_groups
     from grpo_core.rollout import reference_logprobs
+    from grpo_core.sampling import completion_logprobs, sample_groups
     from grpo_core.trainer import add_lora
 
     model, tokenizer = load_base_model("tiny-random-llama")
@@ -111,12 +113,58 @@ def test_reference_pass_uses_the_base_weights_with_the_adapter_off(tmp_path):
         assert not torch.allclose(completion_logprobs(policy, batch), completion_logprobs(plain, batch))
 
 
-def test_num_iterations_above_one_clips_against_the_sampling_policy(tmp_path):
+def capture_policy_losses(monkeypatch):
+    """Record the metrics of every compute_policy_loss call the trainer makes (one per optimizer update)."""
+    import grpo_core.trainer as trainer_module
+
+    calls = []
+    real = trainer_module.compute_policy_loss
+
+    def recording(*args, **kwargs):
+        output = real(*args, **kwargs)
+        calls.append(output.metrics)
+        return output
+
+    monkeypatch.setattr(trainer_module, "compute_policy_loss", recording)
+    return calls
+
+
+def test_num_iterations_above_one_clips_against_the_sampling_policy(tmp_path, monkeypatch):
+    # LoRA dropout on: the sampling-policy log-probs and the update passes must still be the same function, so the
+    # ratio is exactly 1 at the first update of every step, and leaves 1 once the policy has moved.
+    updates = capture_policy_losses(monkeypatch)
+    lora = LoraSettings(r=4, alpha=8, dropout=0.1)
+    config = tiny_config(num_iterations=3, learning_rate=5e-2, max_steps=2, lora=lora)
+    make_trainer(tmp_path, config).train()
+    assert len(updates) == 6
+    for first, *later in (updates[:3], updates[3:]):
+        assert first["ratio_min"] == 1.0 and first["ratio_max"] == 1.0
+        assert any(u["ratio_max"] > 1.0 or u["ratio_min"] < 1.0 for u in later)
+
+
+def test_the_learning_rate_schedule_counts_optimizer_updates(tmp_path):
+    # 2 steps x 3 updates, warm-up over 3 updates: the rate rises at each update, not once per step.
+    trainer = make_trainer(tmp_path, tiny_config(num_iterations=3, warmup_steps=3, learning_rate=1e-3))
+    trainer.setup()
+    rates = []
+    trainer.optimizer.register_step_pre_hook(lambda optimizer, *_: rates.append(optimizer.param_groups[0]["lr"]))
+    trainer.train()
+    assert rates == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+
+
+@pytest.mark.parametrize(("loss_type", "scale_rewards"), [("bnpo", "group"), ("dapo", "batch"), ("dr_grpo", "none")])
+def test_each_loss_type_and_reward_scaling_trains_with_a_kl_penalty(tmp_path, loss_type, scale_rewards):
     recorder = Recorder()
-    make_trainer(tmp_path, tiny_config(num_iterations=3, learning_rate=5e-2, max_steps=1), [recorder]).train()
-    metrics = recorder.steps[0][1]
-    # After the first of three updates the policy moved, so the ratio left 1.
-    assert metrics["ratio_max"] > 1.0 or metrics["ratio_min"] < 1.0
+    config = tiny_config(beta=0.1, loss_type=loss_type, scale_rewards=scale_rewards, learning_rate=1e-2)
+    trainer = make_trainer(tmp_path, config, [recorder])
+    trainer.setup()
+    lora_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    (_, first), (_, second) = recorder.steps
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in (first, second))
+    assert first["kl"] == 0.0 and second["kl"] > 0.0
+    params = dict(trainer.model.named_parameters())
+    assert all(not torch.equal(params[n], before) for n, before in lora_before.items())
 
 
 def test_same_seed_repeats_a_run_exactly(tmp_path):
@@ -163,3 +211,47 @@ def test_evaluation_reports_sampled_and_greedy_without_changing_training(tmp_pat
     a = load_file(with_eval.adapter_dir / "adapter_model.safetensors")
     b = load_file(without.adapter_dir / "adapter_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class WarningRecorder(Recorder):
+    def __init__(self, stop_after=None):
+        super().__init__(stop_after)
+        self.warnings = []
+
+    def on_warning(self, message):
+        self.warnings.append(message)
+
+
+def test_a_corrupt_checkpoint_is_skipped_for_the_one_before_with_a_warning(tmp_path):
+    config = tiny_config(max_steps=4, checkpoint_every=1)
+    straight = make_trainer(tmp_path / "straight", config).train()
+    make_trainer(tmp_path / "stopped", config, [Recorder(stop_after=3)]).train()
+    # The newest checkpoint's weights change on disk, same size: only its sha256 can tell.
+    weights = tmp_path / "stopped" / "checkpoints" / "step-000003" / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+
+    resumer = WarningRecorder()
+    resumed = make_trainer(tmp_path / "stopped", config, [resumer]).train(resume=True)
+
+    assert len(resumer.warnings) == 1
+    assert "step 3" in resumer.warnings[0] and "adapter_model.safetensors" in resumer.warnings[0]
+    assert [step for step, _ in resumer.steps] == [3, 4]
+    a = load_file(straight.adapter_dir / "adapter_model.safetensors")
+    b = load_file(resumed.adapter_dir / "adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_checkpoint_saved_with_settings_that_change_training(tmp_path):
+    from grpo_core.trainer import ResumeMismatch
+
+    make_trainer(tmp_path, tiny_config(max_steps=2, checkpoint_every=1)).train()
+    changed = tiny_config(max_steps=4, learning_rate=1e-3, lora=LoraSettings(r=8, alpha=8))
+    with pytest.raises(ResumeMismatch, match=r"learning_rate, lora\.r"):
+        make_trainer(tmp_path, changed).train(resume=True)
+    # When to evaluate and checkpoint, and (with a constant schedule) how long to train, may change.
+    recorder = Recorder()
+    same_training = tiny_config(max_steps=3, checkpoint_every=2, eval_every=5)
+    make_trainer(tmp_path, same_training, [recorder]).train(resume=True)
+    assert [step for step, _ in recorder.steps] == [3]
