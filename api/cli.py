@@ -118,10 +118,10 @@ def main(argv: list[str] | None = None) -> int:
 
     run_migrations()
     if args.command == "keys":
-        from api.services import create_api_key
+        from api.services import keys as keys_service
 
         with session_scope() as session:
-            key = create_api_key(session, tenant_name=args.tenant)
+            key = keys_service.create_api_key(session, tenant_name=args.tenant)
         print(key)
     return 0
 

@@ -15,13 +15,15 @@ import socket
 import threading
 import uuid
 
-from api import artifacts, services
+from api import artifacts
 from api.db import session_scope
 from api.models import TERMINAL_STATUSES, Job
-from api.services import LeaseLost
+from api.services import jobs as jobs_service
 from api.settings import get_settings
 from grpo_core import GRPOConfig, GRPOTrainer, RewardSpec, TrainerCallback, load_jsonl
 from grpo_core.checkpoint import Checkpoint
+from worker import leases, writes
+from worker.leases import LeaseLost
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ class Heartbeat(threading.Thread):
         while not self.stopped.wait(self.lease_seconds / 3):
             try:
                 with session_scope() as session:
-                    renewed = services.renew_lease(
+                    renewed = leases.renew_lease(
                         session, job_id=self.job_id, owner=self.owner, lease_seconds=self.lease_seconds
                     )
             except Exception:  # a database hiccup: try again next beat; the lease has slack for two misses
@@ -59,33 +61,33 @@ class DatabaseReporter(TrainerCallback):
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         with session_scope() as session:
-            job = services.held_job(session, job_id=self.job_id, owner=self.owner)
-            services.record_metrics(session, job_id=self.job_id, kind="train", step=step, values=metrics)
+            job = leases.held_job(session, job_id=self.job_id, owner=self.owner)
+            writes.record_metrics(session, job_id=self.job_id, kind="train", step=step, values=metrics)
             job.step = step
             job.steps_computed += 1
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
         with session_scope() as session:
-            services.held_job(session, job_id=self.job_id, owner=self.owner)
-            services.record_metrics(session, job_id=self.job_id, kind="eval", step=step, values=metrics)
+            leases.held_job(session, job_id=self.job_id, owner=self.owner)
+            writes.record_metrics(session, job_id=self.job_id, kind="eval", step=step, values=metrics)
 
     def on_checkpoint(self, checkpoint: Checkpoint) -> None:
         _path, sha256, size = artifacts.pack_adapter(checkpoint.path, f"{self.job_id}-step-{checkpoint.step}")
         with session_scope() as session:
-            services.held_job(session, job_id=self.job_id, owner=self.owner)
-            services.record_checkpoint(session, job_id=self.job_id, step=checkpoint.step, sha256=sha256, size=size)
+            leases.held_job(session, job_id=self.job_id, owner=self.owner)
+            writes.record_checkpoint(session, job_id=self.job_id, step=checkpoint.step, sha256=sha256, size=size)
 
     def should_stop(self) -> bool:
         if self.heartbeat.lost.is_set():
             raise LeaseLost(f"lease on job {self.job_id} lost")
         with session_scope() as session:
-            return services.held_job(session, job_id=self.job_id, owner=self.owner).cancel_requested
+            return leases.held_job(session, job_id=self.job_id, owner=self.owner).cancel_requested
 
 
 def _finish(job_id: str, owner: str, status: str, error: str | None = None) -> None:
     with session_scope() as session:
-        job = services.held_job(session, job_id=job_id, owner=owner)
-        services.set_status(session, job=job, status=status, error=error, lease_owner=None, lease_expires_at=None)
+        job = leases.held_job(session, job_id=job_id, owner=owner)
+        jobs_service.set_status(session, job=job, status=status, error=error, lease_owner=None, lease_expires_at=None)
 
 
 def run_job(job_id: str) -> str:
@@ -101,9 +103,9 @@ def run_job(job_id: str) -> str:
         if job.status in TERMINAL_STATUSES:
             return job.status
         if job.cancel_requested:
-            services.set_status(session, job=job, status="cancelled")
+            jobs_service.set_status(session, job=job, status="cancelled")
             return "cancelled"
-        attempt = services.claim_job(
+        attempt = leases.claim_job(
             session,
             job_id=job_id,
             owner=owner,
@@ -114,7 +116,7 @@ def run_job(job_id: str) -> str:
             log.warning("job %s is held by another worker (or out of attempts); backing off", job_id)
             return "busy"
         session.refresh(job)
-        services.set_status(session, job=job, status="running", worker_host=socket.gethostname())
+        jobs_service.set_status(session, job=job, status="running", worker_host=socket.gethostname())
         spec = {
             "base_model": job.base_model,
             "rewards": [RewardSpec(r["name"], r["weight"], r["params"]) for r in job.rewards],

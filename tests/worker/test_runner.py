@@ -6,11 +6,15 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from api import artifacts, services
+from api import artifacts
 from api.db import session_scope
 from api.models import CheckpointRow, Job, MetricRow, Tenant
 from api.schemas import JobCreate
+from api.services import datasets as datasets_service
+from api.services import jobs as jobs_service
+from api.services import keys as keys_service
 from tests.service_env import clear_service_caches
+from worker import leases
 from worker.runner import run_job
 
 
@@ -24,9 +28,9 @@ def tenant_and_dataset(tmp_path, monkeypatch):
     run_migrations()
     rows = "".join(json.dumps({"prompt": f"What is {i} + 1?", "answer": i + 1}) + "\n" for i in range(6))
     with session_scope() as session:
-        services.create_api_key(session, tenant_name="t")
+        keys_service.create_api_key(session, tenant_name="t")
         tenant_id = session.scalar(select(Tenant.id))
-        dataset = services.create_dataset(session, tenant_id=tenant_id, name="d.jsonl", content=rows.encode())
+        dataset = datasets_service.create_dataset(session, tenant_id=tenant_id, name="d.jsonl", content=rows.encode())
         dataset_id = dataset.id
     yield tenant_id, dataset_id
     clear_service_caches()
@@ -46,7 +50,7 @@ def make_job(tenant_id, dataset_id, **hyperparameters) -> str:
         },
     )
     with session_scope() as session:
-        job, _ = services.create_job(session, tenant_id=tenant_id, spec=spec, idempotency_key=None)
+        job, _ = jobs_service.create_job(session, tenant_id=tenant_id, spec=spec, idempotency_key=None)
         return job.id
 
 
@@ -89,7 +93,7 @@ def test_a_job_cancelled_while_queued_never_trains(tenant_and_dataset):
     tenant_id, dataset_id = tenant_and_dataset
     job_id = make_job(tenant_id, dataset_id)
     with session_scope() as session:
-        services.cancel_job(session, tenant_id=tenant_id, job_id=job_id)
+        jobs_service.cancel_job(session, tenant_id=tenant_id, job_id=job_id)
     assert run_job(job_id) == "cancelled"
     assert counts(job_id) == (0, [])
 
@@ -101,7 +105,7 @@ def test_a_missing_job_is_dropped(tenant_and_dataset):
 def test_a_second_delivery_backs_off_while_the_lease_is_held(tenant_and_dataset):
     job_id = make_job(*tenant_and_dataset)
     with session_scope() as session:
-        assert services.claim_job(session, job_id=job_id, owner="other-worker", lease_seconds=60, max_attempts=3) == 1
+        assert leases.claim_job(session, job_id=job_id, owner="other-worker", lease_seconds=60, max_attempts=3) == 1
     assert run_job(job_id) == "busy"
     with session_scope() as session:
         job = session.get(Job, job_id)
@@ -161,7 +165,7 @@ def test_a_job_that_keeps_losing_its_worker_fails_after_max_attempts(tenant_and_
     for attempt in (1, 2, 3):
         with session_scope() as session:
             assert (
-                services.claim_job(session, job_id=job_id, owner=f"w{attempt}", lease_seconds=-1, max_attempts=3)
+                leases.claim_job(session, job_id=job_id, owner=f"w{attempt}", lease_seconds=-1, max_attempts=3)
                 == attempt
             )
             session.get(Job, job_id).status = "running"  # as run_job does in the claim's transaction
@@ -169,7 +173,7 @@ def test_a_job_that_keeps_losing_its_worker_fails_after_max_attempts(tenant_and_
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert job.status == "failed" and "gave up after 3 attempts" in job.error
-        assert services.claim_job(session, job_id=job_id, owner="w4", lease_seconds=60, max_attempts=3) is None
+        assert leases.claim_job(session, job_id=job_id, owner="w4", lease_seconds=60, max_attempts=3) is None
 
 
 def test_a_queued_job_whose_message_is_old_is_sent_again_once(tenant_and_dataset, monkeypatch):
