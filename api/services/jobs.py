@@ -1,5 +1,5 @@
 """Jobs: validating a spec, creating, reading, listing and cancelling jobs, and every status change with the
-event that records it (the worker's lease code calls set_status too)."""
+event that records it (the worker records its outcomes through set_status too)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import artifacts
-from api.models import Event, Job, utcnow
+from api.models import TERMINAL_STATUSES, Event, Job, utcnow
 from api.schemas import JobCreate, JobPublic, Progress, RewardRef
 from api.services import InvalidInput, NotFound
 from api.services import datasets as datasets_service
@@ -107,7 +107,7 @@ def cancel_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
     """Ask a job to stop. A queued job is cancelled at once; a running one stops before its next step (the worker
     checks between steps). Cancelling a finished job changes nothing."""
     job = get_job(session, tenant_id=tenant_id, job_id=job_id)
-    if job.status in ("succeeded", "failed", "cancelled"):
+    if job.status in TERMINAL_STATUSES:
         return job
     job.cancel_requested = True
     if job.status == "queued":
@@ -119,7 +119,7 @@ def set_status(session: Session, *, job: Job, status: str, error: str | None = N
     job.status = status
     if status == "running":
         job.started_at = utcnow()
-    if status in ("succeeded", "failed", "cancelled"):
+    if status in TERMINAL_STATUSES:
         job.finished_at = utcnow()
     if error is not None:
         job.error = error

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from api.models import TERMINAL_STATUSES
 from grpo_core import arithmetic_task
 from tests.service_env import fresh_database
 
@@ -207,7 +208,7 @@ class Client:
     def job(self, job_id: str) -> dict:
         return self.http.get(f"/v1/jobs/{job_id}").raise_for_status().json()
 
-    def wait(self, job_id: str, statuses=("succeeded", "failed", "cancelled"), timeout: float = 300) -> dict:
+    def wait(self, job_id: str, statuses=TERMINAL_STATUSES, timeout: float = 300) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             job = self.job(job_id)
