@@ -188,3 +188,86 @@ def test_a_queued_job_whose_message_is_old_is_sent_again_once(tenant_and_dataset
         job.enqueued_at = job.enqueued_at.replace(year=2000)
     assert reconciler.reconcile_once() == [job_id]
     assert reconciler.reconcile_once() == []  # not again so soon
+
+
+@pytest.fixture
+def shutting_down():
+    """The worker process's shutdown flag (Celery's worker_shutting_down sets it), cleared after the test."""
+    from worker import runner
+
+    yield runner.shutting_down
+    runner.shutting_down.clear()
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """The job ids the runner sends to the broker."""
+    from worker import runner
+
+    sent: list[str] = []
+    monkeypatch.setattr(runner, "enqueue_job", sent.append)
+    return sent
+
+
+def test_a_worker_shutting_down_checkpoints_its_job_and_queues_it_again(
+    tenant_and_dataset, monkeypatch, shutting_down, sent
+):
+    from worker import runner
+
+    reporter = runner.DatabaseReporter
+
+    job_id = make_job(*tenant_and_dataset, max_steps=4, checkpoint_every=0)
+
+    class ShutDownAfterTwo(runner.DatabaseReporter):
+        def on_step(self, step, metrics):
+            super().on_step(step, metrics)
+            if step == 2:
+                shutting_down.set()  # as SIGTERM does, through Celery's worker_shutting_down
+
+    monkeypatch.setattr(runner, "DatabaseReporter", ShutDownAfterTwo)
+    assert run_job(job_id) == "queued"
+    assert sent == [job_id]
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        # Lease released, and the clean stop does not use up one of GRPO_MAX_ATTEMPTS.
+        assert (job.status, job.step, job.lease_owner, job.attempt) == ("queued", 2, None, 0)
+    assert counts(job_id) == (2, [2])  # the checkpoint saved at the stop
+
+    monkeypatch.setattr(runner, "DatabaseReporter", reporter)
+    shutting_down.clear()  # the next worker
+    assert run_job(job_id) == "succeeded"
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert (job.attempt, job.step, job.steps_computed) == (1, 4, 4)  # resumed at step 2: nothing computed twice
+    assert counts(job_id) == (4, [2, 4])
+
+
+def test_a_job_cancelled_as_its_worker_shuts_down_is_cancelled(tenant_and_dataset, monkeypatch, shutting_down, sent):
+    from worker import runner
+
+    tenant_id, dataset_id = tenant_and_dataset
+    job_id = make_job(tenant_id, dataset_id, max_steps=4, checkpoint_every=0)
+
+    class CancelAndShutDownAfterOne(runner.DatabaseReporter):
+        def on_step(self, step, metrics):
+            super().on_step(step, metrics)
+            with session_scope() as session:
+                jobs_service.cancel_job(session, tenant_id=tenant_id, job_id=job_id)
+            shutting_down.set()
+
+    monkeypatch.setattr(runner, "DatabaseReporter", CancelAndShutDownAfterOne)
+    assert run_job(job_id) == "cancelled"
+    assert sent == []
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.step, job.lease_owner) == ("cancelled", 1, None)
+
+
+def test_a_message_taken_while_the_worker_shuts_down_is_sent_on_untouched(tenant_and_dataset, shutting_down, sent):
+    job_id = make_job(*tenant_and_dataset)
+    shutting_down.set()
+    assert run_job(job_id) == "queued"
+    assert sent == [job_id]
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.attempt, job.lease_owner, job.steps_computed) == ("queued", 0, None, 0)
