@@ -129,7 +129,7 @@ class Service:
 
     def start_worker(self) -> subprocess.Popen:
         """A worker under the same supervisor `grpo serve` uses: killed, it is started again."""
-        code = "import sys, threading; from api.cli import supervise, worker_command; from api.settings import get_settings; supervise(worker_command(get_settings()), threading.Event())"
+        code = "from api.cli import worker_command; from api.serve import WorkerSupervisor; from api.settings import get_settings; settings = get_settings(); WorkerSupervisor(worker_command(settings), settings.shutdown_grace_seconds).run()"
         supervisor = subprocess.Popen(
             [sys.executable, "-c", code],
             env=self.env,
