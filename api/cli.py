@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 
@@ -34,41 +31,6 @@ def worker_command(settings) -> list[str]:
         "--pool", "solo", "--concurrency", "1", "--queues", settings.queue,
         "--without-gossip", "--without-mingle", "--loglevel", "INFO",
     ]  # fmt: skip
-
-
-def supervise(command: list[str], stop: threading.Event, restart_delay: float = 2.0) -> None:
-    """Run `command`, starting it again whenever it exits, until `stop` is set."""
-    process = subprocess.Popen(command)
-    while not stop.wait(0.5):
-        if process.poll() is not None:
-            print(f"grpo: worker exited with {process.returncode}; restarting", file=sys.stderr)
-            time.sleep(restart_delay)
-            process = subprocess.Popen(command)
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
-def serve(host: str, port: int) -> int:
-    import uvicorn
-
-    from api.db import run_migrations
-    from api.settings import get_settings
-
-    settings = get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    run_migrations()
-    stop = threading.Event()
-    supervisor = threading.Thread(target=supervise, args=(worker_command(settings), stop), daemon=True)
-    supervisor.start()
-    try:
-        uvicorn.run("api.main:app", host=host, port=port, log_level="info")
-    finally:
-        stop.set()
-        supervisor.join(timeout=40)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return train_main(["train", str(args.config), *(["--resume"] if args.resume else [])])
     if args.command == "serve":
-        return serve(args.host, args.port)
+        from api.serve import serve
+        from api.settings import get_settings
+
+        return serve(host=args.host, port=args.port, worker_command=worker_command(get_settings()))
     if args.command == "api":
         import uvicorn
 
@@ -113,15 +78,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "worker":
         from api.settings import get_settings
 
+        # Replaced by Celery, solo pool: the job runs in this very process, which has no children of its own, so
+        # whoever stops this pid (a supervisor, `grpo serve`) stops the job with it.
         os.execv(sys.executable, worker_command(get_settings()))
     from api.db import run_migrations, session_scope
 
     run_migrations()
     if args.command == "keys":
-        from api.services import create_api_key
+        from api.services import keys as keys_service
 
         with session_scope() as session:
-            key = create_api_key(session, tenant_name=args.tenant)
+            key = keys_service.create_api_key(session, tenant_name=args.tenant)
         print(key)
     return 0
 

@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.db import session_scope
-from api.services import authenticate, recent_keys
+from api.services import keys as keys_service
 from api.settings import get_settings
 
 
@@ -38,11 +38,11 @@ async def get_tenant_id(
     query; any other is looked up in a worker thread (never on the event loop, where waiting for a pooled
     connection could block the requests that would free one)."""
     key = credentials.credentials if credentials else None
-    tenant_id = recent_keys.get(key, get_settings().auth_cache_seconds) if key else None
+    tenant_id = keys_service.recent_keys.get(key, get_settings().auth_cache_seconds) if key else None
     if tenant_id is None and key:
-        tenant_id = await run_in_threadpool(authenticate, session, key=key)
+        tenant_id = await run_in_threadpool(keys_service.authenticate, session, key=key)
         if tenant_id is not None:
-            recent_keys.put(key, tenant_id)
+            keys_service.recent_keys.put(key, tenant_id)
     if tenant_id is None:
         raise HTTPException(
             status_code=401,

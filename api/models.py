@@ -135,7 +135,7 @@ class Event(Base):
     __table_args__ = (Index("ix_events_job_id_id", "job_id", "id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    type: Mapped[str] = mapped_column(String(20))  # "status", "metrics", "checkpoint"
+    type: Mapped[str] = mapped_column(String(20))  # "status", "metrics", "checkpoint", "warning"
     data: Mapped[dict[str, Any]] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     max_attempts: int = Field(
         3, ge=1, description="Times a job is started before a job that keeps killing its worker fails"
     )
+    shutdown_grace_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="`grpo serve`: how long its worker has, after SIGTERM, to checkpoint the running job and put it "
+        "back in the queue before it is killed",
+    )
     broker_visibility_timeout: float = Field(
         3600.0, gt=0, description="Redis: seconds before an unacknowledged message is redelivered"
     )

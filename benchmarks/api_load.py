@@ -38,17 +38,20 @@ end
 def seed(rows: int) -> tuple[str, str]:
     from api.db import run_migrations, session_scope
     from api.schemas import JobCreate
-    from api.services import create_api_key, create_dataset, create_job, record_metrics
+    from api.services import datasets as datasets_service
+    from api.services import jobs as jobs_service
+    from api.services import keys as keys_service
+    from worker import writes
 
     run_migrations()
     with session_scope() as session:
-        key = create_api_key(session, tenant_name="load")
+        key = keys_service.create_api_key(session, tenant_name="load")
         tenant_id = session.execute(__import__("sqlalchemy").text("SELECT id FROM tenants")).scalar()
-        dataset = create_dataset(
+        dataset = datasets_service.create_dataset(
             session, tenant_id=tenant_id, name="d.jsonl", content=b'{"prompt": "2+2?", "answer": 4}\n'
         )
         spec = JobCreate(base_model="tiny-random-llama", dataset_id=dataset.id, rewards=[{"name": "numeric_answer"}])
-        job, _ = create_job(session, tenant_id=tenant_id, spec=spec, idempotency_key=None)
+        job, _ = jobs_service.create_job(session, tenant_id=tenant_id, spec=spec, idempotency_key=None)
         job_id = job.id
     values = {
         name: 0.5 for name in ("reward_mean", "reward_std", "loss", "kl", "grad_norm", "learning_rate", "step_seconds")
@@ -56,7 +59,7 @@ def seed(rows: int) -> tuple[str, str]:
     for start in range(1, rows + 1, 1000):
         with session_scope() as session:
             for step in range(start, min(start + 1000, rows + 1)):
-                record_metrics(session, job_id=job_id, kind="train", step=step, values=values)
+                writes.record_metrics(session, job_id=job_id, kind="train", step=step, values=values)
     return key, job_id
 
 

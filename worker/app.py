@@ -1,11 +1,11 @@
 """The Celery worker's entry module: `celery -A worker.app worker` (or `grpo worker`)."""
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from api.queue import RUN_JOB_TASK, get_celery
 from api.settings import get_settings
 from worker.reconciler import Reconciler
-from worker.runner import run_job
+from worker.runner import run_job, shutting_down
 
 app = get_celery()
 _reconciler: Reconciler | None = None
@@ -28,3 +28,11 @@ def start_reconciler(**_kwargs) -> None:
 def stop_reconciler(**_kwargs) -> None:
     if _reconciler is not None:
         _reconciler.stopped.set()
+
+
+@worker_shutting_down.connect
+def stop_running_job(**_kwargs) -> None:
+    # Sent from Celery's SIGTERM/SIGINT/SIGQUIT handler. The solo pool runs the job in this same main thread, so
+    # the handler interrupts it between two bytecodes: only set a flag, which the trainer reads between steps.
+    # Celery's warm shutdown then waits for the task to return before the process exits.
+    shutting_down.set()

@@ -18,10 +18,10 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from api import services
 from api.db import session_scope
 from api.models import Job, utcnow
 from api.queue import enqueue_job
+from api.services import jobs as jobs_service
 from api.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -51,10 +51,10 @@ def reconcile_once() -> list[str]:
                     f"the worker running this job stopped without finishing it {job.attempt} times (killed, "
                     f"e.g. out of memory); gave up after {settings.max_attempts} attempts (GRPO_MAX_ATTEMPTS)"
                 )
-                services.set_status(session, job=job, status="failed", error=reason)
+                jobs_service.set_status(session, job=job, status="failed", error=reason)
                 log.warning("job %s failed: %s", job.id, reason)
             else:
-                services.set_status(session, job=job, status="queued")
+                jobs_service.set_status(session, job=job, status="queued")
                 to_send.append(job.id)
                 log.warning("job %s lost its worker (attempt %d); queued again", job.id, job.attempt)
         stale_before = now - timedelta(seconds=settings.requeue_queued_after_seconds)

@@ -5,6 +5,9 @@ lost, with the folder broker), and Redis redelivers a message still running past
 database decides: a worker trains a job only after a compare-and-set claim of its lease, renews the lease from a
 heartbeat thread while it trains, and writes nothing once the lease is gone. A re-run resumes from the job's last
 complete checkpoint; metric and checkpoint rows are unique per (job, step), so a replayed step adds nothing.
+
+A worker asked to shut down (SIGTERM: `grpo serve` stopping, systemd, `docker stop`) stops the job at its next
+step boundary, saves a checkpoint, and puts the job back in the queue for the next worker to resume.
 """
 
 from __future__ import annotations
@@ -15,15 +18,21 @@ import socket
 import threading
 import uuid
 
-from api import artifacts, services
+from api import artifacts
 from api.db import session_scope
-from api.models import TERMINAL_STATUSES, Job
-from api.services import LeaseLost
+from api.models import TERMINAL_STATUSES, Job, utcnow
+from api.queue import enqueue_job
+from api.services import jobs as jobs_service
 from api.settings import get_settings
 from grpo_core import GRPOConfig, GRPOTrainer, RewardSpec, TrainerCallback, load_jsonl
 from grpo_core.checkpoint import Checkpoint
+from worker import leases, writes
+from worker.leases import LeaseLost
 
 log = logging.getLogger(__name__)
+
+# Set once this worker process begins to shut down (worker/app.py connects it to Celery's worker_shutting_down).
+shutting_down = threading.Event()
 
 
 class Heartbeat(threading.Thread):
@@ -39,7 +48,7 @@ class Heartbeat(threading.Thread):
         while not self.stopped.wait(self.lease_seconds / 3):
             try:
                 with session_scope() as session:
-                    renewed = services.renew_lease(
+                    renewed = leases.renew_lease(
                         session, job_id=self.job_id, owner=self.owner, lease_seconds=self.lease_seconds
                     )
             except Exception:  # a database hiccup: try again next beat; the lease has slack for two misses
@@ -52,45 +61,79 @@ class Heartbeat(threading.Thread):
 
 class DatabaseReporter(TrainerCallback):
     """Writes each step's metrics, evaluations and checkpoints to the database while this worker holds the lease,
-    and tells the trainer to stop when the job was cancelled."""
+    and tells the trainer to stop when the job was cancelled or this worker is shutting down."""
 
     def __init__(self, job_id: str, owner: str, heartbeat: Heartbeat):
         self.job_id, self.owner, self.heartbeat = job_id, owner, heartbeat
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         with session_scope() as session:
-            job = services.held_job(session, job_id=self.job_id, owner=self.owner)
-            services.record_metrics(session, job_id=self.job_id, kind="train", step=step, values=metrics)
+            job = leases.held_job(session, job_id=self.job_id, owner=self.owner)
+            writes.record_metrics(session, job_id=self.job_id, kind="train", step=step, values=metrics)
             job.step = step
             job.steps_computed += 1
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> None:
         with session_scope() as session:
-            services.held_job(session, job_id=self.job_id, owner=self.owner)
-            services.record_metrics(session, job_id=self.job_id, kind="eval", step=step, values=metrics)
+            leases.held_job(session, job_id=self.job_id, owner=self.owner)
+            writes.record_metrics(session, job_id=self.job_id, kind="eval", step=step, values=metrics)
 
     def on_checkpoint(self, checkpoint: Checkpoint) -> None:
         _path, sha256, size = artifacts.pack_adapter(checkpoint.path, f"{self.job_id}-step-{checkpoint.step}")
         with session_scope() as session:
-            services.held_job(session, job_id=self.job_id, owner=self.owner)
-            services.record_checkpoint(session, job_id=self.job_id, step=checkpoint.step, sha256=sha256, size=size)
+            leases.held_job(session, job_id=self.job_id, owner=self.owner)
+            writes.record_checkpoint(session, job_id=self.job_id, step=checkpoint.step, sha256=sha256, size=size)
+
+    def on_warning(self, message: str) -> None:
+        with session_scope() as session:
+            leases.held_job(session, job_id=self.job_id, owner=self.owner)
+            jobs_service.record_event(session, job_id=self.job_id, type="warning", data={"message": message})
 
     def should_stop(self) -> bool:
         if self.heartbeat.lost.is_set():
             raise LeaseLost(f"lease on job {self.job_id} lost")
+        if shutting_down.is_set():
+            return True
         with session_scope() as session:
-            return services.held_job(session, job_id=self.job_id, owner=self.owner).cancel_requested
+            return leases.held_job(session, job_id=self.job_id, owner=self.owner).cancel_requested
 
 
 def _finish(job_id: str, owner: str, status: str, error: str | None = None) -> None:
     with session_scope() as session:
-        job = services.held_job(session, job_id=job_id, owner=owner)
-        services.set_status(session, job=job, status=status, error=error, lease_owner=None, lease_expires_at=None)
+        job = leases.held_job(session, job_id=job_id, owner=owner)
+        jobs_service.set_status(session, job=job, status=status, error=error, lease_owner=None, lease_expires_at=None)
+
+
+def _stopped_early(job_id: str, owner: str) -> str:
+    """The trainer stopped before max_steps: the job is cancelled if its user asked for that, and otherwise this
+    worker is shutting down and the job goes back to the queue, to resume from the checkpoint just saved."""
+    with session_scope() as session:
+        job = leases.held_job(session, job_id=job_id, owner=owner)
+        if job.cancel_requested or not shutting_down.is_set():
+            jobs_service.set_status(session, job=job, status="cancelled", lease_owner=None, lease_expires_at=None)
+            return "cancelled"
+        # GRPO_MAX_ATTEMPTS counts workers that died under a job; this attempt ended cleanly and does not count.
+        jobs_service.set_status(
+            session,
+            job=job,
+            status="queued",
+            lease_owner=None,
+            lease_expires_at=None,
+            attempt=job.attempt - 1,
+            enqueued_at=utcnow(),
+        )
+    try:
+        enqueue_job(job_id)  # after the commit, like every send
+    except Exception:  # the broker is away: the job is queued in the database, and a reconciler sends it later
+        log.warning("job %s: broker unreachable; left queued for the reconciler", job_id, exc_info=True)
+    log.info("job %s: this worker is shutting down; checkpointed and queued again", job_id)
+    return "queued"
 
 
 def run_job(job_id: str) -> str:
     """Train job `job_id` to the end, resuming from its last checkpoint if an earlier attempt died. Returns the
-    outcome: a job status, "missing", or "busy" when another worker holds the job's lease."""
+    outcome: a job status ("queued" when this worker shut down first), "missing", or "busy" when another worker
+    holds the job's lease."""
     settings = get_settings()
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     with session_scope() as session:
@@ -101,9 +144,13 @@ def run_job(job_id: str) -> str:
         if job.status in TERMINAL_STATUSES:
             return job.status
         if job.cancel_requested:
-            services.set_status(session, job=job, status="cancelled")
+            jobs_service.set_status(session, job=job, status="cancelled")
             return "cancelled"
-        attempt = services.claim_job(
+        if shutting_down.is_set():
+            # Taken in this worker's last poll of the broker, after it was told to stop: left for the next worker.
+            enqueue_job(job_id)
+            return "queued"
+        attempt = leases.claim_job(
             session,
             job_id=job_id,
             owner=owner,
@@ -114,7 +161,7 @@ def run_job(job_id: str) -> str:
             log.warning("job %s is held by another worker (or out of attempts); backing off", job_id)
             return "busy"
         session.refresh(job)
-        services.set_status(session, job=job, status="running", worker_host=socket.gethostname())
+        jobs_service.set_status(session, job=job, status="running", worker_host=socket.gethostname())
         spec = {
             "base_model": job.base_model,
             "rewards": [RewardSpec(r["name"], r["weight"], r["params"]) for r in job.rewards],
@@ -137,9 +184,10 @@ def run_job(job_id: str) -> str:
             cache_dir=settings.model_cache,
         )
         result = trainer.train(resume=True)
-        status = "cancelled" if result.stopped_early else "succeeded"
-        _finish(job_id, owner, status)
-        return status
+        if result.stopped_early:
+            return _stopped_early(job_id, owner)
+        _finish(job_id, owner, "succeeded")
+        return "succeeded"
     except LeaseLost:
         log.warning("job %s: lease lost, another attempt owns it; stopping without writing", job_id)
         return "lease-lost"

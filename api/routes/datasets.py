@@ -3,10 +3,10 @@ from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
-from api import services
 from api.deps import SessionDep, TenantDep
 from api.schemas import DatasetPublic, DatasetsPublic, error_responses
 from api.services import InvalidInput
+from api.services import datasets as datasets_service
 from api.settings import get_settings
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(401, 413))
@@ -62,7 +62,7 @@ async def upload_dataset(request: Request, session: SessionDep, tenant_id: Tenan
     content = await upload.read(limit + 1)
     if len(content) > limit:
         raise _too_large(limit)
-    dataset = services.create_dataset(
+    dataset = datasets_service.create_dataset(
         session, tenant_id=tenant_id, name=upload.filename or "dataset.jsonl", content=content
     )
     session.commit()
@@ -71,10 +71,12 @@ async def upload_dataset(request: Request, session: SessionDep, tenant_id: Tenan
 
 @router.get("", response_model=DatasetsPublic)
 def list_datasets(session: SessionDep, tenant_id: TenantDep) -> DatasetsPublic:
-    datasets = services.list_datasets(session, tenant_id=tenant_id)
+    datasets = datasets_service.list_datasets(session, tenant_id=tenant_id)
     return DatasetsPublic(data=[DatasetPublic.model_validate(d) for d in datasets], count=len(datasets))
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, responses=error_responses(404, 422))
 def get_dataset(dataset_id: str, session: SessionDep, tenant_id: TenantDep) -> DatasetPublic:
-    return DatasetPublic.model_validate(services.get_dataset(session, tenant_id=tenant_id, dataset_id=dataset_id))
+    return DatasetPublic.model_validate(
+        datasets_service.get_dataset(session, tenant_id=tenant_id, dataset_id=dataset_id)
+    )

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from api import artifacts, services
+from api import artifacts
 from api.db import session_scope
 from api.deps import SessionDep, TenantDep
 from api.models import TERMINAL_STATUSES
@@ -24,6 +24,9 @@ from api.schemas import (
     MetricsPublic,
     error_responses,
 )
+from api.services import NotFound
+from api.services import jobs as jobs_service
+from api.services import progress as progress_service
 from api.settings import get_settings
 
 # Every route here takes a body, a query or an id, so each can answer 422 (in the ErrorBody shape, like all errors).
@@ -43,7 +46,7 @@ def create_job(
 ) -> JobPublic:
     """Validate a job spec and queue it. With an Idempotency-Key header, a retry returns the job the first
     request made (header Idempotent-Replayed: true) instead of making a second one."""
-    job, created = services.create_job(session, tenant_id=tenant_id, spec=spec, idempotency_key=idempotency_key)
+    job, created = jobs_service.create_job(session, tenant_id=tenant_id, spec=spec, idempotency_key=idempotency_key)
     session.commit()  # the message goes to the broker only once the row is durable
     if created:
         try:
@@ -54,7 +57,7 @@ def create_job(
             log.warning("broker unreachable; job %s stays queued for the reconciler to send", job.id, exc_info=True)
     else:
         response.headers["Idempotent-Replayed"] = "true"
-    return services.job_public(job)
+    return jobs_service.job_public(job)
 
 
 @router.get("", response_model=JobsPublic)
@@ -66,21 +69,21 @@ def list_jobs(
     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> JobsPublic:
     """Newest first, optionally filtered by status."""
-    jobs, count = services.list_jobs(session, tenant_id=tenant_id, status=status, limit=limit, offset=offset)
-    return JobsPublic(data=[services.job_public(j) for j in jobs], count=count)
+    jobs, count = jobs_service.list_jobs(session, tenant_id=tenant_id, status=status, limit=limit, offset=offset)
+    return JobsPublic(data=[jobs_service.job_public(j) for j in jobs], count=count)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
 def get_job(job_id: str, session: SessionDep, tenant_id: TenantDep) -> JobPublic:
-    return services.job_public(services.get_job(session, tenant_id=tenant_id, job_id=job_id))
+    return jobs_service.job_public(jobs_service.get_job(session, tenant_id=tenant_id, job_id=job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=NOT_FOUND)
 def cancel_job(job_id: str, session: SessionDep, tenant_id: TenantDep) -> JobPublic:
     """Stop a queued job at once, or a running one before its next step; its last checkpoint stays downloadable."""
-    job = services.cancel_job(session, tenant_id=tenant_id, job_id=job_id)
+    job = jobs_service.cancel_job(session, tenant_id=tenant_id, job_id=job_id)
     session.commit()
-    return services.job_public(job)
+    return jobs_service.job_public(job)
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPublic, responses=NOT_FOUND)
@@ -92,8 +95,10 @@ def get_metrics(
     limit: Annotated[int, Query(ge=1, le=1000, description="Steps per page")] = 200,
 ) -> MetricsPublic:
     """Metric rows by step: kind "train" (one per step) and "eval" (held-out reward; step 0 is before training)."""
-    services.get_job(session, tenant_id=tenant_id, job_id=job_id)
-    rows, next_after_step = services.list_metrics(session, job_id=job_id, after_step=after_step, limit_steps=limit)
+    jobs_service.get_job(session, tenant_id=tenant_id, job_id=job_id)
+    rows, next_after_step = progress_service.list_metrics(
+        session, job_id=job_id, after_step=after_step, limit_steps=limit
+    )
     data = [MetricPublic(step=r.step, kind=r.kind, values=r.values) for r in rows]  # type: ignore[arg-type]
     return MetricsPublic(data=data, next_after_step=next_after_step)
 
@@ -109,10 +114,10 @@ async def stream_events(
     tenant_id: TenantDep,
     last_event_id: Annotated[str | None, Header(max_length=20)] = None,
 ) -> StreamingResponse:
-    """Server-Sent Events: `status`, `metrics` and `checkpoint`, each with an `id`. Reconnect with the
+    """Server-Sent Events: `status`, `metrics`, `checkpoint` and `warning`, each with an `id`. Reconnect with the
     Last-Event-ID header to resume after the last event seen. The stream ends once the job is finished and every
     event has been sent."""
-    services.get_job(session, tenant_id=tenant_id, job_id=job_id)
+    jobs_service.get_job(session, tenant_id=tenant_id, job_id=job_id)
     after_id = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
     poll = get_settings().events_poll_seconds
 
@@ -122,8 +127,8 @@ async def stream_events(
         while True:
             with session_scope() as scoped:
                 # Read the status before the events: events written before a terminal status are then all seen.
-                status = services.get_job(scoped, tenant_id=tenant_id, job_id=job_id).status
-                events = services.events_after(scoped, job_id=job_id, after_id=after_id)
+                status = jobs_service.get_job(scoped, tenant_id=tenant_id, job_id=job_id).status
+                events = progress_service.events_after(scoped, job_id=job_id, after_id=after_id)
             for event in events:
                 after_id = event.id
                 quiet_since = time.monotonic()
@@ -143,22 +148,22 @@ async def stream_events(
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointsPublic, responses=NOT_FOUND)
 def list_checkpoints(job_id: str, session: SessionDep, tenant_id: TenantDep) -> CheckpointsPublic:
-    services.get_job(session, tenant_id=tenant_id, job_id=job_id)
-    rows = services.list_checkpoints(session, job_id=job_id)
+    jobs_service.get_job(session, tenant_id=tenant_id, job_id=job_id)
+    rows = progress_service.list_checkpoints(session, job_id=job_id)
     return CheckpointsPublic(
         data=[CheckpointPublic(step=r.step, bytes=r.bytes, sha256=r.sha256, created_at=r.created_at) for r in rows]
     )
 
 
 def _adapter_download(session, tenant_id: str, job_id: str, step: int | None) -> FileResponse:
-    job = services.get_job(session, tenant_id=tenant_id, job_id=job_id)
-    checkpoint = services.get_checkpoint(session, job_id=job.id, step=step)
+    job = jobs_service.get_job(session, tenant_id=tenant_id, job_id=job_id)
+    checkpoint = progress_service.get_checkpoint(session, job_id=job.id, step=step)
     try:
         path = artifacts.servable(artifacts.checkpoint_archive(job.id, checkpoint.step))
     except artifacts.OutsideArtifacts as error:
         # Never follow a link out of the artifacts folder; a missing archive is not a server error either.
         log.warning("refusing to serve checkpoint %s of job %s: %s", checkpoint.step, job.id, error)
-        raise services.NotFound("adapter archive", f"{job.id} step {checkpoint.step}") from None
+        raise NotFound("adapter archive", f"{job.id} step {checkpoint.step}") from None
     return FileResponse(
         path,
         media_type="application/gzip",

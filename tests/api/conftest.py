@@ -25,10 +25,10 @@ def service(request, tmp_path, monkeypatch):
 
 def new_key(tenant: str) -> dict[str, str]:
     from api.db import session_scope
-    from api.services import create_api_key
+    from api.services import keys as keys_service
 
     with session_scope() as session:
-        return {"Authorization": f"Bearer {create_api_key(session, tenant_name=tenant)}"}
+        return {"Authorization": f"Bearer {keys_service.create_api_key(session, tenant_name=tenant)}"}
 
 
 @pytest.fixture

@@ -85,14 +85,14 @@ def test_idempotency_key_returns_the_same_job_and_queues_once(service, alice, da
 
 def test_metrics_page_by_step_with_an_after_step_cursor(service, alice, dataset_id):
     from api.db import session_scope
-    from api.services import record_metrics
+    from worker import writes
 
     job_id = service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id)).json()["id"]
     with session_scope() as session:
-        record_metrics(session, job_id=job_id, kind="eval", step=0, values={"eval_reward_sampled": 0.1})
+        writes.record_metrics(session, job_id=job_id, kind="eval", step=0, values={"eval_reward_sampled": 0.1})
         for step in range(1, 6):
-            record_metrics(session, job_id=job_id, kind="train", step=step, values={"reward_mean": step / 10})
-        assert not record_metrics(session, job_id=job_id, kind="train", step=3, values={"reward_mean": 9.0})
+            writes.record_metrics(session, job_id=job_id, kind="train", step=step, values={"reward_mean": step / 10})
+        assert not writes.record_metrics(session, job_id=job_id, kind="train", step=3, values={"reward_mean": 9.0})
     page = service.get(f"/v1/jobs/{job_id}/metrics", headers=alice, params={"limit": 3}).json()
     assert [(r["step"], r["kind"]) for r in page["data"]] == [(0, "eval"), (1, "train"), (2, "train")]
     assert page["next_after_step"] == 2

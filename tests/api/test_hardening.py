@@ -68,7 +68,7 @@ def test_method_not_allowed_lists_every_method_of_the_resource(service, alice):
 def test_an_archive_that_links_outside_the_artifacts_folder_is_not_served(service, alice, tmp_path):
     from api import artifacts
     from api.db import session_scope
-    from api.services import record_checkpoint
+    from worker import writes
 
     dataset = upload(service, alice, jsonl(ROWS)).json()["id"]
     job_id = service.post("/v1/jobs", headers=alice, json=job_spec(dataset)).json()["id"]
@@ -78,7 +78,7 @@ def test_an_archive_that_links_outside_the_artifacts_folder_is_not_served(servic
     archive.parent.mkdir(parents=True)
     archive.symlink_to(outside)
     with session_scope() as session:
-        record_checkpoint(session, job_id=job_id, step=1, sha256="0" * 64, size=14)
+        writes.record_checkpoint(session, job_id=job_id, step=1, sha256="0" * 64, size=14)
     for path in (f"/v1/jobs/{job_id}/adapter", f"/v1/jobs/{job_id}/checkpoints/1/adapter"):
         response = service.get(path, headers=alice)
         assert response.status_code == 404 and "not an adapter" not in response.text, path

@@ -9,7 +9,7 @@ import json, sys
 from fastapi.testclient import TestClient
 from api.db import run_migrations, session_scope
 from api.main import app
-from api.services import create_api_key
+from api.services.keys import create_api_key
 
 run_migrations()
 with session_scope() as session:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from api.models import TERMINAL_STATUSES
 from grpo_core import arithmetic_task
 from tests.service_env import fresh_database
 
@@ -128,7 +129,7 @@ class Service:
 
     def start_worker(self) -> subprocess.Popen:
         """A worker under the same supervisor `grpo serve` uses: killed, it is started again."""
-        code = "import sys, threading; from api.cli import supervise, worker_command; from api.settings import get_settings; supervise(worker_command(get_settings()), threading.Event())"
+        code = "from api.cli import worker_command; from api.serve import WorkerSupervisor; from api.settings import get_settings; settings = get_settings(); WorkerSupervisor(worker_command(settings), settings.shutdown_grace_seconds).run()"
         supervisor = subprocess.Popen(
             [sys.executable, "-c", code],
             env=self.env,
@@ -207,7 +208,7 @@ class Client:
     def job(self, job_id: str) -> dict:
         return self.http.get(f"/v1/jobs/{job_id}").raise_for_status().json()
 
-    def wait(self, job_id: str, statuses=("succeeded", "failed", "cancelled"), timeout: float = 300) -> dict:
+    def wait(self, job_id: str, statuses=TERMINAL_STATUSES, timeout: float = 300) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             job = self.job(job_id)

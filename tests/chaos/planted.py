@@ -13,8 +13,9 @@ from tests.chaos.harness import Service
 
 _PLANT = """
 import json, sys
-from api import artifacts, services
+from api import artifacts
 from api.db import session_scope
+from worker import writes
 
 job_id, planted = sys.argv[1], {}
 for step in map(int, sys.argv[2:]):
@@ -24,8 +25,8 @@ for step in map(int, sys.argv[2:]):
     (folder / "adapter_model.safetensors").write_bytes(f"weights of {job_id} at step {step}".encode())
     path, sha256, size = artifacts.pack_adapter(folder, f"{job_id}-step-{step}")
     with session_scope() as session:
-        services.record_metrics(session, job_id=job_id, kind="train", step=step, values={"reward_mean": step / 10})
-        services.record_checkpoint(session, job_id=job_id, step=step, sha256=sha256, size=size)
+        writes.record_metrics(session, job_id=job_id, kind="train", step=step, values={"reward_mean": step / 10})
+        writes.record_checkpoint(session, job_id=job_id, step=step, sha256=sha256, size=size)
     planted[step] = {"path": str(path), "sha256": sha256, "bytes": size}
 print(json.dumps(planted))
 """

@@ -6,11 +6,15 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from api import artifacts, services
+from api import artifacts
 from api.db import session_scope
 from api.models import CheckpointRow, Job, MetricRow, Tenant
 from api.schemas import JobCreate
+from api.services import datasets as datasets_service
+from api.services import jobs as jobs_service
+from api.services import keys as keys_service
 from tests.service_env import clear_service_caches
+from worker import leases
 from worker.runner import run_job
 
 
@@ -24,9 +28,9 @@ def tenant_and_dataset(tmp_path, monkeypatch):
     run_migrations()
     rows = "".join(json.dumps({"prompt": f"What is {i} + 1?", "answer": i + 1}) + "\n" for i in range(6))
     with session_scope() as session:
-        services.create_api_key(session, tenant_name="t")
+        keys_service.create_api_key(session, tenant_name="t")
         tenant_id = session.scalar(select(Tenant.id))
-        dataset = services.create_dataset(session, tenant_id=tenant_id, name="d.jsonl", content=rows.encode())
+        dataset = datasets_service.create_dataset(session, tenant_id=tenant_id, name="d.jsonl", content=rows.encode())
         dataset_id = dataset.id
     yield tenant_id, dataset_id
     clear_service_caches()
@@ -46,7 +50,7 @@ def make_job(tenant_id, dataset_id, **hyperparameters) -> str:
         },
     )
     with session_scope() as session:
-        job, _ = services.create_job(session, tenant_id=tenant_id, spec=spec, idempotency_key=None)
+        job, _ = jobs_service.create_job(session, tenant_id=tenant_id, spec=spec, idempotency_key=None)
         return job.id
 
 
@@ -89,7 +93,7 @@ def test_a_job_cancelled_while_queued_never_trains(tenant_and_dataset):
     tenant_id, dataset_id = tenant_and_dataset
     job_id = make_job(tenant_id, dataset_id)
     with session_scope() as session:
-        services.cancel_job(session, tenant_id=tenant_id, job_id=job_id)
+        jobs_service.cancel_job(session, tenant_id=tenant_id, job_id=job_id)
     assert run_job(job_id) == "cancelled"
     assert counts(job_id) == (0, [])
 
@@ -101,7 +105,7 @@ def test_a_missing_job_is_dropped(tenant_and_dataset):
 def test_a_second_delivery_backs_off_while_the_lease_is_held(tenant_and_dataset):
     job_id = make_job(*tenant_and_dataset)
     with session_scope() as session:
-        assert services.claim_job(session, job_id=job_id, owner="other-worker", lease_seconds=60, max_attempts=3) == 1
+        assert leases.claim_job(session, job_id=job_id, owner="other-worker", lease_seconds=60, max_attempts=3) == 1
     assert run_job(job_id) == "busy"
     with session_scope() as session:
         job = session.get(Job, job_id)
@@ -161,7 +165,7 @@ def test_a_job_that_keeps_losing_its_worker_fails_after_max_attempts(tenant_and_
     for attempt in (1, 2, 3):
         with session_scope() as session:
             assert (
-                services.claim_job(session, job_id=job_id, owner=f"w{attempt}", lease_seconds=-1, max_attempts=3)
+                leases.claim_job(session, job_id=job_id, owner=f"w{attempt}", lease_seconds=-1, max_attempts=3)
                 == attempt
             )
             session.get(Job, job_id).status = "running"  # as run_job does in the claim's transaction
@@ -169,7 +173,7 @@ def test_a_job_that_keeps_losing_its_worker_fails_after_max_attempts(tenant_and_
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert job.status == "failed" and "gave up after 3 attempts" in job.error
-        assert services.claim_job(session, job_id=job_id, owner="w4", lease_seconds=60, max_attempts=3) is None
+        assert leases.claim_job(session, job_id=job_id, owner="w4", lease_seconds=60, max_attempts=3) is None
 
 
 def test_a_queued_job_whose_message_is_old_is_sent_again_once(tenant_and_dataset, monkeypatch):
@@ -184,3 +188,118 @@ def test_a_queued_job_whose_message_is_old_is_sent_again_once(tenant_and_dataset
         job.enqueued_at = job.enqueued_at.replace(year=2000)
     assert reconciler.reconcile_once() == [job_id]
     assert reconciler.reconcile_once() == []  # not again so soon
+
+
+@pytest.fixture
+def shutting_down():
+    """The worker process's shutdown flag (Celery's worker_shutting_down sets it), cleared after the test."""
+    from worker import runner
+
+    yield runner.shutting_down
+    runner.shutting_down.clear()
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """The job ids the runner sends to the broker."""
+    from worker import runner
+
+    sent: list[str] = []
+    monkeypatch.setattr(runner, "enqueue_job", sent.append)
+    return sent
+
+
+def test_a_worker_shutting_down_checkpoints_its_job_and_queues_it_again(
+    tenant_and_dataset, monkeypatch, shutting_down, sent
+):
+    from worker import runner
+
+    reporter = runner.DatabaseReporter
+
+    job_id = make_job(*tenant_and_dataset, max_steps=4, checkpoint_every=0)
+
+    class ShutDownAfterTwo(runner.DatabaseReporter):
+        def on_step(self, step, metrics):
+            super().on_step(step, metrics)
+            if step == 2:
+                shutting_down.set()  # as SIGTERM does, through Celery's worker_shutting_down
+
+    monkeypatch.setattr(runner, "DatabaseReporter", ShutDownAfterTwo)
+    assert run_job(job_id) == "queued"
+    assert sent == [job_id]
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        # Lease released, and the clean stop does not use up one of GRPO_MAX_ATTEMPTS.
+        assert (job.status, job.step, job.lease_owner, job.attempt) == ("queued", 2, None, 0)
+    assert counts(job_id) == (2, [2])  # the checkpoint saved at the stop
+
+    monkeypatch.setattr(runner, "DatabaseReporter", reporter)
+    shutting_down.clear()  # the next worker
+    assert run_job(job_id) == "succeeded"
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert (job.attempt, job.step, job.steps_computed) == (1, 4, 4)  # resumed at step 2: nothing computed twice
+    assert counts(job_id) == (4, [2, 4])
+
+
+def test_a_job_cancelled_as_its_worker_shuts_down_is_cancelled(tenant_and_dataset, monkeypatch, shutting_down, sent):
+    from worker import runner
+
+    tenant_id, dataset_id = tenant_and_dataset
+    job_id = make_job(tenant_id, dataset_id, max_steps=4, checkpoint_every=0)
+
+    class CancelAndShutDownAfterOne(runner.DatabaseReporter):
+        def on_step(self, step, metrics):
+            super().on_step(step, metrics)
+            with session_scope() as session:
+                jobs_service.cancel_job(session, tenant_id=tenant_id, job_id=job_id)
+            shutting_down.set()
+
+    monkeypatch.setattr(runner, "DatabaseReporter", CancelAndShutDownAfterOne)
+    assert run_job(job_id) == "cancelled"
+    assert sent == []
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.step, job.lease_owner) == ("cancelled", 1, None)
+
+
+def test_a_message_taken_while_the_worker_shuts_down_is_sent_on_untouched(tenant_and_dataset, shutting_down, sent):
+    job_id = make_job(*tenant_and_dataset)
+    shutting_down.set()
+    assert run_job(job_id) == "queued"
+    assert sent == [job_id]
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.attempt, job.lease_owner, job.steps_computed) == ("queued", 0, None, 0)
+
+
+def test_a_corrupt_checkpoint_is_skipped_on_resume_with_a_warning_event(
+    tenant_and_dataset, monkeypatch, shutting_down, sent
+):
+    from api.models import Event
+    from worker import runner
+
+    reporter = runner.DatabaseReporter
+    job_id = make_job(*tenant_and_dataset, max_steps=3, checkpoint_every=1)
+
+    class ShutDownAfterTwo(runner.DatabaseReporter):
+        def on_step(self, step, metrics):
+            super().on_step(step, metrics)
+            if step == 2:
+                shutting_down.set()
+
+    monkeypatch.setattr(runner, "DatabaseReporter", ShutDownAfterTwo)
+    assert run_job(job_id) == "queued"
+    weights = artifacts.job_dir(job_id) / "checkpoints" / "step-000002" / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # same size, other bytes: only the sha256 in the manifest tells
+    weights.write_bytes(bytes(data))
+
+    monkeypatch.setattr(runner, "DatabaseReporter", reporter)
+    shutting_down.clear()
+    assert run_job(job_id) == "succeeded"
+    with session_scope() as session:
+        warnings = list(session.scalars(select(Event.data).where(Event.job_id == job_id, Event.type == "warning")))
+        job = session.get(Job, job_id)
+        assert (job.step, job.steps_computed) == (3, 4)  # steps 1, 2, then 2 again from checkpoint 1, and 3
+    assert len(warnings) == 1 and "step 2" in warnings[0]["message"]

@@ -1,0 +1,61 @@
+"""Uploaded JSONL datasets: parsed once on upload, stored under their id, read back by tenant."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api import artifacts
+from api.models import Dataset
+from api.services import InvalidInput, NotFound
+from grpo_core.data import DatasetError, dataset_fields, parse_jsonl
+
+
+def display_name(filename: str) -> str:
+    """An uploaded file's name as a label only (files are stored under the dataset id): the last path component,
+    without control characters (a NUL byte cannot be stored in PostgreSQL text), at most 200 characters."""
+    base = re.split(r"[/\\]", filename)[-1]
+    cleaned = "".join(c for c in base if c.isprintable()).strip()
+    return cleaned[:200] if cleaned not in ("", ".", "..") else "dataset.jsonl"
+
+
+def create_dataset(session: Session, *, tenant_id: str, name: str, content: bytes) -> Dataset:
+    """Parse and store an uploaded JSONL file; bad lines raise InvalidInput naming each line and why."""
+    try:
+        rows = parse_jsonl(content.splitlines())
+    except DatasetError as error:
+        raise InvalidInput(
+            f"the JSONL file has {error.total} bad line(s); nothing was stored", [str(e) for e in error.errors]
+        ) from None
+    dataset = Dataset(
+        tenant_id=tenant_id,
+        name=display_name(name),
+        rows=len(rows),
+        fields=sorted(dataset_fields(rows)),
+        sha256=hashlib.sha256(content).hexdigest(),
+        bytes=len(content),
+    )
+    session.add(dataset)
+    session.flush()
+    artifacts.write_atomically(artifacts.dataset_path(dataset.id), content)
+    return dataset
+
+
+def list_datasets(session: Session, *, tenant_id: str) -> list[Dataset]:
+    return list(
+        session.scalars(select(Dataset).where(Dataset.tenant_id == tenant_id).order_by(Dataset.created_at.desc()))
+    )
+
+
+def get_dataset(session: Session, *, tenant_id: str, dataset_id: str) -> Dataset:
+    # Only an id of the server's own shape reaches the database: others (path tricks, NUL bytes, which
+    # PostgreSQL refuses in text with an error) answer like any other id that does not exist.
+    if not artifacts.is_server_id(dataset_id):
+        raise NotFound("dataset", dataset_id)
+    dataset = session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id))
+    if dataset is None:
+        raise NotFound("dataset", dataset_id)
+    return dataset

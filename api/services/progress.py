@@ -1,0 +1,59 @@
+"""What the API serves of a job's progress: metric rows by step, events after an id, checkpoints. The worker
+writes these (worker/writes.py); callers check the job belongs to the tenant first (jobs.get_job)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.models import CheckpointRow, Event, MetricRow
+from api.services import NotFound
+
+
+def list_metrics(
+    session: Session, *, job_id: str, after_step: int, limit_steps: int
+) -> tuple[list[MetricRow], int | None]:
+    """Metric rows of the next `limit_steps` steps after `after_step` (a step's train and eval rows never split
+    across pages), and the cursor for the page after, or None when this page is the last."""
+    steps = list(
+        session.scalars(
+            select(MetricRow.step)
+            .where(MetricRow.job_id == job_id, MetricRow.step > after_step)
+            .group_by(MetricRow.step)
+            .order_by(MetricRow.step)
+            .limit(limit_steps + 1)
+        )
+    )
+    if not steps:
+        return [], None
+    last_step = steps[min(limit_steps, len(steps)) - 1]
+    rows = session.scalars(
+        select(MetricRow)
+        .where(MetricRow.job_id == job_id, MetricRow.step > after_step, MetricRow.step <= last_step)
+        .order_by(MetricRow.step, MetricRow.kind.desc())
+    )
+    return list(rows), last_step if len(steps) > limit_steps else None
+
+
+def events_after(session: Session, *, job_id: str, after_id: int, limit: int = 500) -> list[Event]:
+    return list(
+        session.scalars(
+            select(Event).where(Event.job_id == job_id, Event.id > after_id).order_by(Event.id).limit(limit)
+        )
+    )
+
+
+def list_checkpoints(session: Session, *, job_id: str) -> list[CheckpointRow]:
+    return list(
+        session.scalars(select(CheckpointRow).where(CheckpointRow.job_id == job_id).order_by(CheckpointRow.step))
+    )
+
+
+def get_checkpoint(session: Session, *, job_id: str, step: int | None) -> CheckpointRow:
+    """The checkpoint at `step`, or the latest one when step is None."""
+    query = select(CheckpointRow).where(CheckpointRow.job_id == job_id)
+    query = query.where(CheckpointRow.step == step) if step is not None else query.order_by(CheckpointRow.step.desc())
+    checkpoint = session.scalars(query.limit(1)).first()
+    if checkpoint is None:
+        raise NotFound("checkpoint", f"{job_id} step {step if step is not None else 'latest'}")
+    return checkpoint

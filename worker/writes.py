@@ -1,0 +1,45 @@
+"""What a worker writes while it trains: a metrics row per step and kind, a checkpoint row per saved adapter, each
+with its event. Rows are unique per (job, step), so a step replayed after a crash writes nothing twice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from api.models import CheckpointRow, MetricRow, utcnow
+from api.services import jobs as jobs_service
+
+
+def _insert_ignoring_duplicates(session: Session, table, values: dict[str, Any]) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING: a replayed step never writes a second row. True when inserted."""
+    dialect = sqlite if session.get_bind().dialect.name == "sqlite" else postgresql
+    statement = dialect.insert(table).values(**values).on_conflict_do_nothing()
+    # RETURNING, not rowcount: psycopg reports no reliable rowcount for INSERT ... ON CONFLICT.
+    return session.execute(statement.returning(*table.primary_key.columns)).first() is not None
+
+
+def record_metrics(session: Session, *, job_id: str, kind: str, step: int, values: dict[str, float]) -> bool:
+    inserted = _insert_ignoring_duplicates(
+        session,
+        MetricRow.__table__,
+        {"job_id": job_id, "kind": kind, "step": step, "values": values, "created_at": utcnow()},
+    )
+    if inserted:
+        jobs_service.record_event(
+            session, job_id=job_id, type="metrics", data={"step": step, "kind": kind, "values": values}
+        )
+    return inserted
+
+
+def record_checkpoint(session: Session, *, job_id: str, step: int, sha256: str, size: int) -> None:
+    inserted = _insert_ignoring_duplicates(
+        session,
+        CheckpointRow.__table__,
+        {"job_id": job_id, "step": step, "sha256": sha256, "bytes": size, "created_at": utcnow()},
+    )
+    if inserted:
+        jobs_service.record_event(
+            session, job_id=job_id, type="checkpoint", data={"step": step, "sha256": sha256, "bytes": size}
+        )
