@@ -10,17 +10,38 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from api.db import session_scope
+from api.db import new_session, run_read, session_scope
 from api.services import keys as keys_service
 from api.settings import get_settings
 
 
+def _finish(session: Session, *, commit: bool) -> None:
+    try:
+        if commit:
+            session.commit()
+        else:
+            session.rollback()
+    finally:
+        session.close()
+
+
 async def get_session() -> AsyncIterator[Session]:
-    """A session for the request, committed at its end. Async on purpose: opening a Session does no I/O (it
-    connects at its first query), so FastAPI runs this on the event loop instead of hopping to a worker thread to
-    enter it and again to leave it. The routes that use it stay sync and do their queries in the thread pool."""
-    with session_scope() as session:
+    """A session for the request, committed at its end (rolled back if the route failed). Opened on the event
+    loop, which costs nothing (a Session connects at its first query); the routes use it in the thread pool. At the
+    end, a session that still holds a transaction is committed and gives its connection back in a worker thread
+    (COMMIT is a round trip, and SQLite's may wait for the write lock); one that holds none closes on the loop,
+    doing no I/O. Hot read routes that need no session across dependencies open theirs in the route instead
+    (`session_scope()` inside a sync route): the whole request then takes one trip to the thread pool."""
+    session = new_session()
+    try:
         yield session
+    except BaseException:
+        await run_in_threadpool(_finish, session, commit=False)
+        raise
+    if session.in_transaction():
+        await run_in_threadpool(_finish, session, commit=True)
+    else:
+        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -31,16 +52,20 @@ SessionDep = Annotated[Session, Depends(get_session)]
 bearer = HTTPBearer(auto_error=False, description="An API key made by `grpo keys create --tenant <name>`")
 
 
-async def get_tenant_id(
-    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
-) -> str:
+def _look_up_key(key: str) -> str | None:
+    with session_scope() as session:
+        return keys_service.authenticate(session, key=key)
+
+
+async def get_tenant_id(credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]) -> str:
     """The caller's tenant. A key this process checked in the last GRPO_AUTH_CACHE_SECONDS is trusted without a
-    query; any other is looked up in a worker thread (never on the event loop, where waiting for a pooled
-    connection could block the requests that would free one)."""
+    query; any other is looked up in a worker thread (run_read), with a session of its own: never on the event
+    loop, where waiting for a pooled connection could block the requests that would free one. Needing no request
+    session, it leaves routes free not to open one."""
     key = credentials.credentials if credentials else None
     tenant_id = keys_service.recent_keys.get(key, get_settings().auth_cache_seconds) if key else None
     if tenant_id is None and key:
-        tenant_id = await run_in_threadpool(keys_service.authenticate, session, key=key)
+        tenant_id = await run_read(_look_up_key, key)
         if tenant_id is not None:
             keys_service.recent_keys.put(key, tenant_id)
     if tenant_id is None:
