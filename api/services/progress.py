@@ -3,7 +3,7 @@ writes these (worker/writes.py); callers check the job belongs to the tenant fir
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import Row, Text, cast, select
 from sqlalchemy.orm import Session
 
 from api.models import CheckpointRow, Event, MetricRow
@@ -12,9 +12,11 @@ from api.services import NotFound
 
 def list_metrics(
     session: Session, *, job_id: str, after_step: int, limit_steps: int
-) -> tuple[list[MetricRow], int | None]:
-    """Metric rows of the next `limit_steps` steps after `after_step` (a step's train and eval rows never split
-    across pages), and the cursor for the page after, or None when this page is the last."""
+) -> tuple[list[Row[tuple[int, str, str]]], int | None]:
+    """Metric rows (step, kind, values) of the next `limit_steps` steps after `after_step` (a step's train and
+    eval rows never split across pages), and the cursor for the page after, or None when this page is the last.
+    Plain rows, not ORM objects, and `values` as the JSON text stored, not decoded: a page is hundreds of rows,
+    and the API validates and serialises it in one pass of pydantic's core."""
     steps = list(
         session.scalars(
             select(MetricRow.step)
@@ -27,8 +29,8 @@ def list_metrics(
     if not steps:
         return [], None
     last_step = steps[min(limit_steps, len(steps)) - 1]
-    rows = session.scalars(
-        select(MetricRow)
+    rows = session.execute(
+        select(MetricRow.step, MetricRow.kind, cast(MetricRow.values, Text))
         .where(MetricRow.job_id == job_id, MetricRow.step > after_step, MetricRow.step <= last_step)
         .order_by(MetricRow.step, MetricRow.kind.desc())
     )

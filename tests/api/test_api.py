@@ -101,6 +101,34 @@ def test_metrics_page_by_step_with_an_after_step_cursor(service, alice, dataset_
     assert rest["data"][0]["values"] == {"reward_mean": 0.3}  # the replayed step did not overwrite
 
 
+def test_the_hot_reads_send_the_bytes_their_schemas_serialise(service, alice, dataset_id):
+    """GET /v1/jobs/{id} and its metrics page build their bodies without FastAPI's response_model (the metrics
+    page spliced from the stored JSON): the bytes must still be the public schemas' own serialisation."""
+    from api.db import session_scope
+    from api.schemas import JobPublic, MetricPublic, MetricsPublic
+    from worker import writes
+
+    job = service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id)).json()
+    recorded = [
+        ("eval", 0, {"eval_reward_sampled": 0.1}),
+        ("train", 1, {"learning_rate": 1e-05, "reward_mean": 1, "loss": 0.1 + 0.2, "kl": -2.5e-17}),
+        ("eval", 1, {"eval_reward_sampled": 1e22}),
+        ("train", 2, {"reward_mean": 0.5}),
+    ]
+    with session_scope() as session:
+        for kind, step, values in recorded:
+            writes.record_metrics(session, job_id=job["id"], kind=kind, step=step, values=values)
+    response = service.get(f"/v1/jobs/{job['id']}/metrics", headers=alice, params={"limit": 1})
+    first_page = [MetricPublic(step=step, kind=kind, values=values) for kind, step, values in recorded[:1]]  # type: ignore[arg-type]
+    assert response.content == MetricsPublic(data=first_page, next_after_step=0).model_dump_json().encode()
+    response = service.get(f"/v1/jobs/{job['id']}/metrics", headers=alice, params={"after_step": 0})
+    rest = [MetricPublic(step=step, kind=kind, values=values) for kind, step, values in recorded[1:]]  # type: ignore[arg-type]
+    assert response.content == MetricsPublic(data=rest, next_after_step=None).model_dump_json().encode()
+    assert b'"learning_rate":0.00001' in response.content and response.headers["content-type"] == "application/json"
+    response = service.get(f"/v1/jobs/{job['id']}", headers=alice)
+    assert response.content == JobPublic.model_validate(job).model_dump_json().encode()
+
+
 def id_routes(job_id, dataset_id):
     """Every (method, path) that takes an id."""
     return [
