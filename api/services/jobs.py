@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -85,10 +85,14 @@ def create_job(session: Session, *, tenant_id: str, spec: JobCreate, idempotency
     return job, True
 
 
+# Built once: building the statement (the ORM's comparisons, then its cache key) cost a third of the query.
+_JOB_OF_TENANT = select(Job).where(Job.id == bindparam("job_id"), Job.tenant_id == bindparam("tenant_id"))
+
+
 def get_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
     if not artifacts.is_server_id(job_id):  # as in get_dataset
         raise NotFound("job", job_id)
-    job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
+    job = session.scalar(_JOB_OF_TENANT, {"job_id": job_id, "tenant_id": tenant_id})
     if job is None:
         raise NotFound("job", job_id)
     return job
