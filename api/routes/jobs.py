@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from api import artifacts
 from api.db import run_read, session_scope
 from api.deps import SessionDep, TenantDep
-from api.models import TERMINAL_STATUSES
+from api.models import TERMINAL_STATUSES, Event
 from api.queue import enqueue_job
 from api.schemas import (
     MAX_INT,
@@ -135,25 +135,21 @@ async def get_metrics(
 async def stream_events(
     job_id: str,
     request: Request,
-    session: SessionDep,
     tenant_id: TenantDep,
     last_event_id: Annotated[str | None, Header(max_length=20)] = None,
 ) -> StreamingResponse:
     """Server-Sent Events: `status`, `metrics`, `checkpoint` and `warning`, each with an `id`. Reconnect with the
     Last-Event-ID header to resume after the last event seen. The stream ends once the job is finished and every
     event has been sent."""
-    jobs_service.get_job(session, tenant_id=tenant_id, job_id=job_id)
     after_id = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    await run_read(_status_and_events, tenant_id, job_id, None)  # a 404 before the stream starts
     poll = get_settings().events_poll_seconds
 
     async def generate():
         nonlocal after_id
         quiet_since = time.monotonic()
         while True:
-            with session_scope() as scoped:
-                # Read the status before the events: events written before a terminal status are then all seen.
-                status = jobs_service.get_job(scoped, tenant_id=tenant_id, job_id=job_id).status
-                events = progress_service.events_after(scoped, job_id=job_id, after_id=after_id)
+            status, events = await run_read(_status_and_events, tenant_id, job_id, after_id)
             for event in events:
                 after_id = event.id
                 quiet_since = time.monotonic()
@@ -169,6 +165,16 @@ async def stream_events(
                 await asyncio.sleep(poll)
 
     return StreamingResponse(generate(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _status_and_events(tenant_id: str, job_id: str, after_id: int | None) -> tuple[str, list[Event]]:
+    """The job's status, then its next events after `after_id` (none when None). Blocking: called via run_read."""
+    with session_scope() as session:
+        # Read the status before the events: events written before a terminal status are then all seen.
+        status = jobs_service.get_job(session, tenant_id=tenant_id, job_id=job_id).status
+        if after_id is None:
+            return status, []
+        return status, progress_service.events_after(session, job_id=job_id, after_id=after_id)
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointsPublic, responses=NOT_FOUND)

@@ -129,6 +129,21 @@ def test_the_hot_reads_send_the_bytes_their_schemas_serialise(service, alice, da
     assert response.content == JobPublic.model_validate(job).model_dump_json().encode()
 
 
+def test_the_event_stream_of_a_finished_job_replays_its_events_and_ends(service, alice, dataset_id):
+    job_id = service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id)).json()["id"]
+    service.post(f"/v1/jobs/{job_id}/cancel", headers=alice)
+    response = service.get(f"/v1/jobs/{job_id}/events", headers=alice)
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [block.split("\n") for block in response.text.strip().split("\n\n")]
+    assert [(lines[1], json.loads(lines[2].removeprefix("data: "))["status"]) for lines in events] == [
+        ("event: status", "queued"),
+        ("event: status", "cancelled"),
+    ]
+    last_id = events[0][0].removeprefix("id: ")
+    resumed = service.get(f"/v1/jobs/{job_id}/events", headers={**alice, "Last-Event-ID": last_id})
+    assert resumed.text.count("event: status") == 1 and '"cancelled"' in resumed.text
+
+
 def id_routes(job_id, dataset_id):
     """Every (method, path) that takes an id."""
     return [
