@@ -1,4 +1,6 @@
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -62,9 +64,14 @@ async def upload_dataset(request: Request, session: SessionDep, tenant_id: Tenan
     content = await upload.read(limit + 1)
     if len(content) > limit:
         raise _too_large(limit)
-    dataset = datasets_service.create_dataset(
-        session, tenant_id=tenant_id, name=upload.filename or "dataset.jsonl", content=content
-    )
+    name = upload.filename or "dataset.jsonl"
+    return await run_in_threadpool(_create_dataset, session, tenant_id, name, content)
+
+
+def _create_dataset(session: Session, tenant_id: str, name: str, content: bytes) -> DatasetPublic:
+    # In a worker thread: parsing the rows, writing the file and the commit (which on SQLite may wait for the write
+    # lock) would each hold up the event loop.
+    dataset = datasets_service.create_dataset(session, tenant_id=tenant_id, name=name, content=content)
     session.commit()
     return DatasetPublic.model_validate(dataset)
 
