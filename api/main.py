@@ -35,9 +35,9 @@ def _allowed_methods(request: Request) -> list[str]:
 
 @asynccontextmanager
 async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
-    # The app imports torch and transformers (for reward and config validation): ~280k long-lived objects that
-    # every full garbage collection would walk, a 130 ms pause that showed as the p99 of GET /v1/jobs/{id}.
-    # Freezing them after start-up leaves collections only the objects that requests create.
+    # Without torch the app still holds ~95k long-lived objects after start-up (FastAPI, pydantic, SQLAlchemy,
+    # Celery's modules), and every full collection walks them all: a metrics page makes enough objects to set one
+    # off, and that pause showed as its p99 (benchmarks/README.md, the API). Frozen, they are never walked again.
     gc.freeze()
     yield
 
