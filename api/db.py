@@ -19,8 +19,8 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # Python's sqlite3 lets go of the GIL around every row it steps through. With several threads reading at once, each
 # row of a read becomes a hand-over of the GIL between threads (a futex storm: on 2 cores the metrics page cost
 # 2 ms of system time a request with FastAPI's 40 threads). One thread at a time is the fastest on both hot reads
-# (GET /v1/jobs/{id}/metrics, 200 steps: 400 req/s with 40 threads, 450 with 2, 570 with 1); SQLite's reads do not
-# wait for its writer (WAL), so a read holds the thread for its own work only.
+# (GET /v1/jobs/{id}/metrics, 200 steps: 228 req/s with 40 threads, 424 with 4, 498 with 2, 561 with 1); SQLite's
+# reads do not wait for its writer (WAL), so a read holds the thread for its own work only.
 SQLITE_READ_THREADS = 1
 _read_limiter: RunVar[CapacityLimiter] = RunVar("grpo_read_limiter")
 T = TypeVar("T")

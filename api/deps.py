@@ -30,8 +30,8 @@ async def get_session() -> AsyncIterator[Session]:
     loop, which costs nothing (a Session connects at its first query); the routes use it in the thread pool. At the
     end, a session that still holds a transaction is committed and gives its connection back in a worker thread
     (COMMIT is a round trip, and SQLite's may wait for the write lock); one that holds none closes on the loop,
-    doing no I/O. Hot read routes that need no session across dependencies open theirs in the route instead
-    (`session_scope()` inside a sync route): the whole request then takes one trip to the thread pool."""
+    doing no I/O. The hot reads take no SessionDep: each opens its session inside the function it gives run_read,
+    so the whole request is one trip to a worker thread."""
     session = new_session()
     try:
         yield session
