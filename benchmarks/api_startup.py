@@ -154,12 +154,9 @@ def main() -> None:
     repos = {f"{repo.resolve().name}": repo.resolve() for repo in (args.repo or [REPO])}
 
     for name, repo in repos.items():
-        commit = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        )
-        print(
-            f"{name}: {repo} at {commit.stdout.strip() or '?'}; `import api.main` imports torch: {imports_torch(repo)}"
-        )
+        commit = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        where = f"at {commit.stdout.strip()}" if commit.returncode == 0 else "(not a git checkout)"
+        print(f"{name}: {repo} {where}; `import api.main` imports torch: {imports_torch(repo)}")
     print(
         f"\n`python -m api.cli api`, spawn to the first 200 of GET /healthz, then {args.requests} requests;"
         f" torch: libtorch mapped in the process\n      {HEADER}"
