@@ -209,23 +209,29 @@ def sent(monkeypatch):
     return sent
 
 
+def run_until_shutdown_after(job_id, step, monkeypatch, shutting_down) -> str:
+    """run_job, with this worker told to shut down (as SIGTERM does, through Celery's worker_shutting_down) once
+    `step` is done; then the flag is cleared, as for the next worker."""
+    from worker import runner
+
+    class ShutDownAfter(runner.DatabaseReporter):
+        def on_step(self, done, metrics):
+            super().on_step(done, metrics)
+            if done == step:
+                shutting_down.set()
+
+    with monkeypatch.context() as patched:
+        patched.setattr(runner, "DatabaseReporter", ShutDownAfter)
+        outcome = run_job(job_id)
+    shutting_down.clear()
+    return outcome
+
+
 def test_a_worker_shutting_down_checkpoints_its_job_and_queues_it_again(
     tenant_and_dataset, monkeypatch, shutting_down, sent
 ):
-    from worker import runner
-
-    reporter = runner.DatabaseReporter
-
     job_id = make_job(*tenant_and_dataset, max_steps=4, checkpoint_every=0)
-
-    class ShutDownAfterTwo(runner.DatabaseReporter):
-        def on_step(self, step, metrics):
-            super().on_step(step, metrics)
-            if step == 2:
-                shutting_down.set()  # as SIGTERM does, through Celery's worker_shutting_down
-
-    monkeypatch.setattr(runner, "DatabaseReporter", ShutDownAfterTwo)
-    assert run_job(job_id) == "queued"
+    assert run_until_shutdown_after(job_id, 2, monkeypatch, shutting_down) == "queued"
     assert sent == [job_id]
     with session_scope() as session:
         job = session.get(Job, job_id)
@@ -233,9 +239,7 @@ def test_a_worker_shutting_down_checkpoints_its_job_and_queues_it_again(
         assert (job.status, job.step, job.lease_owner, job.attempt) == ("queued", 2, None, 0)
     assert counts(job_id) == (2, [2])  # the checkpoint saved at the stop
 
-    monkeypatch.setattr(runner, "DatabaseReporter", reporter)
-    shutting_down.clear()  # the next worker
-    assert run_job(job_id) == "succeeded"
+    assert run_job(job_id) == "succeeded"  # the next worker
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert (job.attempt, job.step, job.steps_computed) == (1, 4, 4)  # resumed at step 2: nothing computed twice
@@ -277,26 +281,14 @@ def test_a_corrupt_checkpoint_is_skipped_on_resume_with_a_warning_event(
     tenant_and_dataset, monkeypatch, shutting_down, sent
 ):
     from api.models import Event
-    from worker import runner
 
-    reporter = runner.DatabaseReporter
     job_id = make_job(*tenant_and_dataset, max_steps=3, checkpoint_every=1)
-
-    class ShutDownAfterTwo(runner.DatabaseReporter):
-        def on_step(self, step, metrics):
-            super().on_step(step, metrics)
-            if step == 2:
-                shutting_down.set()
-
-    monkeypatch.setattr(runner, "DatabaseReporter", ShutDownAfterTwo)
-    assert run_job(job_id) == "queued"
+    assert run_until_shutdown_after(job_id, 2, monkeypatch, shutting_down) == "queued"
     weights = artifacts.job_dir(job_id) / "checkpoints" / "step-000002" / "adapter_model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0x01  # same size, other bytes: only the sha256 in the manifest tells
     weights.write_bytes(bytes(data))
 
-    monkeypatch.setattr(runner, "DatabaseReporter", reporter)
-    shutting_down.clear()
     assert run_job(job_id) == "succeeded"
     with session_scope() as session:
         warnings = list(session.scalars(select(Event.data).where(Event.job_id == job_id, Event.type == "warning")))
