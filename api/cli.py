@@ -71,9 +71,17 @@ def main(argv: list[str] | None = None) -> int:
         import uvicorn
 
         from api.db import run_migrations
+        from api.serve import API_SHUTDOWN_SECONDS
 
         run_migrations()
-        uvicorn.run("api.main:app", host=args.host, port=args.port, log_level="info")
+        # Open event streams would otherwise hold a SIGTERM until their jobs end (api/serve.py says why).
+        uvicorn.run(
+            "api.main:app",
+            host=args.host,
+            port=args.port,
+            log_level="info",
+            timeout_graceful_shutdown=API_SHUTDOWN_SECONDS,
+        )
         return 0
     if args.command == "worker":
         from api.settings import get_settings
