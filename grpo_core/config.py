@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,7 +84,11 @@ class GRPOConfig:
             raise ValueError("invalid hyperparameters: " + "; ".join(problems))
 
     def problems(self) -> list[str]:
-        """Every range violation, in words a user can act on (empty when the config is valid)."""
+        """Every type or range violation, in words a user can act on (empty when the config is valid). Types come
+        first: a range check on a value of the wrong type would only raise Python's own error."""
+        type_problems = _type_problems(self)
+        if type_problems:
+            return type_problems
         checks = [
             (self.group_size >= 2, f"group_size must be >= 2 (a group of one has no baseline), got {self.group_size}"),
             (self.prompts_per_step >= 1, f"prompts_per_step must be >= 1, got {self.prompts_per_step}"),
@@ -142,16 +148,64 @@ class GRPOConfig:
     def from_dict(cls, data: dict[str, Any]) -> GRPOConfig:
         """Build from a plain dict (a job spec, a YAML file); unknown keys are an error, not silently ignored."""
         data = dict(data)
-        lora = dict(data.pop("lora", None) or {})
+        lora = data.pop("lora", None) or {}
+        if not isinstance(lora, dict):
+            raise ValueError(f'lora must be an object such as {{"r": 16}}, got {lora!r}')
+        lora = dict(lora)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         known_lora = {f.name for f in dataclasses.fields(LoraSettings)}
         unknown += [f"lora.{k}" for k in sorted(set(lora) - known_lora)]
         if unknown:
             raise ValueError(f"unknown hyperparameters: {', '.join(unknown)}")
-        if "target_modules" in lora:
+        if isinstance(lora.get("target_modules"), list):  # JSON has no tuples; a string is left to be refused
             lora["target_modules"] = tuple(lora["target_modules"])
         return cls(**data, lora=LoraSettings(**lora))
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_KINDS: dict[str, tuple[Any, str]] = {
+    "int": (_is_integer, "an integer"),
+    "float": (_is_finite_number, "a finite number"),
+    "float | None": (lambda v: v is None or _is_finite_number(v), "a finite number or null"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "tuple[str, ...]": (
+        lambda v: isinstance(v, tuple) and all(isinstance(item, str) for item in v),
+        "a list of strings",
+    ),
+}
+# lora.alpha is declared an int (PEFT's usual value) but any finite scale works: alpha / r multiplies the update.
+_KIND_OVERRIDES = {"lora.alpha": "float"}
+
+
+def _type_problems(config: GRPOConfig) -> list[str]:
+    """Each field whose value is not of its declared type: 2.5 or "8" for an integer, Infinity for a number, a
+    string for a list. JSON and YAML hand us any type, and a dataclass checks none."""
+    fields = [(f.name, f.type, getattr(config, f.name)) for f in dataclasses.fields(config) if f.name != "lora"]
+    if not isinstance(config.lora, LoraSettings):
+        return [f"lora must be an object, got {config.lora!r}"]
+    fields += [(f"lora.{f.name}", f.type, getattr(config.lora, f.name)) for f in dataclasses.fields(config.lora)]
+    problems = []
+    for name, declared, value in fields:
+        check, expected = _KINDS[_KIND_OVERRIDES.get(name, str(declared))]
+        if not check(value):
+            problems.append(f"{name} must be {expected}, got {json_repr(value)}")
+    return problems
+
+
+def json_repr(value: Any) -> str:
+    """A value as the user wrote it in JSON (true, null, "8", Infinity), not as Python prints it."""
+    try:
+        return json.dumps(value, allow_nan=True)[:80]
+    except (TypeError, ValueError):
+        return repr(value)[:80]
 
 
 # Fields a resumed run may change: they decide when to save and evaluate, not what is trained.
