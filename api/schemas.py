@@ -23,6 +23,7 @@ ERROR_DESCRIPTIONS = {
     400: "The body could not be parsed at all (for instance JSON that is not UTF-8)",
     401: "Missing or invalid API key (header WWW-Authenticate: Bearer)",
     404: "No such object for this tenant: another tenant's id answers exactly like one that does not exist",
+    409: "The Idempotency-Key was already used for a job with another spec",
     413: "Request body larger than the limit (GRPO_MAX_BODY_KB; uploads GRPO_MAX_UPLOAD_MB)",
     422: "Invalid request: `detail` says what is wrong, `errors` lists each problem",
 }

@@ -36,16 +36,17 @@ KEEPALIVE_SECONDS = 15
 log = logging.getLogger(__name__)
 
 
-@router.post("", status_code=201, response_model=JobPublic, responses=error_responses(400))
+@router.post("", status_code=201, response_model=JobPublic, responses=error_responses(400, 409))
 def create_job(
     spec: JobCreate,
     response: Response,
     session: SessionDep,
     tenant_id: TenantDep,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> JobPublic:
-    """Validate a job spec and queue it. With an Idempotency-Key header, a retry returns the job the first
-    request made (header Idempotent-Replayed: true) instead of making a second one."""
+    """Validate a job spec and queue it. With an Idempotency-Key header, a retry with the same spec returns the
+    job the first request made (header Idempotent-Replayed: true) instead of making a second one; the same key
+    with another spec answers 409."""
     job, created = jobs_service.create_job(session, tenant_id=tenant_id, spec=spec, idempotency_key=idempotency_key)
     session.commit()  # the message goes to the broker only once the row is durable
     if created:

@@ -53,11 +53,12 @@ def validate_job_spec(session: Session, *, tenant_id: str, spec: JobCreate) -> G
 
 def create_job(session: Session, *, tenant_id: str, spec: JobCreate, idempotency_key: str | None) -> tuple[Job, bool]:
     """Validate and insert a queued job; returns (job, created). The same Idempotency-Key from the same tenant
-    returns the job it made the first time. The caller commits, then enqueues."""
+    with the same spec returns the job it made the first time; with another spec it is a 409 (as payment APIs
+    answer a reused key), never the first job in place of the one asked for. The caller commits, then enqueues."""
     if idempotency_key is not None:
         existing = session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key))
         if existing is not None:
-            return existing, False
+            return _replayed(existing, spec, idempotency_key), False
     config = validate_job_spec(session, tenant_id=tenant_id, spec=spec)
     job = Job(
         tenant_id=tenant_id,
@@ -80,9 +81,33 @@ def create_job(session: Session, *, tenant_id: str, spec: JobCreate, idempotency
         existing = session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == idempotency_key))
         if existing is None:
             raise
-        return existing, False
+        return _replayed(existing, spec, idempotency_key), False
     record_event(session, job_id=job.id, type="status", data={"status": "queued"})
     return job, True
+
+
+def _replayed(job: Job, spec: JobCreate, idempotency_key: str) -> Job:
+    """`job`, made earlier under `idempotency_key`, if `spec` asks for that same job; InvalidInput (409) naming
+    what differs otherwise. Hyperparameters compare with their defaults filled in, as the job stores them."""
+    try:
+        hyperparameters = GRPOConfig.from_dict(spec.hyperparameters).to_dict()
+    except (ValueError, TypeError):
+        hyperparameters = spec.hyperparameters  # invalid now, so unlike the stored (valid) ones
+    requested = {
+        "base_model": spec.base_model,
+        "dataset_id": spec.dataset_id,
+        "eval_dataset_id": spec.eval_dataset_id,
+        "rewards": [reward.model_dump() for reward in spec.rewards],
+        "hyperparameters": hyperparameters,
+    }
+    differing = [name for name, value in requested.items() if getattr(job, name) != value]
+    if differing:
+        raise InvalidInput(
+            f"Idempotency-Key {idempotency_key!r} was already used for job {job.id} with another spec "
+            f"({', '.join(differing)} differ); use a new key for a new job",
+            status_code=409,
+        )
+    return job
 
 
 # Built once: building the statement (the ORM's comparisons, then its cache key) cost a third of the query.

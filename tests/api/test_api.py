@@ -83,6 +83,21 @@ def test_idempotency_key_returns_the_same_job_and_queues_once(service, alice, da
     assert third.json()["id"] != first.json()["id"]
 
 
+def test_an_idempotency_key_reused_with_another_spec_is_a_409_and_an_empty_key_a_422(service, alice, dataset_id):
+    headers = {**alice, "Idempotency-Key": "once"}
+    first = service.post("/v1/jobs", headers=headers, json=job_spec(dataset_id, hyperparameters={"max_steps": 3}))
+    # The same spec written out with a default filled in is the same job.
+    same = job_spec(dataset_id, hyperparameters={"max_steps": 3, "group_size": 8})
+    assert service.post("/v1/jobs", headers=headers, json=same).json()["id"] == first.json()["id"]
+    other = service.post("/v1/jobs", headers=headers, json=job_spec(dataset_id, hyperparameters={"max_steps": 4}))
+    assert other.status_code == 409
+    assert "hyperparameters differ" in other.json()["detail"] and first.json()["id"] in other.json()["detail"]
+    empty = service.post("/v1/jobs", headers={**alice, "Idempotency-Key": ""}, json=job_spec(dataset_id))
+    assert empty.status_code == 422 and "idempotency-key" in empty.json()["detail"].lower()
+    assert service.get("/v1/jobs", headers=alice).json()["count"] == 1
+    assert queued_messages() == 1
+
+
 def test_metrics_page_by_step_with_an_after_step_cursor(service, alice, dataset_id):
     from api.db import session_scope
     from worker import writes
