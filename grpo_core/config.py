@@ -148,7 +148,8 @@ class GRPOConfig:
     def from_dict(cls, data: dict[str, Any]) -> GRPOConfig:
         """Build from a plain dict (a job spec, a YAML file); unknown keys are an error, not silently ignored."""
         data = dict(data)
-        lora = data.pop("lora", None) or {}
+        lora = data.pop("lora", None)
+        lora = {} if lora is None else lora  # null means the defaults; [], 0 or "" are mistakes, refused below
         if not isinstance(lora, dict):
             raise ValueError(f'lora must be an object such as {{"r": 16}}, got {lora!r}')
         lora = dict(lora)

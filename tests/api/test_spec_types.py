@@ -23,6 +23,7 @@ WRONG_TYPES = [
     ({"lora": {"target_modules": "q_proj"}}, 'lora.target_modules must be a list of strings, got "q_proj"'),
     ({"lora": {"target_modules": [1]}}, "lora.target_modules must be a list of strings, got [1]"),
     ({"lora": 5}, "lora must be an object"),
+    ({"lora": []}, "lora must be an object"),
 ]
 
 
