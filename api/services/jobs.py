@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -137,10 +137,22 @@ def list_jobs(
 def cancel_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
     """Ask a job to stop. A queued job is cancelled at once; a running one stops before its next step (the worker
     checks between steps). Cancelling a finished job changes nothing."""
-    job = get_job(session, tenant_id=tenant_id, job_id=job_id)
-    if job.status in TERMINAL_STATUSES:
-        return job
-    job.cancel_requested = True
+    if not artifacts.is_server_id(job_id):
+        raise NotFound("job", job_id)
+    # Flag first, read after: the UPDATE holds the write lock (SQLite) or the row (PostgreSQL) until the commit, so
+    # the step read below is the last one the worker finished before the request took effect, and the job ends at
+    # most one step later. Reading first let the worker finish steps between the read and the write.
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.tenant_id == tenant_id, Job.status.not_in(TERMINAL_STATUSES))
+        .values(cancel_requested=True)
+        .execution_options(synchronize_session=False)
+    )
+    job = session.scalar(
+        _JOB_OF_TENANT.execution_options(populate_existing=True), {"job_id": job_id, "tenant_id": tenant_id}
+    )
+    if job is None:
+        raise NotFound("job", job_id)
     if job.status == "queued":
         set_status(session, job=job, status="cancelled")
     return job
