@@ -16,11 +16,22 @@ from api.limits import BodySizeLimit
 from api.routes import catalog, datasets, health, jobs
 from api.services import InvalidInput, NotFound
 from api.settings import get_settings
+from grpo_core.config import json_repr
+
+
+_OBJECT_TYPES = ("model_type", "model_attributes_type", "dict_type")
 
 
 def _describe(error: dict) -> str:
+    """One pydantic error as `field: what is wrong, got <the value as JSON>` (the value is left out where the field
+    is missing, as pydantic's input is then the whole enclosing object)."""
     where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
-    return f"{where}: {error.get('msg')}" if where else str(error.get("msg"))
+    # pydantic names the model class for a nested object ("a valid dictionary or instance of LoraHyperparameters")
+    what = "Input should be a JSON object" if error.get("type") in _OBJECT_TYPES else str(error.get("msg"))
+    message = f"{where}: {what}" if where else what
+    if error.get("type") != "missing" and "input" in error:
+        message += f", got {json_repr(error['input'])}"
+    return message
 
 
 def _allowed_methods(request: Request) -> list[str]:

@@ -68,6 +68,11 @@ class Dataset(Base):
     fields: Mapped[list[Any]] = mapped_column()
     sha256: Mapped[str] = mapped_column(String(64))
     bytes: Mapped[int] = mapped_column(BigInteger)
+    # Recorded at upload so a job spec is checked without the file (grpo_core.data.DatasetSummary); NULL for
+    # datasets uploaded before they were recorded.
+    max_prompt_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    max_prompt_messages: Mapped[int | None] = mapped_column(Integer)
+    non_numeric_fields: Mapped[dict[str, Any] | None] = mapped_column()  # field -> first row (1-based) not a number
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

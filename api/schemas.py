@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, create_model
+
+from grpo_core.config import GRPOConfig, LoraSettings, declared_kind, field_docs
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -54,6 +57,8 @@ class DatasetsPublic(BaseModel):
 class ModelPublic(BaseModel):
     name: str
     description: str
+    context_length: int = Field(description="Longest prompt plus completion, in tokens")
+    linear_modules: list[str] = Field(description="What lora.target_modules may name")
 
 
 class ModelsPublic(BaseModel):
@@ -74,8 +79,68 @@ class RewardsPublic(BaseModel):
 class RewardRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="A registered reward name (GET /v1/rewards)", examples=["numeric_answer"])
-    weight: float = 1.0
+    weight: float = Field(
+        1.0,
+        allow_inf_nan=False,
+        description="Multiplies this reward in the weighted sum. Finite: an infinite weight makes every advantage "
+        "NaN. 0 is allowed: the reward is then scored and reported with the step's metrics but does not train.",
+    )
     params: dict[str, Any] = Field(default_factory=dict)
+
+
+# --- the hyperparameters, generated from GRPOConfig ----------------------------------------------------------------
+
+_FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+# JSON has no tuple: a list of strings is what a client sends (strict, so a string is not split into letters).
+_KINDS: dict[str, Any] = {
+    "int": StrictInt,
+    "float": _FiniteFloat,
+    "float | None": _FiniteFloat | None,
+    "str": StrictStr,
+    "tuple[str, ...]": list[StrictStr],
+}
+_RANGE_KEYS = ("ge", "gt", "le", "lt", "min_length")
+
+
+def _typed_fields(cls: type) -> dict[str, Any]:
+    """pydantic (annotation, Field) pairs for a config dataclass's fields: type, default, range and description all
+    read from the dataclass (its field metadata and the docstring under each field), so the two cannot drift.
+    Strict types: 2.5, "8" and true are not integers. Every integer stays within the database's INTEGER."""
+    docs = field_docs(cls)
+    prefix = "lora." if cls is LoraSettings else ""
+    typed: dict[str, Any] = {}
+    for spec in dataclasses.fields(cls):
+        if spec.name == "lora":
+            continue
+        kind = declared_kind(prefix + spec.name, spec)
+        annotation = _KINDS[kind]
+        if "choices" in spec.metadata:
+            annotation = Literal[tuple(spec.metadata["choices"])]  # type: ignore[valid-type]
+        bounds = {key: spec.metadata[key] for key in _RANGE_KEYS if key in spec.metadata}
+        if kind == "int":
+            bounds["le"] = min(bounds.get("le", MAX_INT), MAX_INT)
+            if "ge" not in bounds and "gt" not in bounds:
+                bounds["ge"] = -MAX_INT - 1
+        default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+        default = list(default) if isinstance(default, tuple) else default
+        typed[spec.name] = (annotation, Field(default, description=docs.get(spec.name), **bounds))
+    return typed
+
+
+_STRICT_OBJECT = ConfigDict(extra="forbid")
+LoraHyperparameters = create_model(
+    "LoraHyperparameters", __config__=_STRICT_OBJECT, __doc__=LoraSettings.__doc__, **_typed_fields(LoraSettings)
+)
+Hyperparameters = create_model(
+    "Hyperparameters",
+    __config__=_STRICT_OBJECT,
+    __doc__="GRPOConfig's fields (grpo_core/config.py), each with its type, range, default and meaning.",
+    **_typed_fields(GRPOConfig),
+    lora=(
+        LoraHyperparameters | None,
+        Field(default_factory=lambda: LoraHyperparameters(), description=field_docs(GRPOConfig).get("lora")),
+    ),
+)
 
 
 class JobCreate(BaseModel):
@@ -84,10 +149,10 @@ class JobCreate(BaseModel):
     dataset_id: str
     eval_dataset_id: str | None = Field(None, description="Held-out prompts for evaluation (never trained on)")
     rewards: list[RewardRef] = Field(min_length=1, max_length=16)
-    hyperparameters: dict[str, Any] = Field(
-        default_factory=dict,
-        description="GRPOConfig fields (group_size, epsilon, beta, learning_rate, max_steps, lora, ...); "
-        "omitted ones take their defaults",
+    hyperparameters: Hyperparameters = Field(
+        default_factory=lambda: Hyperparameters(),
+        description="GRPOConfig fields; omitted ones take their defaults. The operator's limits (GRPO_MAX_*) may "
+        "refuse values inside these ranges.",
         examples=[{"group_size": 8, "max_steps": 20, "beta": 0.0}],
     )
 

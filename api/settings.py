@@ -14,6 +14,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from api.schemas import MAX_INT
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GRPO_")
@@ -53,6 +55,34 @@ class Settings(BaseSettings):
         description="How long an API process trusts a key it has checked before asking the database again (0: every call)",
     )
     model_cache: Path | None = Field(None, description="Converted base models; default ~/.cache/grpo-service/models")
+
+    # Operator limits on a job spec: one request must not be able to take a shared worker's memory or time. Each is
+    # an upper bound (a refusal names the field, the value, the limit and the setting's variable, GRPO_<NAME>); none
+    # can be set past the database's 32-bit INTEGER. They are checked when a job is created (datasets at upload).
+    max_group_size: int = Field(64, ge=2, le=MAX_INT, description="Largest group_size")
+    max_prompts_per_step: int = Field(64, ge=1, le=MAX_INT, description="Largest prompts_per_step")
+    max_completions_per_step: int = Field(
+        512, ge=2, le=MAX_INT, description="Largest group_size x prompts_per_step: completions sampled per step"
+    )
+    max_tokens_per_step: int = Field(
+        2_000_000,
+        ge=1,
+        le=MAX_INT,
+        description="Largest completions per step x (longest prompt's token bound + max_new_tokens): the step's "
+        "sequences, in tokens, as the worker holds them",
+    )
+    max_num_iterations: int = Field(16, ge=1, le=MAX_INT, description="Largest num_iterations")
+    max_eval_samples_per_prompt: int = Field(64, ge=1, le=MAX_INT, description="Largest eval_samples_per_prompt")
+    max_steps: int = Field(100_000, ge=1, le=MAX_INT, description="Largest max_steps")
+    max_lora_rank: int = Field(256, ge=1, le=MAX_INT, description="Largest lora.r")
+    max_new_tokens: int = Field(1024, ge=1, le=MAX_INT, description="Largest max_new_tokens")
+    max_prompt_tokens: int = Field(
+        8192,
+        ge=1,
+        le=MAX_INT,
+        description="Largest prompt, in tokens, as bounded from its UTF-8 bytes with the chat template (conservative)",
+    )
+    max_dataset_rows: int = Field(1_000_000, ge=1, le=MAX_INT, description="Most rows in an uploaded dataset")
 
     @property
     def resolved_database_url(self) -> str:

@@ -2,27 +2,40 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import json
 import math
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
 from grpo_core.spec import LOSS_TYPES, REWARD_SCALINGS
 
+LR_SCHEDULES = ("constant", "cosine")
+
+# Each field's range lives in its metadata (ge, gt, le, lt, min_length, choices; `why` explains a bound): the
+# checks below and the API's pydantic model (api/schemas.py) both read it, so they cannot disagree.
+
 
 @dataclass(frozen=True)
 class LoraSettings:
-    r: int = 16
+    """The LoRA adapter: which linear layers get one, its rank and its scale."""
+
+    r: int = field(default=16, metadata={"ge": 1})
     """Rank of the LoRA update matrices."""
-    alpha: int = 32
+    alpha: int = field(default=32, metadata={"gt": 0})
     """Scaling numerator: the update is multiplied by alpha / r."""
-    dropout: float = 0.0
+    dropout: float = field(default=0.0, metadata={"ge": 0, "lt": 1})
     """Dropout on the LoRA input, written into the adapter's config for whoever fine-tunes it further. GRPO's own
     passes run without dropout (as TRL's disable_dropout does): the clipped ratio and the KL compare the policy with
     itself, and dropout would make the ratio differ from 1 before any update."""
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    """Names of the linear layers that get an adapter (Llama-style attention projections by default)."""
+    target_modules: tuple[str, ...] = field(
+        default=("q_proj", "k_proj", "v_proj", "o_proj"), metadata={"min_length": 1}
+    )
+    """Names of the linear layers that get an adapter (Llama-style attention projections by default); GET /v1/models
+    lists each model's."""
 
 
 @dataclass(frozen=True)
@@ -36,47 +49,51 @@ class RewardSpec:
 
 @dataclass(frozen=True)
 class GRPOConfig:
-    group_size: int = 8
+    group_size: int = field(default=8, metadata={"ge": 2, "why": "a group of one has no baseline"})
     """G: completions sampled per prompt; their mean and std are the baseline."""
-    prompts_per_step: int = 1
+    prompts_per_step: int = field(default=1, metadata={"ge": 1})
     """P: prompts per training step, so each step samples P x G completions."""
-    max_steps: int = 60
+    max_steps: int = field(default=60, metadata={"ge": 1})
     """Training steps (one sampling round each)."""
-    num_iterations: int = 1
+    num_iterations: int = field(default=1, metadata={"ge": 1})
     """mu: optimizer updates per sampling round. Above 1 the sampling policy's log-probs are kept and clipped against."""
-    epsilon: float = 0.2
+    epsilon: float = field(default=0.2, metadata={"gt": 0, "lt": 1})
     """Lower clip: the ratio is kept above 1 - epsilon."""
-    epsilon_high: float | None = None
+    epsilon_high: float | None = field(default=None, metadata={"gt": 0})
     """Upper clip: the ratio is kept below 1 + epsilon_high (DAPO's clip-higher). None means epsilon."""
-    beta: float = 0.0
+    beta: float = field(default=0.0, metadata={"ge": 0})
     """KL penalty weight towards the reference (the base model without the adapter). 0 skips the reference pass,
     as TRL and DAPO do by default: with LoRA the policy stays close to the base anyway."""
-    learning_rate: float = 2e-4
+    learning_rate: float = field(default=2e-4, metadata={"gt": 0})
     """AdamW learning rate for the adapter weights (LoRA wants a larger rate than full fine-tuning)."""
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
+    weight_decay: float = field(default=0.0, metadata={"ge": 0})
+    """AdamW's decoupled weight decay on the adapter weights."""
+    warmup_steps: int = field(default=0, metadata={"ge": 0})
     """Linear warmup from 0 over this many optimizer updates (num_iterations per step, as TRL counts them)."""
-    lr_schedule: str = "constant"
+    lr_schedule: str = field(default="constant", metadata={"choices": LR_SCHEDULES})
     """After warmup: "constant" or "cosine" (to 0 at the last update, max_steps x num_iterations)."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = field(default=1.0, metadata={"ge": 0})
     """Gradient clipping by global norm; 0 disables it."""
-    max_new_tokens: int = 48
+    max_new_tokens: int = field(default=48, metadata={"ge": 1, "le": 4096})
     """Longest completion; a completion that reaches it without EOS counts as truncated."""
-    temperature: float = 1.0
-    top_p: float = 1.0
-    loss_type: str = "grpo"
+    temperature: float = field(default=1.0, metadata={"gt": 0})
+    """Sampling temperature: logits are divided by it."""
+    top_p: float = field(default=1.0, metadata={"gt": 0, "le": 1})
+    """Nucleus sampling: sample from the smallest set of tokens whose probability reaches top_p (1 keeps all)."""
+    loss_type: str = field(default="grpo", metadata={"choices": LOSS_TYPES})
     """How token losses are reduced: grpo (mean per sequence, then over sequences), bnpo, dapo, dr_grpo."""
-    scale_rewards: str = "group"
+    scale_rewards: str = field(default="group", metadata={"choices": REWARD_SCALINGS})
     """Advantage normalisation: group (divide by the group's std), batch, or none (Dr. GRPO)."""
     seed: int = 0
     """Seeds LoRA initialisation, data order and sampling: the same seed repeats a run exactly on CPU."""
-    checkpoint_every: int = 10
+    checkpoint_every: int = field(default=10, metadata={"ge": 0})
     """Save a resumable checkpoint every this many steps (and at the end); 0 saves only the final one."""
-    eval_every: int = 0
+    eval_every: int = field(default=0, metadata={"ge": 0})
     """Evaluate on the eval split every this many steps (and before the first and after the last); 0 disables."""
-    eval_samples_per_prompt: int = 4
+    eval_samples_per_prompt: int = field(default=4, metadata={"ge": 1})
     """Sampled answers per eval prompt for the sampled-reward figure (greedy is always one)."""
     lora: LoraSettings = field(default_factory=LoraSettings)
+    """The LoRA adapter's shape (null or omitted: the defaults)."""
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -89,45 +106,9 @@ class GRPOConfig:
         type_problems = _type_problems(self)
         if type_problems:
             return type_problems
-        checks = [
-            (self.group_size >= 2, f"group_size must be >= 2 (a group of one has no baseline), got {self.group_size}"),
-            (self.prompts_per_step >= 1, f"prompts_per_step must be >= 1, got {self.prompts_per_step}"),
-            (self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
-            (self.num_iterations >= 1, f"num_iterations must be >= 1, got {self.num_iterations}"),
-            (0 < self.epsilon < 1, f"epsilon must be in (0, 1), got {self.epsilon}"),
-            (self.epsilon_high is None or self.epsilon_high > 0, f"epsilon_high must be > 0, got {self.epsilon_high}"),
-            (self.beta >= 0, f"beta must be >= 0, got {self.beta}"),
-            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
-            (
-                self.lr_schedule in ("constant", "cosine"),
-                f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}",
-            ),
-            (self.max_grad_norm >= 0, f"max_grad_norm must be >= 0, got {self.max_grad_norm}"),
-            (1 <= self.max_new_tokens <= 4096, f"max_new_tokens must be in [1, 4096], got {self.max_new_tokens}"),
-            (self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
-            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
-            (
-                self.loss_type in LOSS_TYPES,
-                f"loss_type must be one of {list(LOSS_TYPES)}, got {self.loss_type!r}",
-            ),
-            (
-                self.scale_rewards in REWARD_SCALINGS,
-                f"scale_rewards must be one of {list(REWARD_SCALINGS)}, got {self.scale_rewards!r}",
-            ),
-            (self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}"),
-            (self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}"),
-            (
-                self.eval_samples_per_prompt >= 1,
-                f"eval_samples_per_prompt must be >= 1, got {self.eval_samples_per_prompt}",
-            ),
-            (self.lora.r >= 1, f"lora.r must be >= 1, got {self.lora.r}"),
-            (self.lora.alpha > 0, f"lora.alpha must be > 0, got {self.lora.alpha}"),
-            (0 <= self.lora.dropout < 1, f"lora.dropout must be in [0, 1), got {self.lora.dropout}"),
-            (len(self.lora.target_modules) >= 1, "lora.target_modules must name at least one module"),
+        return [
+            problem for name, spec, value in _declared_fields(self) if (problem := range_problem(name, spec, value))
         ]
-        return [message for ok, message in checks if not ok]
 
     def training_differences(self, saved: dict[str, Any]) -> list[str]:
         """The fields in which `saved` (another config's to_dict()) differs from this one in a way that changes
@@ -186,19 +167,74 @@ _KINDS: dict[str, tuple[Any, str]] = {
 _KIND_OVERRIDES = {"lora.alpha": "float"}
 
 
+def _declared_fields(config: GRPOConfig) -> list[tuple[str, dataclasses.Field, Any]]:
+    """(dotted name, dataclass field, value) for every field, lora's as lora.r, lora.alpha, ..."""
+    fields = [(f.name, f, getattr(config, f.name)) for f in dataclasses.fields(config) if f.name != "lora"]
+    fields += [(f"lora.{f.name}", f, getattr(config.lora, f.name)) for f in dataclasses.fields(config.lora)]
+    return fields
+
+
+def declared_kind(name: str, spec: dataclasses.Field) -> str:
+    """The field's type as written ("int", "float | None", ...), or the kind it is checked as where that differs."""
+    return _KIND_OVERRIDES.get(name, str(spec.type))
+
+
 def _type_problems(config: GRPOConfig) -> list[str]:
     """Each field whose value is not of its declared type: 2.5 or "8" for an integer, Infinity for a number, a
     string for a list. JSON and YAML hand us any type, and a dataclass checks none."""
-    fields = [(f.name, f.type, getattr(config, f.name)) for f in dataclasses.fields(config) if f.name != "lora"]
     if not isinstance(config.lora, LoraSettings):
         return [f"lora must be an object, got {config.lora!r}"]
-    fields += [(f"lora.{f.name}", f.type, getattr(config.lora, f.name)) for f in dataclasses.fields(config.lora)]
     problems = []
-    for name, declared, value in fields:
-        check, expected = _KINDS[_KIND_OVERRIDES.get(name, str(declared))]
+    for name, spec, value in _declared_fields(config):
+        check, expected = _KINDS[declared_kind(name, spec)]
         if not check(value):
             problems.append(f"{name} must be {expected}, got {json_repr(value)}")
     return problems
+
+
+_BOUND_WORDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def range_problem(name: str, spec: dataclasses.Field, value: Any) -> str | None:
+    """Why `value` (of the right type) is outside the range in the field's metadata, or None."""
+    bounds = spec.metadata
+    if value is None:  # only optional fields take None (the type check ran first); their bounds apply to numbers
+        return None
+    why = f" ({bounds['why']})" if "why" in bounds else ""
+    if "choices" in bounds and value not in bounds["choices"]:
+        return f"{name} must be one of {list(bounds['choices'])}, got {value!r}"
+    if "min_length" in bounds and len(value) < bounds["min_length"]:
+        return f"{name} must hold at least {bounds['min_length']} item(s), got {len(value)}"
+    failed = {
+        "ge": lambda b: value < b,
+        "gt": lambda b: value <= b,
+        "le": lambda b: value > b,
+        "lt": lambda b: value >= b,
+    }
+    low = next((k for k in ("ge", "gt") if k in bounds), None)
+    high = next((k for k in ("le", "lt") if k in bounds), None)
+    if not any(failed[k](bounds[k]) for k in (low, high) if k):
+        return None
+    if low and high:
+        interval = f"{'[' if low == 'ge' else '('}{bounds[low]}, {bounds[high]}{']' if high == 'le' else ')'}"
+        return f"{name} must be in {interval}{why}, got {value}"
+    bound = low or high
+    return f"{name} must be {_BOUND_WORDS[bound]} {bounds[bound]}{why}, got {value}"
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass (Python keeps no such docstring at run time: read the source),
+    so the OpenAPI schema documents each field with the very text the config class holds."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {
+        node.target.id: inspect.cleandoc(following.value.value)
+        for node, following in zip(body, body[1:], strict=False)
+        if isinstance(node, ast.AnnAssign)
+        and isinstance(node.target, ast.Name)
+        and isinstance(following, ast.Expr)
+        and isinstance(following.value, ast.Constant)
+        and isinstance(following.value.value, str)
+    }
 
 
 def json_repr(value: Any) -> str:

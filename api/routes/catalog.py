@@ -11,7 +11,17 @@ router = APIRouter(prefix="/v1", tags=["catalog"], responses=error_responses(401
 @router.get("/models", response_model=ModelsPublic)
 def list_models(tenant_id: TenantDep) -> ModelsPublic:
     """Base models the workers can load, by the name a job spec uses."""
-    return ModelsPublic(data=[ModelPublic(name=name, description=text) for name, text in BASE_MODELS.items()])
+    return ModelsPublic(
+        data=[
+            ModelPublic(
+                name=name,
+                description=model.description,
+                context_length=model.context_length,
+                linear_modules=list(model.linear_modules),
+            )
+            for name, model in BASE_MODELS.items()
+        ]
+    )
 
 
 @router.get("/rewards", response_model=RewardsPublic)

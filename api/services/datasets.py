@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 from api import artifacts
 from api.models import Dataset
 from api.services import InvalidInput, NotFound
-from grpo_core.data import DatasetError, dataset_fields, parse_jsonl
+from api.settings import get_settings
+from grpo_core.data import DatasetError, parse_jsonl, summarize_dataset
 
 
 def display_name(filename: str) -> str:
@@ -23,20 +24,31 @@ def display_name(filename: str) -> str:
 
 
 def create_dataset(session: Session, *, tenant_id: str, name: str, content: bytes) -> Dataset:
-    """Parse and store an uploaded JSONL file; bad lines raise InvalidInput naming each line and why."""
+    """Parse and store an uploaded JSONL file with grpo_core.data.parse_jsonl, the parser the worker reads it with;
+    bad lines raise InvalidInput naming each line and why, as does a file past the operator's row limit."""
     try:
-        rows = parse_jsonl(content.splitlines())
+        rows = parse_jsonl(content)
     except DatasetError as error:
         raise InvalidInput(
             f"the JSONL file has {error.total} bad line(s); nothing was stored", [str(e) for e in error.errors]
         ) from None
+    limit = get_settings().max_dataset_rows
+    if len(rows) > limit:
+        raise InvalidInput(
+            f"the JSONL file has {len(rows)} rows, more than the operator's limit of {limit} "
+            "(GRPO_MAX_DATASET_ROWS); nothing was stored"
+        )
+    summary = summarize_dataset(rows)
     dataset = Dataset(
         tenant_id=tenant_id,
         name=display_name(name),
         rows=len(rows),
-        fields=sorted(dataset_fields(rows)),
+        fields=summary.fields,
         sha256=hashlib.sha256(content).hexdigest(),
         bytes=len(content),
+        max_prompt_bytes=summary.max_prompt_bytes,
+        max_prompt_messages=summary.max_prompt_messages,
+        non_numeric_fields=summary.non_numeric_fields,
     )
     session.add(dataset)
     session.flush()

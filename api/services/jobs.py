@@ -10,45 +10,153 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import artifacts
-from api.models import TERMINAL_STATUSES, Event, Job, utcnow
+from api.models import TERMINAL_STATUSES, Dataset, Event, Job, utcnow
 from api.schemas import JobCreate, JobPublic, Progress, RewardRef
 from api.services import InvalidInput, NotFound
 from api.services import datasets as datasets_service
+from api.settings import Settings, get_settings
 from grpo_core.config import GRPOConfig, RewardSpec
-from grpo_core.rewards import RewardSpecError, resolve_rewards
-from grpo_core.spec import BASE_MODELS
+from grpo_core.rewards import RewardFunction, RewardSpecError, resolve_rewards
+from grpo_core.spec import BASE_MODELS, BaseModelSpec
 
 
 def validate_job_spec(session: Session, *, tenant_id: str, spec: JobCreate) -> GRPOConfig:
-    """Check a spec against the catalog, the datasets, the ranges and the reward registry before anything is
-    queued. Raises InvalidInput listing every problem."""
+    """Check a spec against the catalog, the datasets, the ranges, the operator's limits and the reward registry
+    before anything is queued, so what is accepted runs. Raises InvalidInput listing every problem."""
     problems: list[str] = []
-    if spec.base_model not in BASE_MODELS:
+    model = BASE_MODELS.get(spec.base_model)
+    if model is None:
         problems.append(f"unknown base_model {spec.base_model!r}; valid: {', '.join(sorted(BASE_MODELS))}")
-    fields: set[str] | None = None
+    datasets: list[tuple[str, Dataset]] = []
     for key in ("dataset_id", "eval_dataset_id"):
         dataset_id = getattr(spec, key)
         if dataset_id is None:
             continue
         try:
-            dataset = datasets_service.get_dataset(session, tenant_id=tenant_id, dataset_id=dataset_id)
+            datasets.append((key, datasets_service.get_dataset(session, tenant_id=tenant_id, dataset_id=dataset_id)))
         except NotFound as error:
             problems.append(f"{key}: {error}")
-        else:
-            fields = set(dataset.fields) if fields is None else fields & set(dataset.fields)
+    fields = set.intersection(*(set(d.fields) for _, d in datasets)) if datasets else None
     config = None
     try:
-        config = GRPOConfig.from_dict(spec.hyperparameters)
+        config = GRPOConfig.from_dict(spec.hyperparameters.model_dump())
     except (ValueError, TypeError) as error:
         problems.append(str(error))
+    if config is not None:
+        problems += _limit_problems(config, get_settings())
+        if model is not None:
+            problems += _model_problems(config, model, spec.base_model, datasets, get_settings())
     try:
-        resolve_rewards([RewardSpec(r.name, r.weight, r.params) for r in spec.rewards], fields)
+        resolved = resolve_rewards([RewardSpec(r.name, r.weight, r.params) for r in spec.rewards], fields)
     except RewardSpecError as error:
         problems.extend(error.problems)
+    else:
+        problems += _reward_problems(resolved, datasets)
     if problems:
         raise InvalidInput("the job spec is invalid; nothing was queued", problems)
     assert config is not None
     return config
+
+
+def _over(field: str, value: int, limit: int, setting: str, what: str = "") -> str:
+    return f"hyperparameters.{field}: {value}{what} is above the operator's limit of {limit} (GRPO_{setting.upper()})"
+
+
+def _limit_problems(config: GRPOConfig, settings: Settings) -> list[str]:
+    """The operator's upper bounds on the sizes a spec sets (api/settings.py)."""
+    single = [
+        ("group_size", config.group_size, "max_group_size"),
+        ("prompts_per_step", config.prompts_per_step, "max_prompts_per_step"),
+        ("num_iterations", config.num_iterations, "max_num_iterations"),
+        ("eval_samples_per_prompt", config.eval_samples_per_prompt, "max_eval_samples_per_prompt"),
+        ("max_steps", config.max_steps, "max_steps"),
+        ("max_new_tokens", config.max_new_tokens, "max_new_tokens"),
+        ("lora.r", config.lora.r, "max_lora_rank"),
+    ]
+    problems = [
+        _over(field, value, getattr(settings, setting), setting)
+        for field, value, setting in single
+        if value > getattr(settings, setting)
+    ]
+    completions = config.group_size * config.prompts_per_step
+    if completions > settings.max_completions_per_step:
+        problems.append(
+            _over(
+                "group_size x prompts_per_step",
+                completions,
+                settings.max_completions_per_step,
+                "max_completions_per_step",
+                " completions per step",
+            )
+        )
+    updates = config.max_steps * config.num_iterations
+    if config.warmup_steps > updates:
+        problems.append(
+            f"hyperparameters.warmup_steps: {config.warmup_steps} is more than the run's {updates} optimizer updates "
+            f"(max_steps x num_iterations): the learning rate would never reach learning_rate"
+        )
+    return problems
+
+
+def _model_problems(
+    config: GRPOConfig, model: BaseModelSpec, name: str, datasets: list[tuple[str, Dataset]], settings: Settings
+) -> list[str]:
+    """LoRA targets the model has, and prompts (as bounded from their bytes) plus max_new_tokens within its context
+    and the operator's prompt and per-step token limits. A dataset uploaded before prompt sizes were recorded
+    (max_prompt_bytes NULL) is not checked here."""
+    problems = []
+    unknown = [m for m in config.lora.target_modules if m not in model.linear_modules]
+    if unknown:
+        problems.append(
+            f"hyperparameters.lora.target_modules: {unknown} are not linear layers of {name}; "
+            f"valid: {', '.join(model.linear_modules)}"
+        )
+    for key, dataset in datasets:
+        if dataset.max_prompt_bytes is None or dataset.max_prompt_messages is None:
+            continue
+        prompt_tokens = model.prompt_token_bound(dataset.max_prompt_bytes, dataset.max_prompt_messages)
+        where = f"{key} {dataset.id}: its longest prompt (at most {prompt_tokens} tokens, bounded by its UTF-8 bytes"
+        if prompt_tokens > settings.max_prompt_tokens:
+            problems.append(
+                f"{where}) is above the operator's limit of {settings.max_prompt_tokens} prompt tokens "
+                "(GRPO_MAX_PROMPT_TOKENS)"
+            )
+        if prompt_tokens + config.max_new_tokens > model.context_length:
+            problems.append(
+                f"{where}) plus hyperparameters.max_new_tokens {config.max_new_tokens} is "
+                f"{prompt_tokens + config.max_new_tokens}, more than {name}'s context of {model.context_length} tokens; "
+                "shorten the prompts or max_new_tokens"
+            )
+        if key == "dataset_id":
+            tokens = config.group_size * config.prompts_per_step * (prompt_tokens + config.max_new_tokens)
+            if tokens > settings.max_tokens_per_step:
+                problems.append(
+                    f"hyperparameters: group_size x prompts_per_step x (longest prompt + max_new_tokens) is {tokens} "
+                    f"tokens per step, above the operator's limit of {settings.max_tokens_per_step} "
+                    "(GRPO_MAX_TOKENS_PER_STEP)"
+                )
+    return problems
+
+
+def _reward_problems(
+    resolved: list[tuple[RewardFunction, Any, float]], datasets: list[tuple[str, Dataset]]
+) -> list[str]:
+    """A reward that reads a field as a number, pointed at a field that is not a number in every row; and rewards
+    that all weigh 0 (one of weight 0 is scored and reported, which is useful; all of them leave nothing to learn)."""
+    problems = []
+    for fn, params, _weight in resolved:
+        for param in params.numeric_fields:
+            field = getattr(params, param)
+            for key, dataset in datasets:
+                row = (dataset.non_numeric_fields or {}).get(field)
+                if row is not None:
+                    problems.append(
+                        f"reward {fn.name!r}: params.{param} {field!r} must name a field holding a number in every row; "
+                        f"row {row} of {key} {dataset.id} holds something else"
+                    )
+    if resolved and all(weight == 0 for _fn, _params, weight in resolved):
+        problems.append("rewards: every weight is 0, so every advantage would be 0 and nothing would train")
+    return problems
 
 
 def create_job(session: Session, *, tenant_id: str, spec: JobCreate, idempotency_key: str | None) -> tuple[Job, bool]:
@@ -90,9 +198,9 @@ def _replayed(job: Job, spec: JobCreate, idempotency_key: str) -> Job:
     """`job`, made earlier under `idempotency_key`, if `spec` asks for that same job; InvalidInput (409) naming
     what differs otherwise. Hyperparameters compare with their defaults filled in, as the job stores them."""
     try:
-        hyperparameters = GRPOConfig.from_dict(spec.hyperparameters).to_dict()
+        hyperparameters = GRPOConfig.from_dict(spec.hyperparameters.model_dump()).to_dict()
     except (ValueError, TypeError):
-        hyperparameters = spec.hyperparameters  # invalid now, so unlike the stored (valid) ones
+        hyperparameters = spec.hyperparameters.model_dump()  # invalid now, so unlike the stored (valid) ones
     requested = {
         "base_model": spec.base_model,
         "dataset_id": spec.dataset_id,
