@@ -18,7 +18,6 @@ from api.services import InvalidInput, NotFound
 from api.settings import get_settings
 from grpo_core.config import json_repr
 
-
 _OBJECT_TYPES = ("model_type", "model_attributes_type", "dict_type")
 
 

@@ -216,8 +216,14 @@ def test_another_tenants_ids_answer_404_like_missing_ones(service, alice, bob, d
     "change,expected",
     [
         ({"rewards": [{"name": "os:system"}]}, "unknown reward 'os:system'; valid: exact_match, format_tags"),
-        ({"hyperparameters": {"group_size": 1}}, "hyperparameters.group_size: Input should be greater than or equal to 2, got 1"),
-        ({"hyperparameters": {"epsilon": 1.5, "beta": -1}}, "hyperparameters.epsilon: Input should be less than 1, got 1.5"),
+        (
+            {"hyperparameters": {"group_size": 1}},
+            "hyperparameters.group_size: Input should be greater than or equal to 2, got 1",
+        ),
+        (
+            {"hyperparameters": {"epsilon": 1.5, "beta": -1}},
+            "hyperparameters.epsilon: Input should be less than 1, got 1.5",
+        ),
         ({"hyperparameters": {"max_step": 3}}, "hyperparameters.max_step: Extra inputs are not permitted, got 3"),
         ({"base_model": "gpt-9"}, "unknown base_model 'gpt-9'; valid: smollm2-135m-instruct, tiny-random-llama"),
         ({"rewards": [{"name": "regex_match", "params": {}}]}, "param pattern: Field required"),
