@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, create_model
 
-from grpo_core.config import GRPOConfig, LoraSettings, declared_kind, field_docs
+from grpo_core.config import GRPOConfig, LoraSettings, RewardSpec, declared_kind, field_docs
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -76,14 +76,19 @@ class RewardsPublic(BaseModel):
     data: list[RewardPublic]
 
 
+_REWARD_WEIGHT = next(f for f in dataclasses.fields(RewardSpec) if f.name == "weight")
+
+
 class RewardRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="A registered reward name (GET /v1/rewards)", examples=["numeric_answer"])
     weight: float = Field(
         1.0,
         allow_inf_nan=False,
-        description="Multiplies this reward in the weighted sum. Finite: an infinite weight makes every advantage "
-        "NaN. 0 is allowed: the reward is then scored and reported with the step's metrics but does not train.",
+        ge=_REWARD_WEIGHT.metadata["ge"],
+        le=_REWARD_WEIGHT.metadata["le"],
+        description=field_docs(RewardSpec)["weight"] + " 0 is allowed: the reward is then scored and reported with "
+        "the step's metrics (reward/<name>) but does not train; all weights 0 is refused.",
     )
     params: dict[str, Any] = Field(default_factory=dict)
 

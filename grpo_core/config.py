@@ -16,7 +16,10 @@ from grpo_core.spec import LOSS_TYPES, REWARD_SCALINGS
 LR_SCHEDULES = ("constant", "cosine")
 
 # Each field's range lives in its metadata (ge, gt, le, lt, min_length, choices; `why` explains a bound): the
-# checks below and the API's pydantic model (api/schemas.py) both read it, so they cannot disagree.
+# checks below and the API's pydantic model (api/schemas.py) both read it, so they cannot disagree. Upper bounds on
+# scales (beta, learning_rate, lora.alpha, temperature, ...) sit far above any useful value, where float32 math
+# still holds: past them one step already overflows (a beta of 1e300 is Infinity in float32, and 0 x Infinity is
+# NaN), so such a spec could never train.
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,7 @@ class LoraSettings:
 
     r: int = field(default=16, metadata={"ge": 1})
     """Rank of the LoRA update matrices."""
-    alpha: int = field(default=32, metadata={"gt": 0})
+    alpha: int = field(default=32, metadata={"gt": 0, "le": 1024})
     """Scaling numerator: the update is multiplied by alpha / r."""
     dropout: float = field(default=0.0, metadata={"ge": 0, "lt": 1})
     """Dropout on the LoRA input, written into the adapter's config for whoever fine-tunes it further. GRPO's own
@@ -43,7 +46,9 @@ class RewardSpec:
     """A reference to a registered reward function; the step's reward is the weighted sum over specs."""
 
     name: str
-    weight: float = 1.0
+    weight: float = field(default=1.0, metadata={"ge": -1000, "le": 1000})
+    """Multiplies the reward in the weighted sum. Bounded: in float32 a weight of 1e300 is Infinity, and a reward of 0
+    times it is NaN."""
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -59,24 +64,24 @@ class GRPOConfig:
     """mu: optimizer updates per sampling round. Above 1 the sampling policy's log-probs are kept and clipped against."""
     epsilon: float = field(default=0.2, metadata={"gt": 0, "lt": 1})
     """Lower clip: the ratio is kept above 1 - epsilon."""
-    epsilon_high: float | None = field(default=None, metadata={"gt": 0})
+    epsilon_high: float | None = field(default=None, metadata={"gt": 0, "le": 10})
     """Upper clip: the ratio is kept below 1 + epsilon_high (DAPO's clip-higher). None means epsilon."""
-    beta: float = field(default=0.0, metadata={"ge": 0})
+    beta: float = field(default=0.0, metadata={"ge": 0, "le": 10})
     """KL penalty weight towards the reference (the base model without the adapter). 0 skips the reference pass,
     as TRL and DAPO do by default: with LoRA the policy stays close to the base anyway."""
-    learning_rate: float = field(default=2e-4, metadata={"gt": 0})
+    learning_rate: float = field(default=2e-4, metadata={"gt": 0, "le": 1})
     """AdamW learning rate for the adapter weights (LoRA wants a larger rate than full fine-tuning)."""
-    weight_decay: float = field(default=0.0, metadata={"ge": 0})
+    weight_decay: float = field(default=0.0, metadata={"ge": 0, "le": 1})
     """AdamW's decoupled weight decay on the adapter weights."""
     warmup_steps: int = field(default=0, metadata={"ge": 0})
     """Linear warmup from 0 over this many optimizer updates (num_iterations per step, as TRL counts them)."""
     lr_schedule: str = field(default="constant", metadata={"choices": LR_SCHEDULES})
     """After warmup: "constant" or "cosine" (to 0 at the last update, max_steps x num_iterations)."""
-    max_grad_norm: float = field(default=1.0, metadata={"ge": 0})
+    max_grad_norm: float = field(default=1.0, metadata={"ge": 0, "le": 1000})
     """Gradient clipping by global norm; 0 disables it."""
     max_new_tokens: int = field(default=48, metadata={"ge": 1, "le": 4096})
     """Longest completion; a completion that reaches it without EOS counts as truncated."""
-    temperature: float = field(default=1.0, metadata={"gt": 0})
+    temperature: float = field(default=1.0, metadata={"ge": 0.01, "le": 100})
     """Sampling temperature: logits are divided by it."""
     top_p: float = field(default=1.0, metadata={"gt": 0, "le": 1})
     """Nucleus sampling: sample from the smallest set of tokens whose probability reaches top_p (1 keeps all)."""
