@@ -162,6 +162,15 @@ class JobCreate(BaseModel):
     )
 
 
+class StoredRewardRef(BaseModel):
+    """A reward as a job stores it: read back without the submit-time bounds, so a row stored under other rules
+    still serialises (a bound tightened later must not turn a read into a 500)."""
+
+    name: str
+    weight: float
+    params: dict[str, Any]
+
+
 class Progress(BaseModel):
     step: int
     max_steps: int
@@ -174,7 +183,7 @@ class JobPublic(BaseModel):
     base_model: str
     dataset_id: str
     eval_dataset_id: str | None
-    rewards: list[RewardRef]
+    rewards: list[StoredRewardRef]
     hyperparameters: dict[str, Any] = Field(description="The full config the job runs with, defaults filled in")
     progress: Progress
     cancel_requested: bool

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from api import artifacts
 from api.models import TERMINAL_STATUSES, Dataset, Event, Job, utcnow
-from api.schemas import JobCreate, JobPublic, Progress, RewardRef
+from api.schemas import JobCreate, JobPublic, Progress, StoredRewardRef
 from api.services import InvalidInput, NotFound
 from api.services import datasets as datasets_service
 from api.settings import Settings, get_settings
@@ -293,7 +293,7 @@ def job_public(job: Job) -> JobPublic:
         base_model=job.base_model,
         dataset_id=job.dataset_id,
         eval_dataset_id=job.eval_dataset_id,
-        rewards=[RewardRef(**r) for r in job.rewards],
+        rewards=[StoredRewardRef(**r) for r in job.rewards],
         hyperparameters=job.hyperparameters,
         progress=Progress(step=job.step, max_steps=job.max_steps, fraction=round(job.step / job.max_steps, 4)),
         cancel_requested=job.cancel_requested,

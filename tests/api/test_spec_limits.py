@@ -193,3 +193,26 @@ def test_crlf_and_bom_files_upload_with_the_rows_the_worker_reads(service, alice
     response = upload(service, alice, b"\xef\xbb\xbf" + ROW + b"\r\n" + ROW + b"\r\n")
     assert response.status_code == 201, response.text
     assert response.json()["rows"] == 2
+
+
+def test_a_job_stored_under_looser_rules_still_reads(service, alice):
+    """Bounds tightened later (a reward weight of 5000, beta 50) must not make a stored job a 500 on every read."""
+    from sqlalchemy import update
+
+    from api.db import session_scope
+    from api.models import Job
+
+    dataset = upload(service, alice, jsonl(ROWS)).json()["id"]
+    job = service.post("/v1/jobs", headers=alice, json=job_spec(dataset)).json()
+    with session_scope() as session:
+        stored = session.get(Job, job["id"])
+        loose = {**stored.hyperparameters, "beta": 50.0}
+        session.execute(
+            update(Job)
+            .where(Job.id == job["id"])
+            .values(rewards=[{"name": "numeric_answer", "weight": 5000.0, "params": {}}], hyperparameters=loose)
+        )
+    for path in (f"/v1/jobs/{job['id']}", "/v1/jobs"):
+        response = service.get(path, headers=alice)
+        assert response.status_code == 200, response.text
+    assert service.get(f"/v1/jobs/{job['id']}", headers=alice).json()["rewards"][0]["weight"] == 5000.0
