@@ -224,13 +224,16 @@ def range_problem(name: str, spec: dataclasses.Field, value: Any) -> str | None:
         interval = f"{'[' if low == 'ge' else '('}{bounds[low]}, {bounds[high]}{']' if high == 'le' else ')'}"
         return f"{name} must be in {interval}{why}, got {value}"
     bound = low or high
+    assert bound is not None  # some bound failed
     return f"{name} must be {_BOUND_WORDS[bound]} {bounds[bound]}{why}, got {value}"
 
 
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring under each field of a dataclass (Python keeps no such docstring at run time: read the source),
     so the OpenAPI schema documents each field with the very text the config class holds."""
-    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    definition = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+    assert isinstance(definition, ast.ClassDef)
+    body = definition.body
     return {
         node.target.id: inspect.cleandoc(following.value.value)
         for node, following in zip(body, body[1:], strict=False)

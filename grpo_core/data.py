@@ -141,12 +141,12 @@ def parse_jsonl(content: bytes | str) -> list[dict[str, Any]]:
         if not raw.strip():
             continue
         row, problem = _parse_line(raw)
-        if problem is None:
+        if row is not None:
             rows.append(row)
-        else:
-            total_errors += 1
-            if len(errors) < MAX_REPORTED_ERRORS:
-                errors.append(LineError(number, problem))
+            continue
+        total_errors += 1
+        if len(errors) < MAX_REPORTED_ERRORS:
+            errors.append(LineError(number, str(problem)))
     if errors:
         raise DatasetError(errors, total_errors)
     if not rows:
