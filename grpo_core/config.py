@@ -230,8 +230,13 @@ def range_problem(name: str, spec: dataclasses.Field, value: Any) -> str | None:
 
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring under each field of a dataclass (Python keeps no such docstring at run time: read the source),
-    so the OpenAPI schema documents each field with the very text the config class holds."""
-    definition = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+    so the OpenAPI schema documents each field with the very text the config class holds. Without the source (an
+    install of bytecode only) the fields go undocumented rather than the API failing to start."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    definition = ast.parse(textwrap.dedent(source)).body[0]
     assert isinstance(definition, ast.ClassDef)
     body = definition.body
     return {
