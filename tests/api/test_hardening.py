@@ -62,7 +62,7 @@ def test_upload_names_are_labels_without_paths(service, alice):
 def test_method_not_allowed_lists_every_method_of_the_resource(service, alice):
     response = service.delete("/v1/jobs", headers=alice)
     assert response.status_code == 405
-    assert set(response.headers["allow"].split(", ")) == {"GET", "POST"}
+    assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
 
 
 def test_an_archive_that_links_outside_the_artifacts_folder_is_not_served(service, alice, tmp_path):
