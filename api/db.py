@@ -41,7 +41,13 @@ def _private_database_file(database: Path) -> None:
     mode. Created before SQLite opens it, so it is never world-readable, and tightened if an older version made it
     0644 (with any -wal and -shm left from then)."""
     make_private_dir(database.parent)
-    os.close(os.open(database, os.O_CREAT | os.O_WRONLY, 0o600))
+    # Never an open() of a database that exists: closing any descriptor of a file drops every POSIX lock this
+    # process holds on it, SQLite's included (an engine made earlier in this process may hold some), and another
+    # process could then checkpoint or reset the WAL under it. chmod opens nothing.
+    try:
+        os.close(os.open(database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
     for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
         if path.exists() and path.stat().st_mode & 0o077 and path.stat().st_uid == os.getuid():
             path.chmod(0o600)

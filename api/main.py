@@ -23,7 +23,7 @@ from api.streams import StreamSlots
 def _describe(error: dict) -> str:
     where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
     message = f"{where}: {error.get('msg')}" if where else str(error.get("msg"))
-    if error.get("loc", ("body",))[0] in ("header", "query", "path") and isinstance(error.get("input"), str):
+    if (error.get("loc") or ("body",))[0] in ("header", "query", "path") and isinstance(error.get("input"), str):
         # A parameter's value, shortened: the message then names the field, the value and the limit.
         value = error["input"]
         message += f" (got {value[:40] + '...' if len(value) > 40 else value!r})"

@@ -167,7 +167,7 @@ async def stream_events(
             ge=0,
             le=MAX_INT,
             description="The `id` of the last event received: the stream resumes after it. Any other value (not an "
-            "integer, negative, or past the largest id the database holds) is a 422 naming the header",
+            "integer, negative, or above 2147483647, the largest id there can be) is a 422 naming the header",
         ),
     ] = None,
 ) -> StreamingResponse:
