@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, WithJsonSchema
 
 from api import artifacts
 from api.db import run_read, session_scope
@@ -169,6 +169,9 @@ async def stream_events(
             description="The `id` of the last event received: the stream resumes after it. Any other value (not an "
             "integer, negative, or above 2147483647, the largest id there can be) is a 422 naming the header",
         ),
+        # Documented as the integer it is: a header is absent or a value, never null (a client reading "null" in
+        # the schema would send the text "null").
+        WithJsonSchema({"type": "integer", "minimum": 0, "maximum": MAX_INT}),
     ] = None,
 ) -> StreamingResponse:
     """Server-Sent Events: `status`, `metrics`, `checkpoint` and `warning`, each with an `id`. Reconnect with the
