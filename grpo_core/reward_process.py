@@ -7,24 +7,39 @@ per batch, the parent waiting in short polls. Past `timeout_seconds` the child i
 cooperation) and RewardTimeout names the reward and the limit; the next call starts a new child. A reward that
 raises still scores 0 and is counted, as in-process (`grpo_core.rewards.score_batch`).
 
-The child is started with multiprocessing's "spawn" (a fresh interpreter, never a fork of a process with torch
-threads) and imports no torch; it lives across steps, so a step pays one message per reward function, not a start.
-It ignores SIGINT and SIGTERM (its parent decides when it ends) and, on Linux, is killed when the thread that
-started it ends, so a parent killed with SIGKILL leaves no reward spinning behind it.
+The child is a fresh interpreter (`python -c`, as multiprocessing's "spawn" starts one, never a fork of a process
+with torch threads, and unlike spawn it never re-runs the parent's main script), given the parent's sys.path and
+talking over a socket pair with multiprocessing's Connection. It imports no torch and lives across steps, so a
+step pays one message per reward function, not a start. It ignores SIGINT and SIGTERM (its parent decides when it
+ends) and, on Linux, is killed when the thread that started it ends, so a parent killed with SIGKILL leaves no
+reward spinning behind it.
 
 This module imports no torch: the child imports it.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from multiprocessing.connection import Connection
 from typing import Any
 
 from grpo_core.config import RewardSpec
+
+# What the child runs: it needs the parent's sys.path before it can import grpo_core (or the installed rewards).
+_BOOTSTRAP = (
+    "import sys\n"
+    "from multiprocessing.connection import Connection\n"
+    "connection = Connection(int(sys.argv[1]))\n"
+    "sys.path[:] = connection.recv()\n"
+    "from grpo_core.reward_process import serve\n"
+    "serve(connection, int(sys.argv[2]))\n"
+)
 
 
 class RewardFailure(RuntimeError):
@@ -63,7 +78,7 @@ class RewardProcess:
         self.poll_seconds = poll_seconds
         # Starting takes an interpreter, imports and the installed rewards' entry points: slow on a busy machine.
         self.start_timeout_seconds = max(start_timeout_seconds, timeout_seconds)
-        self._process: Any = None
+        self._process: subprocess.Popen | None = None
         self._connection: Any = None
 
     def __enter__(self) -> RewardProcess:
@@ -80,11 +95,14 @@ class RewardProcess:
         self, index: int, completions: Sequence[str], rows: Sequence[Mapping[str, Any]]
     ) -> tuple[list[float], int]:
         name = self.specs[index].name
-        if self._process is not None and not self._process.is_alive():
+        if self._process is not None and self._process.poll() is not None:
             self.close()  # ended between calls (the kernel's OOM killer): start a fresh one
         if self._process is None:
             self._start()
-        self._connection.send((index, list(completions), [dict(row) for row in rows]))
+        try:
+            self._connection.send((index, list(completions), [dict(row) for row in rows]))
+        except OSError:
+            pass  # the child is gone: _wait reports it
         values, errors = self._wait(
             self.timeout_seconds,
             timed_out=f"reward {name!r} did not return within {self.timeout_seconds:g} s; its process was killed",
@@ -97,18 +115,26 @@ class RewardProcess:
         if self._process is None:
             return
         self._process.kill()
-        self._process.join()
+        self._process.wait()
         self._connection.close()
-        self._process.close()
         self._process = self._connection = None
 
     def _start(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        parent_end, child_end = context.Pipe()
-        process = context.Process(target=_serve, args=(child_end, self.specs), name="grpo-rewards", daemon=True)
-        process.start()
-        child_end.close()
-        self._process, self._connection = process, parent_end
+        parent_end, child_end = socket.socketpair()
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", _BOOTSTRAP, str(child_end.fileno()), str(os.getpid())],
+                pass_fds=(child_end.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            child_end.close()
+        self._connection = Connection(parent_end.detach())
+        try:
+            self._connection.send(list(sys.path))
+            self._connection.send(self.specs)
+        except OSError:
+            pass  # the child is gone: _wait reports it
         status, detail = self._wait(
             self.start_timeout_seconds,
             timed_out=f"the reward process did not start within {self.start_timeout_seconds:g} s; it was killed",
@@ -117,6 +143,12 @@ class RewardProcess:
         if status != "ready":
             self.close()
             raise RewardFailure(f"the reward process could not load the rewards: {detail}")
+
+    def _exit_code(self) -> int | None:
+        try:
+            return self._process.wait(5) if self._process is not None else None
+        except subprocess.TimeoutExpired:
+            return None
 
     def _wait(self, limit: float, *, timed_out: str, died: str) -> Any:
         deadline = time.monotonic() + limit
@@ -129,8 +161,7 @@ class RewardProcess:
             try:
                 return self._connection.recv()
             except (EOFError, OSError):
-                self._process.join(1)
-                raise RewardProcessDied(f"{died} (exit code {self._process.exitcode})") from None
+                raise RewardProcessDied(f"{died} (exit code {self._exit_code()})") from None
         except BaseException:
             # Timed out, stopped, died, or interrupted (KeyboardInterrupt): the child may be mid-call, so it cannot
             # answer the next request in order. Kill it; the next call starts a fresh one.
@@ -152,10 +183,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def _serve(connection, specs: list[RewardSpec]) -> None:
+def serve(connection: Connection, parent: int) -> None:
     """The child's loop: resolve the rewards once, then answer (index, completions, rows) with (scores, errors)
     until the parent closes its end."""
-    parent = os.getppid()
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before the death signal was armed
         return
@@ -163,6 +193,7 @@ def _serve(connection, specs: list[RewardSpec]) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from grpo_core.rewards import resolve_rewards, score_batch
 
+    specs = connection.recv()
     try:
         rewards = resolve_rewards(specs)
     except Exception as error:  # an entry point that fails to import, a spec the parent checked differently
