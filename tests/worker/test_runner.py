@@ -384,7 +384,7 @@ def test_a_worker_shutting_down_mid_step_checkpoints_the_last_finished_step_and_
 def test_a_job_whose_loss_is_not_finite_fails_naming_the_step_with_no_nan_checkpoint(tenant_and_dataset):
     # beta = 1e300 is finite, so the spec is accepted, but beta x KL overflows float32 to inf and 0 x inf is NaN:
     # before, this job "succeeded" with an adapter whose weights were all NaN.
-    job_id = make_job(*tenant_and_dataset, beta=1e300, checkpoint_every=1)
+    job_id = make_job(*tenant_and_dataset, beta=1e300, max_steps=1, checkpoint_every=1)
     assert run_job(job_id) == "failed"
     with session_scope() as session:
         job = session.get(Job, job_id)
