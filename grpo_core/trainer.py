@@ -167,7 +167,7 @@ def update_policy(model, optimizer, scheduler, rollout: Rollout, config: GRPOCon
     so no checkpoint holds them."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
-    updates = []
+    updates: list[dict[str, float]] = []
     with without_dropout(model):
         for _ in range(config.num_iterations):
             logprobs = completion_logprobs(model, rollout.batch, config.temperature)
