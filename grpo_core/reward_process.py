@@ -100,7 +100,8 @@ class RewardProcess:
         if self._process is None:
             self._start()
         try:
-            self._connection.send((index, list(completions), [dict(row) for row in rows]))
+            # The G completions of a prompt share its row object, so pickle sends each row once.
+            self._connection.send((index, list(completions), list(rows)))
         except OSError:
             pass  # the child is gone: _wait reports it
         values, errors = self._wait(

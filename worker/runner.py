@@ -62,7 +62,8 @@ class Heartbeat(threading.Thread):
     def run(self) -> None:
         renew_every = self.lease_seconds / 3
         next_renewal = time.monotonic() + renew_every
-        while not self.stopped.wait(max(0.0, min(self.cancel_poll_seconds, next_renewal - time.monotonic()))):
+        # Renewals are due every renew_every, checked at each poll: late by at most one poll, well within the lease.
+        while not self.stopped.wait(min(self.cancel_poll_seconds, renew_every)):
             try:
                 with session_scope() as session:
                     if time.monotonic() >= next_renewal:

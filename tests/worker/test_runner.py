@@ -390,3 +390,26 @@ def test_a_job_whose_loss_is_not_finite_fails_naming_the_step_with_no_nan_checkp
         job = session.get(Job, job_id)
         assert job.error == "NonFiniteUpdate: step 1: loss is nan (grad norm nan); nothing was applied"
     assert counts(job_id) == (0, [])
+
+
+def test_the_heartbeat_renews_the_lease_and_notes_a_cancel_within_its_poll(tenant_and_dataset):
+    from worker.runner import Heartbeat
+
+    tenant_id, dataset_id = tenant_and_dataset
+    job_id = make_job(tenant_id, dataset_id)
+    with session_scope() as session:
+        assert leases.claim_job(session, job_id=job_id, owner="me", lease_seconds=0.6, max_attempts=3) == 1
+        claimed_until = session.get(Job, job_id).lease_expires_at
+    heartbeat = Heartbeat(job_id, "me", lease_seconds=0.6, cancel_poll_seconds=0.05)
+    heartbeat.start()
+    try:
+        time.sleep(1.0)
+        with session_scope() as session:
+            assert session.get(Job, job_id).lease_expires_at > claimed_until
+        assert not heartbeat.cancelled.is_set() and not heartbeat.lost.is_set()
+        with session_scope() as session:
+            jobs_service.cancel_job(session, tenant_id=tenant_id, job_id=job_id)
+        assert heartbeat.cancelled.wait(10)
+    finally:
+        heartbeat.stopped.set()
+        heartbeat.join()
