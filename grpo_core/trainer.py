@@ -421,54 +421,14 @@ class GRPOTrainer:
         NonFiniteUpdate naming the step; neither saves a checkpoint of the failed step."""
         if self.model is None:
             self.setup()
-        config = self.config
         remove_partial_checkpoints(self.checkpoint_dir)
         checkpoint = self._resume_point() if resume else None
         step = self._restore(checkpoint) if checkpoint else 0
-        stopped_early = False
         scorer = RewardProcess(
             self.reward_specs, timeout_seconds=self.reward_timeout_seconds, check_stop=self._check_stop
         )
         with scorer:
-            rng_before_step = None
-            try:
-                if step == 0:
-                    self._evaluate(0, scorer)
-                while step < config.max_steps:
-                    if any(callback.should_stop() for callback in self.callbacks):
-                        stopped_early = True
-                        break
-                    indices = rows_for_step(len(self.train_rows), step, config.prompts_per_step, config.seed)
-                    rows = [self.train_rows[i] for i in indices]
-                    rng_before_step = capture_rng_state()
-                    try:
-                        metrics = grpo_step(
-                            self.model,
-                            self.tokenizer,
-                            self.optimizer,
-                            self.scheduler,
-                            rows,
-                            self.rewards,
-                            config,
-                            scorer=scorer,
-                            check_stop=self._check_stop,
-                        )
-                    except NonFiniteUpdate as error:
-                        raise NonFiniteUpdate(f"step {step + 1}: {error}") from None
-                    rng_before_step = None
-                    step += 1
-                    for callback in self.callbacks:
-                        callback.on_step(step, metrics)
-                    if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.max_steps:
-                        checkpoint = self._save(step)
-                    if config.eval_every and step % config.eval_every == 0 and step < config.max_steps:
-                        self._evaluate(step, scorer)
-            except StepAbandoned:
-                # The abandoned step changed no weight; undo its random draws too, so a resumed run samples what
-                # an uninterrupted one would have.
-                if rng_before_step is not None:
-                    restore_rng_state(rng_before_step)
-                stopped_early = True
+            step, checkpoint, stopped_early = self._run_steps(step, checkpoint, scorer)
             if checkpoint is None or checkpoint.step != step:
                 checkpoint = self._save(step)
             if not stopped_early:
@@ -477,3 +437,51 @@ class GRPOTrainer:
                 except StepAbandoned:
                     stopped_early = True
         return TrainResult(step, stopped_early, checkpoint.path)
+
+    def _run_steps(
+        self, step: int, checkpoint: Checkpoint | None, scorer: RewardProcess
+    ) -> tuple[int, Checkpoint | None, bool]:
+        """Steps after `step` up to max_steps, with their checkpoints and evaluations. Returns the last finished
+        step, the last checkpoint saved, and whether a stop ended the run early."""
+        config = self.config
+        try:
+            if step == 0:
+                self._evaluate(0, scorer)
+            while step < config.max_steps:
+                if any(callback.should_stop() for callback in self.callbacks):
+                    return step, checkpoint, True
+                metrics = self._step(step, scorer)
+                step += 1
+                for callback in self.callbacks:
+                    callback.on_step(step, metrics)
+                if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.max_steps:
+                    checkpoint = self._save(step)
+                if config.eval_every and step % config.eval_every == 0 and step < config.max_steps:
+                    self._evaluate(step, scorer)
+        except StepAbandoned:
+            return step, checkpoint, True
+        return step, checkpoint, False
+
+    def _step(self, step: int, scorer: RewardProcess) -> dict[str, float]:
+        """Step `step` + 1. Abandoned (StepAbandoned), it changed no weight, and its random draws are undone too,
+        so a run resumed from the last finished step samples what an uninterrupted one would have."""
+        indices = rows_for_step(len(self.train_rows), step, self.config.prompts_per_step, self.config.seed)
+        rows = [self.train_rows[i] for i in indices]
+        rng_before = capture_rng_state()
+        try:
+            return grpo_step(
+                self.model,
+                self.tokenizer,
+                self.optimizer,
+                self.scheduler,
+                rows,
+                self.rewards,
+                self.config,
+                scorer=scorer,
+                check_stop=self._check_stop,
+            )
+        except StepAbandoned:
+            restore_rng_state(rng_before)
+            raise
+        except NonFiniteUpdate as error:
+            raise NonFiniteUpdate(f"step {step + 1}: {error}") from None
