@@ -67,25 +67,22 @@ def main(argv: list[str] | None = None) -> int:
         from api.settings import get_settings
 
         return serve(host=args.host, port=args.port, worker_command=worker_command(get_settings()))
+    from api.db import make_private_dir
+    from api.settings import get_settings
+
+    make_private_dir(get_settings().data_dir)  # datasets, adapters and the SQLite file: this user's alone
     if args.command == "api":
         import uvicorn
 
         from api.db import run_migrations
-        from api.serve import API_SHUTDOWN_SECONDS
+        from api.serve import server_options
 
         run_migrations()
-        # Open event streams would otherwise hold a SIGTERM until their jobs end (api/serve.py says why).
-        uvicorn.run(
-            "api.main:app",
-            host=args.host,
-            port=args.port,
-            log_level="info",
-            timeout_graceful_shutdown=API_SHUTDOWN_SECONDS,
-        )
+        # The same options as serve's: a capped graceful shutdown (open event streams would otherwise hold a
+        # SIGTERM until their jobs end) and no query strings in the access log.
+        uvicorn.run("api.main:app", host=args.host, port=args.port, **server_options())
         return 0
     if args.command == "worker":
-        from api.settings import get_settings
-
         # Replaced by Celery, solo pool: the job runs in this very process, which has no children of its own, so
         # whoever stops this pid (a supervisor, `grpo serve`) stops the job with it.
         os.execv(sys.executable, worker_command(get_settings()))

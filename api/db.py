@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -10,7 +11,7 @@ from typing import TypeVar
 
 from anyio import CapacityLimiter, to_thread
 from anyio.lowlevel import RunVar
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.settings import get_settings
@@ -26,14 +27,40 @@ _read_limiter: RunVar[CapacityLimiter] = RunVar("grpo_read_limiter")
 T = TypeVar("T")
 
 
+def make_private_dir(folder: Path) -> None:
+    """Create `folder` (and its parents) if missing; one this call creates is 0700. A folder that exists keeps its
+    mode: it may be one an operator chose and shares on purpose."""
+    if not folder.is_dir():
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder.chmod(0o700)  # mkdir's mode passes through the umask
+
+
+def _private_database_file(database: Path) -> None:
+    """The SQLite file readable by this user alone (0600), like the datasets and adapters beside it: it holds every
+    tenant's specs, metrics and API key hashes. SQLite gives the -wal and -shm files it creates the database file's
+    mode. Created before SQLite opens it, so it is never world-readable, and tightened if an older version made it
+    0644 (with any -wal and -shm left from then)."""
+    make_private_dir(database.parent)
+    # Never an open() of a database that exists: closing any descriptor of a file drops every POSIX lock this
+    # process holds on it, SQLite's included (an engine made earlier in this process may hold some), and another
+    # process could then checkpoint or reset the WAL under it. chmod opens nothing.
+    try:
+        os.close(os.open(database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
+    for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+        if path.exists() and path.stat().st_mode & 0o077 and path.stat().st_uid == os.getuid():
+            path.chmod(0o600)
+
+
 @lru_cache
 def get_engine(url: str | None = None) -> Engine:
     settings = get_settings()
     url = url or settings.resolved_database_url
     if url.startswith("sqlite"):
-        database = url.split("///", 1)[-1]
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        database = make_url(url).database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            _private_database_file(Path(database))
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": settings.sqlite_busy_timeout_ms / 1000}
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+from anyio import CancelScope
 from fastapi import Depends, HTTPException, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -36,7 +37,10 @@ async def get_session() -> AsyncIterator[Session]:
     try:
         yield session
     except BaseException:
-        await run_in_threadpool(_finish, session, commit=False)
+        # Shielded: when the request was cancelled (its client left, the server is stopping) an unshielded await
+        # here would be cancelled too, and the connection would go back to the pool only when garbage collected.
+        with CancelScope(shield=True):
+            await run_in_threadpool(_finish, session, commit=False)
         raise
     if session.in_transaction():
         await run_in_threadpool(_finish, session, commit=True)

@@ -11,26 +11,72 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.limits import BodySizeLimit
 from api.routes import catalog, datasets, health, jobs
 from api.services import InvalidInput, NotFound
 from api.settings import get_settings
+from api.streams import StreamSlots
 
 
 def _describe(error: dict) -> str:
     where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
-    return f"{where}: {error.get('msg')}" if where else str(error.get("msg"))
+    message = f"{where}: {error.get('msg')}" if where else str(error.get("msg"))
+    if (error.get("loc") or ("body",))[0] in ("header", "query", "path") and isinstance(error.get("input"), str):
+        # A parameter's value, shortened: the message then names the field, the value and the limit.
+        value = error["input"]
+        message += f" (got {value[:40] + '...' if len(value) > 40 else value!r})"
+    return message
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """The methods the app routes for this request's path, asked of the router itself (included routers too)."""
+    """The methods the app routes for this request's path, asked of the router itself (included routers too), and
+    HEAD wherever GET is (HeadAsGet)."""
     routes = request.app.router.routes
-    return [
+    allowed = [
         method
-        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
         if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
     ]
+    return [*allowed[:1], "HEAD", *allowed[1:]] if "GET" in allowed else allowed
+
+
+class _HeadersSent(Exception):
+    """Raised into the app once a HEAD answer is complete, to stop it producing a body nobody reads."""
+
+
+class HeadAsGet:
+    """HEAD answered wherever GET is, as GET would answer (status and headers, Content-Length included) with no
+    body. FastAPI routes GET alone (Starlette's own routes add HEAD), and a HEAD route per GET would double the
+    OpenAPI. A body the app goes on sending (an event stream never ends by itself, a file comes in chunks) is cut
+    off by raising into it: the stream gives back its slot as on any other end."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        done = False
+
+        async def headers_only(message: Message) -> None:
+            nonlocal done
+            if done:
+                raise _HeadersSent
+            if message["type"] == "http.response.start":
+                await send(message)
+            elif message["type"] == "http.response.body":
+                done = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                if message.get("more_body", False):
+                    raise _HeadersSent
+
+        try:
+            await self.app({**scope, "method": "GET"}, receive, headers_only)
+        except _HeadersSent:
+            pass
 
 
 @asynccontextmanager
@@ -47,6 +93,9 @@ def create_app() -> FastAPI:
         title="grpo-service",
         version="0.1.0",
         lifespan=_lifespan,
+        # No redirect from /v1/jobs/ to /v1/jobs: Starlette builds its Location from the Host header the client
+        # sent, so any host could be made to appear there (an open redirect). A path with a stray slash is a 404.
+        redirect_slashes=False,
         description="GRPO fine-tuning jobs with LoRA adapters. Every /v1 call needs `Authorization: Bearer <key>`.",
     )
     for router in (health.router, datasets.router, catalog.router, jobs.router):
@@ -61,6 +110,8 @@ def create_app() -> FastAPI:
         return settings.max_body_kb * 1024
 
     app.add_middleware(BodySizeLimit, limit_for=body_limit)
+    app.add_middleware(HeadAsGet)
+    app.state.event_streams = StreamSlots()  # open event streams of this process (api/streams.py)
 
     @app.exception_handler(NotFound)
     async def not_found(_request: Request, error: NotFound) -> JSONResponse:

@@ -26,6 +26,8 @@ ERROR_DESCRIPTIONS = {
     409: "The Idempotency-Key was already used for a job with another spec",
     413: "Request body larger than the limit (GRPO_MAX_BODY_KB; uploads GRPO_MAX_UPLOAD_MB)",
     422: "Invalid request: `detail` says what is wrong, `errors` lists each problem",
+    429: "Too many event streams open: this tenant's (GRPO_MAX_STREAMS_PER_TENANT) or this API process's "
+    "(GRPO_MAX_STREAMS); `detail` names the cap, header Retry-After says when to try again",
 }
 
 
@@ -123,7 +125,7 @@ class JobsPublic(BaseModel):
 class MetricPublic(BaseModel):
     step: int
     kind: Literal["train", "eval"]
-    values: dict[str, float]
+    values: dict[str, float | None] = Field(description="Metric name to value; null where it was NaN or infinite")
 
 
 class MetricsPublic(BaseModel):

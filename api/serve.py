@@ -9,7 +9,9 @@ serve, even one killed with SIGKILL: see _die_with_parent.
 
 from __future__ import annotations
 
+import copy
 import ctypes
+import logging
 import os
 import signal
 import subprocess
@@ -18,13 +20,35 @@ import threading
 from collections.abc import Callable
 
 import uvicorn
-from uvicorn.config import STARTUP_FAILURE
+from uvicorn.config import LOGGING_CONFIG, STARTUP_FAILURE
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # uvicorn waits for open responses to end before it stops, and an event stream ends only with its job, which goes
 # on until the worker is stopped, after the API. Clients resume a cut stream with Last-Event-ID.
 API_SHUTDOWN_SECONDS = 5
+
+
+class NoQueryStrings(logging.Filter):
+    """Access-log lines without the query string: a client may put an API key (or anything else secret) in one,
+    and a log is read by more people than the API is. The path and everything else stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # uvicorn logs (client, method, path?query, http_version, status) with the path quoted, so the first "?"
+        # starts the query.
+        if isinstance(record.args, tuple) and len(record.args) == 5 and isinstance(record.args[2], str):
+            client, method, target, version, status = record.args
+            record.args = (client, method, target.split("?", 1)[0], version, status)
+        return True
+
+
+def server_options() -> dict:
+    """uvicorn settings `grpo serve` and `grpo api` share: a capped graceful shutdown, and uvicorn's own logging
+    with query strings left out of the access log (NoQueryStrings)."""
+    log_config = copy.deepcopy(LOGGING_CONFIG)
+    log_config["filters"] = {"no_query_strings": {"()": NoQueryStrings}}
+    log_config["loggers"]["uvicorn.access"]["filters"] = ["no_query_strings"]
+    return {"log_level": "info", "log_config": log_config, "timeout_graceful_shutdown": API_SHUTDOWN_SECONDS}
 
 
 def _die_with_parent() -> Callable[[], None] | None:
@@ -104,16 +128,14 @@ class _Server(uvicorn.Server):
 
 
 def serve(*, host: str, port: int, worker_command: list[str]) -> int:
-    from api.db import run_migrations
+    from api.db import make_private_dir, run_migrations
     from api.settings import get_settings
 
     settings = get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(settings.data_dir)
     run_migrations()
     supervisor = WorkerSupervisor(worker_command, grace_seconds=settings.shutdown_grace_seconds)
-    config = uvicorn.Config(
-        "api.main:app", host=host, port=port, log_level="info", timeout_graceful_shutdown=API_SHUTDOWN_SECONDS
-    )
+    config = uvicorn.Config("api.main:app", host=host, port=port, **server_options())
     server = _Server(config, on_stop_signal=supervisor.stop_restarting)
 
     def stop_requested(_signum, _frame) -> None:

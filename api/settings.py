@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     max_body_kb: int = Field(256, gt=0, description="Largest JSON request body, in KiB")
     sqlite_busy_timeout_ms: int = Field(30_000, description="How long a SQLite writer waits for the lock")
     events_poll_seconds: float = Field(0.5, gt=0, description="How often the event stream looks for new events")
+    max_streams_per_tenant: int = Field(
+        8, ge=1, description="Event streams one tenant may hold open at once, per API process (429 past it)"
+    )
+    max_streams: int = Field(256, ge=1, description="Event streams open at once in one API process (429 past it)")
     lease_seconds: float = Field(
         60.0, gt=0, description="A worker that has not renewed its job's lease for this long is taken for dead"
     )

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from api.models import CheckpointRow, MetricRow, utcnow
 from api.services import jobs as jobs_service
+from api.services import progress as progress_service
 
 
 def _insert_ignoring_duplicates(session: Session, table, values: dict[str, Any]) -> bool:
@@ -20,7 +21,11 @@ def _insert_ignoring_duplicates(session: Session, table, values: dict[str, Any])
     return session.execute(statement.returning(*table.primary_key.columns)).first() is not None
 
 
-def record_metrics(session: Session, *, job_id: str, kind: str, step: int, values: dict[str, float]) -> bool:
+def record_metrics(session: Session, *, job_id: str, kind: str, step: int, values: dict[str, float | None]) -> bool:
+    """The step's metrics row and its event; True when inserted (False: the step was recorded already). A value
+    that is not finite (a NaN loss, an infinite ratio) is stored as null: JSON has no NaN, PostgreSQL's json type
+    refuses it, and the API serves these rows as JSON."""
+    values = progress_service.finite(values)
     inserted = _insert_ignoring_duplicates(
         session,
         MetricRow.__table__,

@@ -2,11 +2,12 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, WithJsonSchema
 
 from api import artifacts
 from api.db import run_read, session_scope
@@ -28,6 +29,7 @@ from api.services import NotFound
 from api.services import jobs as jobs_service
 from api.services import progress as progress_service
 from api.settings import get_settings
+from api.streams import StreamSlots
 
 # Every route here takes a body, a query or an id, so each can answer 422 (in the ErrorBody shape, like all errors).
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 413, 422))
@@ -112,7 +114,9 @@ def _metrics(tenant_id: str, job_id: str, after_step: int, limit: int) -> Respon
         )
     # The page is spliced from the stored JSON and validated and serialised once, by pydantic's core: no model per
     # row in Python, no second validation by FastAPI. Not written out by json.dumps: pydantic's is the wire format
-    # (1e-05 is 0.00001, an integer value 3.0, NaN null), the same bytes as before.
+    # (1e-05 is 0.00001, an integer value 3.0, NaN null), the same bytes as before. Rows are written finite
+    # (worker/writes.py), but SQLite keeps NaN written before that; pydantic reads it and sends null, so every
+    # stored row serialises.
     data = ",".join(f'{{"step":{step},"kind":{json.dumps(kind)},"values":{values}}}' for step, kind, values in rows)
     page = f'{{"data":[{data}],"next_after_step":{json.dumps(next_after_step)}}}'
     return _json(MetricsPublic.model_validate_json(page))
@@ -129,32 +133,74 @@ async def get_metrics(
     return await run_read(_metrics, tenant_id, job_id, after_step, limit)
 
 
+class _EventStream(StreamingResponse):
+    """A streaming response that gives its stream slot back however the response ends: the job finished, the
+    client left (Starlette cancels the stream), the server shut down (uvicorn cancels it), or an error. The route
+    takes the slot just before it returns this response, which FastAPI then awaits at once."""
+
+    def __init__(self, content: AsyncIterator[str], release: Callable[[], None]):
+        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self.release = release
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
+
+
 @router.get(
     "/{job_id}/events",
-    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}, **NOT_FOUND},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"},
+        **NOT_FOUND,
+        **error_responses(429),
+    },
 )
 async def stream_events(
     job_id: str,
     request: Request,
     tenant_id: TenantDep,
-    last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+    last_event_id: Annotated[
+        int | None,
+        Header(
+            ge=0,
+            le=MAX_INT,
+            description="The `id` of the last event received: the stream resumes after it. Any other value (not an "
+            "integer, negative, or above 2147483647, the largest id there can be) is a 422 naming the header",
+        ),
+        # Documented as the integer it is: a header is absent or a value, never null (a client reading "null" in
+        # the schema would send the text "null").
+        WithJsonSchema({"type": "integer", "minimum": 0, "maximum": MAX_INT}),
+    ] = None,
 ) -> StreamingResponse:
     """Server-Sent Events: `status`, `metrics`, `checkpoint` and `warning`, each with an `id`. Reconnect with the
     Last-Event-ID header to resume after the last event seen. The stream ends once the job is finished and every
-    event has been sent."""
-    after_id = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-    await run_read(_status_and_events, tenant_id, job_id, None)  # a 404 before the stream starts
-    poll = get_settings().events_poll_seconds
+    event has been sent. `data` is always valid JSON: a metric that was not finite (NaN, Infinity) is null.
 
-    async def generate():
-        nonlocal after_id
+    A stream holds no database connection while it is open: each poll (every GRPO_EVENTS_POLL_SECONDS) reads in a
+    worker thread and gives its connection back. Open streams are capped per tenant (GRPO_MAX_STREAMS_PER_TENANT)
+    and in all (GRPO_MAX_STREAMS), counted in each API process: past a cap the answer is 429 with Retry-After."""
+    settings = get_settings()
+    slots: StreamSlots = request.app.state.event_streams
+    # Checked before the job is read: a tenant past its cap costs the database nothing.
+    slots.acquire(tenant_id, per_tenant=settings.max_streams_per_tenant, total=settings.max_streams)
+    try:
+        await run_read(_status_and_events, tenant_id, job_id, None)  # a 404 before the stream starts
+    except BaseException:
+        slots.release(tenant_id)
+        raise
+    poll = settings.events_poll_seconds
+
+    async def generate() -> AsyncIterator[str]:
+        after_id = last_event_id or 0
         quiet_since = time.monotonic()
         while True:
             status, events = await run_read(_status_and_events, tenant_id, job_id, after_id)
             for event in events:
                 after_id = event.id
                 quiet_since = time.monotonic()
-                yield f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.data)}\n\n"
+                yield f"id: {event.id}\nevent: {event.type}\ndata: {progress_service.event_json(event.data)}\n\n"
             if status in TERMINAL_STATUSES and not events:
                 return
             if not events:
@@ -165,7 +211,7 @@ async def stream_events(
                     yield ": keep-alive\n\n"
                 await asyncio.sleep(poll)
 
-    return StreamingResponse(generate(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return _EventStream(generate(), release=lambda: slots.release(tenant_id))
 
 
 def _status_and_events(tenant_id: str, job_id: str, after_id: int | None) -> tuple[str, list[Event]]:

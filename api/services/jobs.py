@@ -14,6 +14,7 @@ from api.models import TERMINAL_STATUSES, Event, Job, utcnow
 from api.schemas import JobCreate, JobPublic, Progress, RewardRef
 from api.services import InvalidInput, NotFound
 from api.services import datasets as datasets_service
+from api.services import progress as progress_service
 from grpo_core.config import GRPOConfig, RewardSpec
 from grpo_core.rewards import RewardSpecError, resolve_rewards
 from grpo_core.spec import BASE_MODELS
@@ -175,7 +176,9 @@ def set_status(session: Session, *, job: Job, status: str, error: str | None = N
 
 
 def record_event(session: Session, *, job_id: str, type: str, data: dict[str, Any]) -> None:
-    session.add(Event(job_id=job_id, type=type, data=data))
+    """Add an event to the job's stream. Numbers that are not finite (NaN, ±Infinity) are stored as null: JSON
+    has no such numbers (progress.finite says why)."""
+    session.add(Event(job_id=job_id, type=type, data=progress_service.finite(data)))
 
 
 def job_public(job: Job) -> JobPublic:

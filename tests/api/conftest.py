@@ -1,3 +1,5 @@
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -41,9 +43,45 @@ def bob(service):
     return new_key("bob")
 
 
+@pytest.fixture
+def dataset_id(service, alice):
+    from tests.api.test_api import ROWS, jsonl, upload
+
+    response = upload(service, alice, jsonl(ROWS))
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
 def queued_messages() -> int:
     """Messages waiting in the embedded broker's folder: each is one file."""
     from api.settings import get_settings
 
     folder = get_settings().broker_folder / "queue"
     return len(list(folder.glob("*.msg"))) if folder.is_dir() else 0
+
+
+@pytest.fixture
+def live(service):
+    """The app behind a real uvicorn in this process, on a free port, for what the TestClient cannot do: it reads
+    a response to its end, and an event stream of a queued job never ends. Yields (base URL, app, server)."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from api.main import create_app
+
+    app = create_app()
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}", app, server
+    server.should_exit = True
+    thread.join(timeout=20)
+    sock.close()

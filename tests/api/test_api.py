@@ -28,13 +28,6 @@ def job_spec(dataset, **overrides):
     return {**spec, **overrides}
 
 
-@pytest.fixture
-def dataset_id(service, alice):
-    response = upload(service, alice, jsonl(ROWS))
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
-
-
 def test_upload_lists_and_describes_a_dataset(service, alice):
     response = upload(service, alice, jsonl(ROWS))
     assert response.status_code == 201
