@@ -162,9 +162,9 @@ def update_policy(model, optimizer, scheduler, rollout: Rollout, config: GRPOCon
     compare the policy with itself, so the ratio is exactly 1 before the first update (TRL's disable_dropout).
 
     An update whose loss or gradient norm is not finite (a finite setting can overflow: beta = 1e300 makes the
-    KL term inf, and 0 x inf is NaN) raises NonFiniteUpdate before the optimizer steps: NaN weights are never
-    written. With num_iterations > 1 the updates before it were applied to the model in memory, but the run ends,
-    so no checkpoint holds them."""
+    KL term inf, and 0 x inf is NaN) raises NonFiniteUpdate before the optimizer steps. One that leaves non-finite
+    weights all the same (weight_decay = 1e300) raises it after: the run ends there, so no checkpoint holds them.
+    With num_iterations > 1 the updates before it were applied to the model in memory, likewise never saved."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
     updates: list[dict[str, float]] = []
@@ -193,6 +193,12 @@ def update_policy(model, optimizer, scheduler, rollout: Rollout, config: GRPOCon
                 raise NonFiniteUpdate(f"loss is {loss} (grad norm {grad_norm}){where}; nothing was applied")
             learning_rate = optimizer.param_groups[0]["lr"]
             optimizer.step()
+            # Finite gradients can still give non-finite weights: AdamW's decay multiplies by 1 - lr x weight_decay.
+            if not all(bool(torch.isfinite(p).all()) for p in trainable):
+                raise NonFiniteUpdate(
+                    f"the update left adapter weights that are not finite (learning rate {learning_rate:g}, "
+                    f"weight_decay {config.weight_decay:g}); the run stops, and no checkpoint holds them"
+                )
             scheduler.step()
             updates.append({**output.metrics, "grad_norm": grad_norm, "learning_rate": learning_rate})
     return updates

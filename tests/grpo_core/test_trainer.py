@@ -321,3 +321,11 @@ def test_a_reward_that_hangs_ends_the_run_with_an_error_naming_it(tmp_path, monk
     with pytest.raises(RewardTimeout, match="reward 'spinning' did not return within 2 s"):
         trainer.train()
     assert list_checkpoints(tmp_path / "run" / "checkpoints") == []
+
+
+def test_an_update_that_leaves_non_finite_weights_stops_the_run_before_any_checkpoint(tmp_path):
+    # Loss and gradients are finite here, but AdamW's decay multiplies the weights by 1 - lr x 1e300.
+    trainer = make_trainer(tmp_path, tiny_config(weight_decay=1e300, max_steps=1))
+    with pytest.raises(ArithmeticError, match=r"^step 1: the update left adapter weights that are not finite"):
+        trainer.train()
+    assert list_checkpoints(tmp_path / "checkpoints") == []
