@@ -41,6 +41,18 @@ class Settings(BaseSettings):
     requeue_queued_after_seconds: float = Field(
         300.0, gt=0, description="A job queued this long with no worker taking it is sent to the broker again"
     )
+    reward_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Longest one reward function may take to score one batch (a step's completions); past it its "
+        "process is killed and the job fails naming the reward",
+    )
+    cancel_poll_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="How often a worker reads its running job's cancel flag; a cancel takes effect within this "
+        "plus one decoded token (or one reward poll, 0.1 s)",
+    )
     max_attempts: int = Field(
         3, ge=1, description="Times a job is started before a job that keeps killing its worker fails"
     )

@@ -10,7 +10,8 @@ A config file:
       - {name: numeric_answer, weight: 1.0}
     hyperparameters: {group_size: 8, max_steps: 20, eval_every: 10}
 
-Relative paths are read relative to the config file.
+Relative paths are read relative to the config file. Rewards score in a child process, as in the service: a
+reward call longer than --reward-timeout seconds (default 60) is killed and ends the run with an error naming it.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from grpo_core.checkpoint import Checkpoint
 from grpo_core.config import GRPOConfig, RewardSpec
 from grpo_core.data import DatasetError, arithmetic_task, load_jsonl
 from grpo_core.models import ModelLoadError
+from grpo_core.reward_process import RewardFailure
 from grpo_core.rewards import RewardSpecError
-from grpo_core.trainer import GRPOTrainer, TrainerCallback
+from grpo_core.trainer import GRPOTrainer, NonFiniteUpdate, TrainerCallback
 
 BUILTIN_DATASETS = {
     "builtin:arithmetic": lambda: arithmetic_task()[0],
@@ -95,7 +97,7 @@ class ProgressBar(TrainerCallback):
         self.bar.write(f"warning: {message}")
 
 
-def train_command(config_path: Path, resume: bool) -> int:
+def train_command(config_path: Path, resume: bool, reward_timeout_seconds: float = 60.0) -> int:
     from grpo_core.checkpoint import latest_checkpoint
 
     spec = yaml.safe_load(config_path.read_text()) or {}
@@ -124,6 +126,7 @@ def train_command(config_path: Path, resume: bool) -> int:
             JsonlMetricsWriter(output_dir / "metrics.jsonl", resume),
             ProgressBar(config.max_steps, resume_step),
         ],
+        reward_timeout_seconds=reward_timeout_seconds,
     )
     result = trainer.train(resume=resume)
     print(
@@ -138,13 +141,31 @@ def main(argv: list[str] | None = None) -> int:
     train = commands.add_parser("train", help="run a training job from a YAML config, locally")
     train.add_argument("config", type=Path)
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in output_dir")
+    train.add_argument(
+        "--reward-timeout",
+        type=_positive_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="longest one reward function may take on one batch before the run fails (default 60)",
+    )
     args = parser.parse_args(argv)
     try:
-        return train_command(args.config, args.resume)
+        return train_command(args.config, args.resume, args.reward_timeout)
     except (ValueError, OSError, ModelLoadError, DatasetError, RewardSpecError, TypeError) as error:
         # ResumeMismatch is a ValueError: it names the settings that differ from the checkpoint's.
         print(f"grpo: error: {error}", file=sys.stderr)
         return 2
+    except (RewardFailure, NonFiniteUpdate) as error:
+        # The run started and cannot go on: the checkpoints of the steps before stay in output_dir.
+        print(f"grpo: training stopped: {error}", file=sys.stderr)
+        return 1
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
 
 
 if __name__ == "__main__":

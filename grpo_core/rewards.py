@@ -6,7 +6,8 @@ params (a pydantic model, so a bad spec is refused with a precise message before
 dataset fields it reads.
 
 Names, params and fields are all this module holds, and it imports no torch: the API validates specs with it.
-Scoring a batch of completions is `grpo_core.rollout.score_completions`.
+`score_batch` scores one function over a batch; the trainer runs it in a child process under a time limit
+(`grpo_core.reward_process`), so a reward that hangs or never releases the GIL cannot hang the training process.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Literal
 
+import re2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from grpo_core.config import RewardSpec
@@ -106,6 +108,24 @@ def resolve_rewards(
     return resolved
 
 
+def score_batch(
+    fn: RewardFunction, params: Any, completions: Sequence[str], rows: Sequence[Mapping[str, Any]]
+) -> tuple[list[float], int]:
+    """fn's score of completion i against rows[i], for every i, and how many raised or were not finite (those
+    score 0: one bad completion must not stop a run)."""
+    values, errors = [], 0
+    for completion, row in zip(completions, rows, strict=True):
+        try:
+            value = float(fn.score(completion, row, params))
+            if not math.isfinite(value):
+                raise ValueError("non-finite reward")
+        except Exception:
+            errors += 1
+            value = 0.0
+        values.append(value)
+    return values, errors
+
+
 # --- built-ins ----------------------------------------------------------------------------------------------------
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
@@ -166,29 +186,52 @@ register_reward(
 )
 
 
+def _re2_options() -> re2.Options:
+    options = re2.Options()
+    options.dot_nl = True  # `.` matches a newline too, as re.DOTALL did: completions are multi-line
+    options.log_errors = False  # a refused pattern is reported to the user, not logged by the C library
+    return options
+
+
+_RE2_OPTIONS = _re2_options()
+
+
 class RegexMatchParams(RewardParams):
-    pattern: str = Field(description="Python regular expression")
+    pattern: str = Field(
+        description="Regular expression in RE2 syntax (https://github.com/google/re2/wiki/Syntax), matched in time "
+        "linear in the completion's length. RE2 has no backreferences (\\1, (?P=name)) and no lookaround "
+        "((?=...), (?!...), (?<=...), (?<!...)); write a code point as \\x{263a}, not \\u263a. `.` also matches "
+        "a newline."
+    )
     full_match: bool = Field(False, description="Require the whole completion to match, not just a part")
 
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, pattern: str) -> str:
         try:
-            re.compile(pattern)
-        except re.error as error:
-            raise ValueError(f"not a valid regular expression: {error}") from None
+            re2.compile(pattern, options=_RE2_OPTIONS)
+        except re2.error as error:
+            reason = error.args[0]
+            reason = reason.decode(errors="replace") if isinstance(reason, bytes) else reason  # RE2 gives bytes
+            raise ValueError(
+                f"not a valid regular expression for RE2 ({reason}); regex_match uses RE2, which runs in linear "
+                "time and so has no backreferences or lookaround"
+            ) from None
         return pattern
 
 
 def _regex_match(completion: str, row: Mapping[str, Any], params: RegexMatchParams) -> float:
-    match = re.fullmatch if params.full_match else re.search
-    return float(match(params.pattern, completion, flags=re.DOTALL) is not None)
+    # RE2, not re: a pattern such as (.+)+$ backtracks for ever in re, holding the GIL; RE2 never backtracks.
+    regex = re2.compile(params.pattern, options=_RE2_OPTIONS)
+    match = regex.fullmatch if params.full_match else regex.search
+    return float(match(completion) is not None)
 
 
 register_reward(
     RewardFunction(
         "regex_match",
-        "1 when the completion matches the regular expression `pattern`, else 0",
+        "1 when the completion matches the regular expression `pattern` (RE2 syntax: linear time, no "
+        "backreferences or lookaround), else 0",
         RegexMatchParams,
         _regex_match,
     )

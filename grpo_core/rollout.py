@@ -9,9 +9,8 @@ Shapes: N = P x G completions, T = completion length, F = reward functions.
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +20,8 @@ import torch
 from grpo_core.algorithms import compute_group_advantages
 from grpo_core.config import GRPOConfig
 from grpo_core.data import render_prompt
-from grpo_core.rewards import RewardFunction
+from grpo_core.reward_process import RewardProcess
+from grpo_core.rewards import RewardFunction, score_batch
 from grpo_core.sampling import SampleBatch, completion_logprobs, sample_groups
 
 ResolvedRewards = Sequence[tuple[RewardFunction, Any, float]]
@@ -35,21 +35,24 @@ class Scores:
 
 
 def score_completions(
-    completions: Sequence[str], rows: Sequence[Mapping[str, Any]], rewards: ResolvedRewards
+    completions: Sequence[str],
+    rows: Sequence[Mapping[str, Any]],
+    rewards: ResolvedRewards,
+    scorer: RewardProcess | None = None,
 ) -> Scores:
-    """Score completion i against rows[i] with every reward; a reward that raises scores 0 and is counted."""
+    """Score completion i against rows[i] with every reward; a reward that raises scores 0 and is counted.
+
+    Each reward function scores the whole batch in one call: in `scorer`'s child process under its time limit
+    (what the trainer does: RewardTimeout when a reward hangs), or in this process when scorer is None."""
     per_function = torch.zeros(len(completions), len(rewards))
     errors = 0
-    for i, (completion, row) in enumerate(zip(completions, rows, strict=True)):
-        for j, (fn, params, _weight) in enumerate(rewards):
-            try:
-                value = float(fn.score(completion, row, params))
-                if not math.isfinite(value):
-                    raise ValueError("non-finite reward")
-            except Exception:
-                errors += 1
-                value = 0.0
-            per_function[i, j] = value
+    for j, (fn, params, _weight) in enumerate(rewards):
+        if scorer is None:
+            values, failed = score_batch(fn, params, completions, rows)
+        else:
+            values, failed = scorer.score(j, completions, rows)
+        per_function[:, j] = torch.tensor(values, dtype=per_function.dtype)
+        errors += failed
     weights = torch.tensor([weight for _fn, _params, weight in rewards])
     return Scores(rewards=per_function @ weights, per_function=per_function, errors=errors)
 
@@ -79,9 +82,12 @@ def sample_and_score(
     *,
     group_size: int,
     greedy: bool = False,
+    scorer: RewardProcess | None = None,
+    check_stop: Callable[[], None] | None = None,
 ) -> ScoredSamples:
     """Sample group_size completions for each row's prompt at the config's temperature and top_p (or greedily),
-    and score each against its row."""
+    and score each against its row (with `scorer`, see score_completions). check_stop is called before each
+    decoded token and raises to abandon the sampling."""
     batch = sample_groups(
         model,
         tokenizer,
@@ -91,9 +97,10 @@ def sample_and_score(
         temperature=config.temperature,
         top_p=config.top_p,
         greedy=greedy,
+        check_stop=check_stop,
     )
     completions = decode_completions(tokenizer, batch)
-    scores = score_completions(completions, [row for row in rows for _ in range(group_size)], rewards)
+    scores = score_completions(completions, [row for row in rows for _ in range(group_size)], rewards, scorer)
     return ScoredSamples(batch, completions, scores)
 
 
@@ -134,12 +141,22 @@ class Rollout:
 
 
 def collect_rollout(
-    model, tokenizer, rows: Sequence[Mapping[str, Any]], rewards: ResolvedRewards, config: GRPOConfig
+    model,
+    tokenizer,
+    rows: Sequence[Mapping[str, Any]],
+    rewards: ResolvedRewards,
+    config: GRPOConfig,
+    *,
+    scorer: RewardProcess | None = None,
+    check_stop: Callable[[], None] | None = None,
 ) -> Rollout:
-    """Sample config.group_size completions for each of `rows`, score them, compute advantages, and take the
-    log-probs the update compares against. Changes no weight."""
+    """Sample config.group_size completions for each of `rows`, score them (with `scorer`, see score_completions),
+    compute advantages, and take the log-probs the update compares against. Changes no weight, so check_stop
+    (called before each decoded token and at each poll while rewards score) may raise to abandon it anywhere."""
     started = time.perf_counter()
-    samples = sample_and_score(model, tokenizer, rows, rewards, config, group_size=config.group_size)
+    samples = sample_and_score(
+        model, tokenizer, rows, rewards, config, group_size=config.group_size, scorer=scorer, check_stop=check_stop
+    )
     sampled = time.perf_counter()
     advantages = compute_group_advantages(samples.scores.rewards, config.group_size, config.scale_rewards)
     # With one update per sample the sampling policy is the current one: its log-probs need no extra pass.

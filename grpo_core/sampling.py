@@ -5,6 +5,7 @@ Shapes: P prompts, G = group_size, N = P x G completions, L = padded prompt leng
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -114,6 +115,7 @@ def sample_groups(
     temperature: float = 1.0,
     top_p: float = 1.0,
     greedy: bool = False,
+    check_stop: Callable[[], None] | None = None,
 ) -> SampleBatch:
     """Sample group_size completions for each prompt with the KV cache, stopping when every one has hit EOS.
 
@@ -121,13 +123,24 @@ def sample_groups(
     Temperature and top-p sampling, no top-k. The loss's log-probs (completion_logprobs) use the full softmax at
     the same temperature, without the top-p cut, as TRL does: with top_p < 1 the sampled distribution is the
     truncated one. greedy=True decodes the argmax (for evaluation). The loop ends once every row has ended.
+
+    check_stop, when given, is called before each decoded token; it raises to abandon the sampling (a cancelled
+    job stops within one token's forward pass, not at the end of the step). The model's mode and weights are
+    restored either way.
     """
-    with adapter_merged(model):
-        return _sample(model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p, greedy)
-
-
-def _sample(model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p, greedy) -> SampleBatch:
     was_training = model.training
+    try:
+        with adapter_merged(model):
+            return _sample(
+                model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p, greedy, check_stop
+            )
+    finally:
+        model.train(was_training)
+
+
+def _sample(
+    model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p, greedy, check_stop
+) -> SampleBatch:
     model.eval()
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     device = model.device
@@ -158,6 +171,8 @@ def _sample(model, tokenizer, prompts, group_size, max_new_tokens, temperature, 
     eos = torch.tensor(eos_ids, device=device)
     length = 0
     for t in range(max_new_tokens):
+        if check_stop is not None:
+            check_stop()
         tokens = next_tokens(logits, temperature=temperature, top_p=top_p, greedy=greedy)
         tokens = tokens.masked_fill(finished, pad_id)
         completion_ids[:, t] = tokens
@@ -176,7 +191,6 @@ def _sample(model, tokenizer, prompts, group_size, max_new_tokens, temperature, 
         )
         position = position + 1
         logits = output.logits[:, -1]
-    model.train(was_training)
 
     completion_ids = completion_ids[:, :length]
     completion_mask, truncated = completion_mask_from_eos(completion_ids, eos_ids)

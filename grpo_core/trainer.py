@@ -2,13 +2,20 @@
 
 Each piece is a function callable alone (with a tiny model in a test); `GRPOTrainer` only wires them together
 and owns the state that must survive a restart (adapter, optimizer, scheduler, RNG, step).
+
+Stopping mid-step: a callback's stop_requested() is read before each decoded token, at each poll (0.1 s) while
+rewards score, and between the rollout and the update. When it says stop, the step in progress is abandoned (its
+RNG draws undone) and the run ends as if should_stop() had said so before it: a checkpoint of the last finished
+step is saved. The update itself (the optimizer steps of a step) is never interrupted, so no checkpoint holds a
+half-updated adapter. A stop therefore takes effect within one decoded token's forward pass, or 0.1 s while
+rewards score, or, when it arrives during the log-prob passes, after them.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +37,7 @@ from grpo_core.config import GRPOConfig, LoraSettings, RewardSpec
 from grpo_core.data import dataset_fields, rows_for_step
 from grpo_core.models import load_base_model
 from grpo_core.packed_linear import pack_frozen_linears
+from grpo_core.reward_process import RewardProcess
 from grpo_core.rewards import resolve_rewards
 from grpo_core.rollout import ResolvedRewards, Rollout, collect_rollout, sample_and_score, without_dropout
 from grpo_core.sampling import completion_logprobs
@@ -50,6 +58,19 @@ class TrainerCallback:
     def should_stop(self) -> bool:
         """Checked between steps: True ends the run cooperatively after saving a checkpoint."""
         return False
+
+    def stop_requested(self) -> bool:
+        """Checked often while a step runs (before each decoded token, at each poll while rewards score): read a
+        flag here, nothing slower. True abandons the step in progress and ends the run as should_stop() does."""
+        return False
+
+
+class StepAbandoned(Exception):
+    """A callback's stop_requested() said stop while a step was collecting its rollout; nothing was applied."""
+
+
+class NonFiniteUpdate(ArithmeticError):
+    """An update's loss or gradient norm was not finite: it was not applied, and the run cannot go on."""
 
 
 class ResumeMismatch(ValueError):
@@ -138,10 +159,15 @@ def update_policy(model, optimizer, scheduler, rollout: Rollout, config: GRPOCon
     update's metrics: the loss's (loss, clip fractions, ratio, kl), grad_norm, and the learning rate it used.
 
     The update passes run without dropout, like the sampling, old and reference passes: the ratio and the KL
-    compare the policy with itself, so the ratio is exactly 1 before the first update (TRL's disable_dropout)."""
+    compare the policy with itself, so the ratio is exactly 1 before the first update (TRL's disable_dropout).
+
+    An update whose loss or gradient norm is not finite (a finite setting can overflow: beta = 1e300 makes the
+    KL term inf, and 0 x inf is NaN) raises NonFiniteUpdate before the optimizer steps. One that leaves non-finite
+    weights all the same (weight_decay = 1e300) raises it after: the run ends there, so no checkpoint holds them.
+    With num_iterations > 1 the updates before it were applied to the model in memory, likewise never saved."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
-    updates = []
+    updates: list[dict[str, float]] = []
     with without_dropout(model):
         for _ in range(config.num_iterations):
             logprobs = completion_logprobs(model, rollout.batch, config.temperature)
@@ -160,8 +186,19 @@ def update_policy(model, optimizer, scheduler, rollout: Rollout, config: GRPOCon
             optimizer.zero_grad(set_to_none=True)
             output.loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm).item()
+            loss = output.loss.item()
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                optimizer.zero_grad(set_to_none=True)
+                where = f" in update {len(updates) + 1} of {config.num_iterations}" if config.num_iterations > 1 else ""
+                raise NonFiniteUpdate(f"loss is {loss} (grad norm {grad_norm}){where}; nothing was applied")
             learning_rate = optimizer.param_groups[0]["lr"]
             optimizer.step()
+            # Finite gradients can still give non-finite weights: AdamW's decay multiplies by 1 - lr x weight_decay.
+            if not all(bool(torch.isfinite(p).all()) for p in trainable):
+                raise NonFiniteUpdate(
+                    f"the update left adapter weights that are not finite (learning rate {learning_rate:g}, "
+                    f"weight_decay {config.weight_decay:g}); the run stops, and no checkpoint holds them"
+                )
             scheduler.step()
             updates.append({**output.metrics, "grad_norm": grad_norm, "learning_rate": learning_rate})
     return updates
@@ -203,26 +240,53 @@ def grpo_step(
     rows: Sequence[Mapping[str, Any]],
     rewards: ResolvedRewards,
     config: GRPOConfig,
+    *,
+    scorer: RewardProcess | None = None,
+    check_stop: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """One training step on `rows` (P prompts): collect a rollout (G completions each, scored, advantages, old
-    and reference log-probs), update the policy num_iterations times, report the step's metrics."""
+    and reference log-probs), update the policy num_iterations times, report the step's metrics.
+
+    Rewards score in `scorer`'s process when given (see score_completions). check_stop is called during the
+    rollout (each decoded token, each reward poll, and once before the update) and raises to abandon the step;
+    the update is never interrupted."""
     started = time.perf_counter()
-    rollout = collect_rollout(model, tokenizer, rows, rewards, config)
+    rollout = collect_rollout(model, tokenizer, rows, rewards, config, scorer=scorer, check_stop=check_stop)
+    if check_stop is not None:
+        check_stop()
     updates = update_policy(model, optimizer, scheduler, rollout, config)
     return step_metrics(rollout, updates, rewards, time.perf_counter() - started)
 
 
 @torch.no_grad()
 def evaluate(
-    model, tokenizer, rows: Sequence[Mapping[str, Any]], rewards: ResolvedRewards, config: GRPOConfig
+    model,
+    tokenizer,
+    rows: Sequence[Mapping[str, Any]],
+    rewards: ResolvedRewards,
+    config: GRPOConfig,
+    *,
+    scorer: RewardProcess | None = None,
+    check_stop: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Mean reward on held-out rows: sampled (eval_samples_per_prompt each, at the training temperature) and
-    greedy. Runs on its own RNG stream, so evaluating never changes what training samples next."""
+    greedy. Runs on its own RNG stream, so evaluating never changes what training samples next. scorer and
+    check_stop as for grpo_step."""
     results = {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed + 1)
         for name, greedy, samples in (("sampled", False, config.eval_samples_per_prompt), ("greedy", True, 1)):
-            scored = sample_and_score(model, tokenizer, rows, rewards, config, group_size=samples, greedy=greedy)
+            scored = sample_and_score(
+                model,
+                tokenizer,
+                rows,
+                rewards,
+                config,
+                group_size=samples,
+                greedy=greedy,
+                scorer=scorer,
+                check_stop=check_stop,
+            )
             results[f"eval_reward_{name}"] = scored.scores.rewards.mean().item()
     return results
 
@@ -233,7 +297,9 @@ def evaluate(
 class GRPOTrainer:
     """Runs GRPO with a LoRA adapter on `base_model` over `train_rows`, writing checkpoints to output_dir.
 
-    The reward specs are checked against the dataset before any model is loaded.
+    The reward specs are checked against the dataset before any model is loaded. Rewards score in a child process
+    (grpo_core.reward_process), started at the first step and kept until train() returns; a reward call that
+    takes longer than reward_timeout_seconds ends the run with RewardTimeout naming the reward and the limit.
     """
 
     def __init__(
@@ -247,6 +313,7 @@ class GRPOTrainer:
         eval_rows: Sequence[Mapping[str, Any]] = (),
         callbacks: Sequence[TrainerCallback] = (),
         cache_dir: str | Path | None = None,
+        reward_timeout_seconds: float = 60.0,
     ):
         if not train_rows:
             raise ValueError("the training dataset is empty")
@@ -260,6 +327,7 @@ class GRPOTrainer:
         self.checkpoint_dir = self.output_dir / "checkpoints"
         self.callbacks = list(callbacks)
         self.cache_dir = cache_dir
+        self.reward_timeout_seconds = reward_timeout_seconds
         # Built by setup(): kept out of __init__ so a bad spec is refused before any model is loaded.
         self.model: Any = None
         self.tokenizer: Any = None
@@ -330,42 +398,96 @@ class GRPOTrainer:
             callback.on_checkpoint(checkpoint)
         return checkpoint
 
-    def _evaluate(self, step: int) -> None:
+    def _check_stop(self) -> None:
+        if any(callback.stop_requested() for callback in self.callbacks):
+            raise StepAbandoned("stop requested")
+
+    def _evaluate(self, step: int, scorer: RewardProcess) -> None:
         if not self.eval_rows or self.config.eval_every == 0:
             return
-        metrics = evaluate(self.model, self.tokenizer, self.eval_rows, self.rewards, self.config)
+        metrics = evaluate(
+            self.model,
+            self.tokenizer,
+            self.eval_rows,
+            self.rewards,
+            self.config,
+            scorer=scorer,
+            check_stop=self._check_stop,
+        )
         for callback in self.callbacks:
             callback.on_eval(step, metrics)
 
     def train(self, resume: bool = False) -> TrainResult:
         """Train to max_steps. resume=True continues from the latest sound checkpoint in output_dir (from step 0
         when there is none), giving the same adapter as a run that never stopped; a checkpoint saved with
-        settings that change training raises ResumeMismatch naming them."""
+        settings that change training raises ResumeMismatch naming them.
+
+        A stop (should_stop between steps, stop_requested within one) ends the run early with a checkpoint of the
+        last finished step. A reward that hangs raises RewardTimeout; a non-finite loss or gradient norm raises
+        NonFiniteUpdate naming the step; neither saves a checkpoint of the failed step."""
         if self.model is None:
             self.setup()
-        config = self.config
         remove_partial_checkpoints(self.checkpoint_dir)
         checkpoint = self._resume_point() if resume else None
         step = self._restore(checkpoint) if checkpoint else 0
-        if step == 0:
-            self._evaluate(0)
-        stopped_early = False
-        while step < config.max_steps:
-            if any(callback.should_stop() for callback in self.callbacks):
-                stopped_early = True
-                break
-            indices = rows_for_step(len(self.train_rows), step, config.prompts_per_step, config.seed)
-            rows = [self.train_rows[i] for i in indices]
-            metrics = grpo_step(self.model, self.tokenizer, self.optimizer, self.scheduler, rows, self.rewards, config)
-            step += 1
-            for callback in self.callbacks:
-                callback.on_step(step, metrics)
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.max_steps:
+        scorer = RewardProcess(
+            self.reward_specs, timeout_seconds=self.reward_timeout_seconds, check_stop=self._check_stop
+        )
+        with scorer:
+            step, checkpoint, stopped_early = self._run_steps(step, checkpoint, scorer)
+            if checkpoint is None or checkpoint.step != step:
                 checkpoint = self._save(step)
-            if config.eval_every and step % config.eval_every == 0 and step < config.max_steps:
-                self._evaluate(step)
-        if checkpoint is None or checkpoint.step != step:
-            checkpoint = self._save(step)
-        if not stopped_early:
-            self._evaluate(step)
+            if not stopped_early:
+                try:
+                    self._evaluate(step, scorer)
+                except StepAbandoned:
+                    stopped_early = True
         return TrainResult(step, stopped_early, checkpoint.path)
+
+    def _run_steps(
+        self, step: int, checkpoint: Checkpoint | None, scorer: RewardProcess
+    ) -> tuple[int, Checkpoint | None, bool]:
+        """Steps after `step` up to max_steps, with their checkpoints and evaluations. Returns the last finished
+        step, the last checkpoint saved, and whether a stop ended the run early."""
+        config = self.config
+        try:
+            if step == 0:
+                self._evaluate(0, scorer)
+            while step < config.max_steps:
+                if any(callback.should_stop() for callback in self.callbacks):
+                    return step, checkpoint, True
+                metrics = self._step(step, scorer)
+                step += 1
+                for callback in self.callbacks:
+                    callback.on_step(step, metrics)
+                if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.max_steps:
+                    checkpoint = self._save(step)
+                if config.eval_every and step % config.eval_every == 0 and step < config.max_steps:
+                    self._evaluate(step, scorer)
+        except StepAbandoned:
+            return step, checkpoint, True
+        return step, checkpoint, False
+
+    def _step(self, step: int, scorer: RewardProcess) -> dict[str, float]:
+        """Step `step` + 1. Abandoned (StepAbandoned), it changed no weight, and its random draws are undone too,
+        so a run resumed from the last finished step samples what an uninterrupted one would have."""
+        indices = rows_for_step(len(self.train_rows), step, self.config.prompts_per_step, self.config.seed)
+        rows = [self.train_rows[i] for i in indices]
+        rng_before = capture_rng_state()
+        try:
+            return grpo_step(
+                self.model,
+                self.tokenizer,
+                self.optimizer,
+                self.scheduler,
+                rows,
+                self.rewards,
+                self.config,
+                scorer=scorer,
+                check_stop=self._check_stop,
+            )
+        except StepAbandoned:
+            restore_rng_state(rng_before)
+            raise
+        except NonFiniteUpdate as error:
+            raise NonFiniteUpdate(f"step {step + 1}: {error}") from None

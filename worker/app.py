@@ -33,6 +33,7 @@ def stop_reconciler(**_kwargs) -> None:
 @worker_shutting_down.connect
 def stop_running_job(**_kwargs) -> None:
     # Sent from Celery's SIGTERM/SIGINT/SIGQUIT handler. The solo pool runs the job in this same main thread, so
-    # the handler interrupts it between two bytecodes: only set a flag, which the trainer reads between steps.
-    # Celery's warm shutdown then waits for the task to return before the process exits.
+    # the handler interrupts it between two bytecodes: only set a flag, which the trainer reads before each decoded
+    # token and at each poll while rewards score (worker/runner.py states the bound). Celery's warm shutdown then
+    # waits for the task to return (checkpointed and queued again) before the process exits.
     shutting_down.set()

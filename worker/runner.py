@@ -6,8 +6,14 @@ database decides: a worker trains a job only after a compare-and-set claim of it
 heartbeat thread while it trains, and writes nothing once the lease is gone. A re-run resumes from the job's last
 complete checkpoint; metric and checkpoint rows are unique per (job, step), so a replayed step adds nothing.
 
-A worker asked to shut down (SIGTERM: `grpo serve` stopping, systemd, `docker stop`) stops the job at its next
-step boundary, saves a checkpoint, and puts the job back in the queue for the next worker to resume.
+A worker asked to shut down (SIGTERM: `grpo serve` stopping, systemd, `docker stop`) stops the job, saves a
+checkpoint of its last finished step, and puts the job back in the queue for the next worker to resume.
+
+Bounds: the heartbeat thread reads the job's cancel flag every GRPO_CANCEL_POLL_SECONDS; a cancel or SIGTERM then
+abandons the step in progress within one decoded token, or 0.1 s while rewards score (they run in a child process,
+so no reward can hold this process's GIL), or after the log-prob passes if it comes during them; the optimizer
+update of a step is never interrupted. A reward call longer than GRPO_REWARD_TIMEOUT_SECONDS fails the job with a
+reason naming the reward.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
+
+from sqlalchemy import select
 
 from api import artifacts
 from api.db import session_scope
@@ -36,27 +45,38 @@ shutting_down = threading.Event()
 
 
 class Heartbeat(threading.Thread):
-    """Renews the job's lease every lease_seconds / 3 until stopped; notes when the lease was lost."""
+    """Renews the job's lease every lease_seconds / 3 until stopped, and reads the job's cancel flag every
+    cancel_poll_seconds; notes when the lease was lost and when a cancel was asked for.
 
-    def __init__(self, job_id: str, owner: str, lease_seconds: float):
+    It only waits and queries the database: rewards score in a child process, so nothing in this process holds
+    the GIL for long and the thread is never starved."""
+
+    def __init__(self, job_id: str, owner: str, lease_seconds: float, cancel_poll_seconds: float = 2.0):
         super().__init__(daemon=True, name=f"heartbeat-{job_id}")
         self.job_id, self.owner, self.lease_seconds = job_id, owner, lease_seconds
+        self.cancel_poll_seconds = cancel_poll_seconds
         self.stopped = threading.Event()
         self.lost = threading.Event()
+        self.cancelled = threading.Event()
 
     def run(self) -> None:
-        while not self.stopped.wait(self.lease_seconds / 3):
+        renew_every = self.lease_seconds / 3
+        next_renewal = time.monotonic() + renew_every
+        # Renewals are due every renew_every, checked at each poll: late by at most one poll, well within the lease.
+        while not self.stopped.wait(min(self.cancel_poll_seconds, renew_every)):
             try:
                 with session_scope() as session:
-                    renewed = leases.renew_lease(
-                        session, job_id=self.job_id, owner=self.owner, lease_seconds=self.lease_seconds
-                    )
-            except Exception:  # a database hiccup: try again next beat; the lease has slack for two misses
-                log.exception("lease renewal for %s failed", self.job_id)
-                continue
-            if not renewed:
-                self.lost.set()
-                return
+                    if time.monotonic() >= next_renewal:
+                        if not leases.renew_lease(
+                            session, job_id=self.job_id, owner=self.owner, lease_seconds=self.lease_seconds
+                        ):
+                            self.lost.set()
+                            return
+                        next_renewal = time.monotonic() + renew_every
+                    if session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)):
+                        self.cancelled.set()
+            except Exception:  # a database hiccup: try again at the next poll; the lease has slack for two misses
+                log.exception("lease renewal or cancel check for %s failed", self.job_id)
 
 
 class DatabaseReporter(TrainerCallback):
@@ -96,6 +116,12 @@ class DatabaseReporter(TrainerCallback):
             return True
         with session_scope() as session:
             return leases.held_job(session, job_id=self.job_id, owner=self.owner).cancel_requested
+
+    def stop_requested(self) -> bool:
+        # Read within a step, per decoded token: flags only, set by the heartbeat thread and the SIGTERM handler.
+        if self.heartbeat.lost.is_set():
+            raise LeaseLost(f"lease on job {self.job_id} lost")
+        return self.heartbeat.cancelled.is_set() or shutting_down.is_set()
 
 
 def _finish(job_id: str, owner: str, status: str, error: str | None = None) -> None:
@@ -170,7 +196,7 @@ def run_job(job_id: str) -> str:
             "eval": job.eval_dataset_id,
         }
 
-    heartbeat = Heartbeat(job_id, owner, settings.lease_seconds)
+    heartbeat = Heartbeat(job_id, owner, settings.lease_seconds, settings.cancel_poll_seconds)
     heartbeat.start()
     try:
         trainer = GRPOTrainer(
@@ -182,6 +208,7 @@ def run_job(job_id: str) -> str:
             output_dir=artifacts.job_dir(job_id),
             callbacks=[DatabaseReporter(job_id, owner, heartbeat)],
             cache_dir=settings.model_cache,
+            reward_timeout_seconds=settings.reward_timeout_seconds,
         )
         result = trainer.train(resume=True)
         if result.stopped_early:

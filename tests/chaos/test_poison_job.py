@@ -1,6 +1,7 @@
 """Case 5: a job that kills its worker every time is tried GRPO_MAX_ATTEMPTS times, then fails with its reason;
 other jobs keep running."""
 
+import os
 import textwrap
 
 import pytest
@@ -12,7 +13,8 @@ pytestmark = pytest.mark.chaos
 
 def install_killer_reward(folder):
     """An operator reward, installed the way operators install rewards (an entry point in the group
-    grpo_service.rewards), that SIGKILLs its own process: what the kernel's OOM killer does to a worker."""
+    grpo_service.rewards), that SIGKILLs the worker: what the kernel's OOM killer does to a worker. Rewards score in
+    a child process of the worker (grpo_core/reward_process.py), so the worker is the reward's parent."""
     (folder / "oom_reward.py").write_text(
         textwrap.dedent(
             """
@@ -20,7 +22,7 @@ def install_killer_reward(folder):
             from grpo_core.rewards import RewardFunction, RewardParams
 
             def _die(completion, row, params):
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getppid(), signal.SIGKILL)
 
             reward = RewardFunction("simulated_oom", "kills the worker process", RewardParams, _die)
             """
@@ -36,7 +38,8 @@ def test_poison_job_fails_after_max_attempts_and_others_run(tmp_path):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     install_killer_reward(plugins)
-    with service(tmp_path, GRPO_MAX_ATTEMPTS="3", PYTHONPATH=str(plugins)) as svc:
+    pythonpath = os.pathsep.join(p for p in (str(plugins), os.environ.get("PYTHONPATH")) if p)
+    with service(tmp_path, GRPO_MAX_ATTEMPTS="3", PYTHONPATH=pythonpath) as svc:
         svc.start_api()
         svc.start_worker()
         client = Client(svc)

@@ -77,3 +77,24 @@ def test_bad_config_is_a_clear_error_not_a_traceback(tmp_path):
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(CONFIG))
     done = run_grpo("train", "job.yaml", cwd=tmp_path)
     assert done.returncode == 2 and "No such file or directory" in done.stderr and "prompts.jsonl" in done.stderr
+
+
+def test_a_reward_that_hangs_stops_the_run_with_its_name_and_the_limit(tmp_path):
+    import os
+
+    from tests.grpo_core.hostile_rewards import install_hostile_rewards
+
+    plugins = install_hostile_rewards(tmp_path / "plugins")
+    hanging = {**CONFIG, "eval_dataset": None, "rewards": [{"name": "spinning"}]}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(hanging))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(plugins), os.environ.get("PYTHONPATH")) if p)}
+    done = subprocess.run(
+        [sys.executable, "-m", "grpo_core.cli", "train", "job.yaml", "--reward-timeout", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,  # the reward spins for ever, holding the GIL: only the limit ends this run
+    )
+    assert done.returncode == 1, done.stderr
+    assert "reward 'spinning' did not return within 2 s" in done.stderr and "Traceback" not in done.stderr

@@ -1,3 +1,7 @@
+import subprocess
+import sys
+import textwrap
+
 import pytest
 
 from grpo_core.config import RewardSpec
@@ -109,3 +113,46 @@ def test_operator_rewards_come_from_entry_points(monkeypatch):
         1.0,
         0.0,
     ]
+
+
+def test_regex_match_runs_in_linear_time_on_patterns_that_backtrack_for_ever_in_python_re():
+    # The issue's patterns. Python's re takes exponential time on them (for ever, holding the GIL); RE2 does not.
+    # Scored in a child process with a timeout, so this test fails instead of hanging where the engine backtracks.
+    code = textwrap.dedent(
+        """
+        import time
+        from grpo_core.config import RewardSpec
+        from grpo_core.rewards import resolve_rewards
+        from grpo_core.rollout import score_completions
+
+        long_answer = "word " * 20000 + "!"
+        cases = [("(.+)+\\x00", long_answer, 0.0), ("(.+)+\\x00", long_answer + "\\x00", 1.0),
+                 ("^(\\\\w+\\\\s?)+$", long_answer, 0.0), ("^(\\\\w+\\\\s?)+$", "word " * 20000, 1.0)]
+        for pattern, answer, expected in cases:
+            started = time.perf_counter()
+            rewards = resolve_rewards([RewardSpec("regex_match", params={"pattern": pattern})])
+            assert score_completions([answer], [{}], rewards).rewards.item() == expected, pattern
+            print(f"{pattern!r}: {time.perf_counter() - started:.4f} s")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    print(done.stdout)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [r"(a)\1", r"(?P<x>a)(?P=x)", r"foo(?=bar)", r"(?<!x)y", r"\u0041"],
+)
+def test_regex_match_refuses_patterns_re2_cannot_run_and_says_why(pattern):
+    with pytest.raises(RewardSpecError) as caught:
+        resolve_rewards([RewardSpec("regex_match", params={"pattern": pattern})])
+    (problem,) = caught.value.problems
+    assert problem.startswith("reward 'regex_match': param pattern:")
+    assert "RE2" in problem and "backreferences or lookaround" in problem
+
+
+def test_regex_match_dot_matches_a_newline_and_full_match_anchors():
+    assert score_one("regex_match", "Answer:\n42", pattern=r"Answer:.42") == 1.0
+    assert score_one("regex_match", "x 42 y", pattern=r"\d+", full_match=True) == 0.0
+    assert score_one("regex_match", "42", pattern=r"\d+", full_match=True) == 1.0

@@ -255,3 +255,77 @@ def test_resume_refuses_a_checkpoint_saved_with_settings_that_change_training(tm
     same_training = tiny_config(max_steps=3, checkpoint_every=2, eval_every=5)
     make_trainer(tmp_path, same_training, [recorder]).train(resume=True)
     assert [step for step, _ in recorder.steps] == [3]
+
+
+class StopWithinStep(Recorder):
+    """Asks for a stop once `after_steps` steps are done and the next one has decoded a few tokens: mid-step."""
+
+    def __init__(self, after_steps):
+        super().__init__()
+        self.after_steps, self.checks_in_step = after_steps, 0
+
+    def stop_requested(self):
+        if len(self.steps) < self.after_steps:
+            return False
+        self.checks_in_step += 1
+        return self.checks_in_step > 3
+
+
+def test_a_stop_within_a_step_abandons_it_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path):
+    config = tiny_config(max_steps=3)
+    straight = make_trainer(tmp_path / "straight", config).train()
+
+    stopper = StopWithinStep(after_steps=1)
+    stopped = make_trainer(tmp_path / "stopped", config, [stopper]).train()
+    assert stopped.stopped_early and stopped.final_step == 1 and [s for s, _ in stopper.steps] == [1]
+    assert stopper.checks_in_step == 4  # stopped at the fourth token of step 2, not at its end
+    assert [c.step for c in list_checkpoints(tmp_path / "stopped" / "checkpoints")] == [1]
+
+    # The abandoned step left no trace, not even in the random stream: resuming gives the same adapter.
+    resumed = make_trainer(tmp_path / "stopped", config).train(resume=True)
+    a = load_file(straight.adapter_dir / "adapter_model.safetensors")
+    b = load_file(resumed.adapter_dir / "adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_non_finite_loss_is_never_applied_and_the_run_fails_naming_the_step(tmp_path):
+    # A finite spec that overflows: beta x KL is inf in float32, and 0 x inf (the KL is 0 at step 1) is NaN.
+    # Before this check the run "succeeded" with an adapter whose weights were all NaN.
+    trainer = make_trainer(tmp_path, tiny_config(beta=1e300, max_steps=1))
+    trainer.setup()
+    lora_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
+    with pytest.raises(
+        ArithmeticError, match=r"^step 1: loss is nan \(grad norm nan\); nothing was applied$"
+    ) as caught:
+        trainer.train()
+    params = dict(trainer.model.named_parameters())
+    assert all(torch.equal(params[n], before) for n, before in lora_before.items())
+    assert list_checkpoints(tmp_path / "checkpoints") == []
+    assert type(caught.value).__name__ == "NonFiniteUpdate"
+
+
+def test_a_reward_that_hangs_ends_the_run_with_an_error_naming_it(tmp_path, monkeypatch):
+    from grpo_core.reward_process import RewardTimeout
+    from tests.grpo_core.hostile_rewards import install_hostile_rewards
+
+    monkeypatch.syspath_prepend(str(install_hostile_rewards(tmp_path / "plugins")))
+    train_rows, _ = arithmetic_task()
+    trainer = GRPOTrainer(
+        base_model="tiny-random-llama",
+        train_rows=train_rows,
+        rewards=[*LENGTH_REWARD, RewardSpec("spinning")],
+        config=tiny_config(),
+        output_dir=tmp_path / "run",
+        reward_timeout_seconds=2,
+    )
+    with pytest.raises(RewardTimeout, match="reward 'spinning' did not return within 2 s"):
+        trainer.train()
+    assert list_checkpoints(tmp_path / "run" / "checkpoints") == []
+
+
+def test_an_update_that_leaves_non_finite_weights_stops_the_run_before_any_checkpoint(tmp_path):
+    # Loss and gradients are finite here, but AdamW's decay multiplies the weights by 1 - lr x 1e300.
+    trainer = make_trainer(tmp_path, tiny_config(weight_decay=1e300, max_steps=1))
+    with pytest.raises(ArithmeticError, match=r"^step 1: the update left adapter weights that are not finite"):
+        trainer.train()
+    assert list_checkpoints(tmp_path / "checkpoints") == []

@@ -2,6 +2,8 @@
 tests/e2e): outcomes are recorded, finished jobs are not run again, failures carry their reason."""
 
 import json
+import threading
+import time
 
 import pytest
 from sqlalchemy import func, select
@@ -36,11 +38,11 @@ def tenant_and_dataset(tmp_path, monkeypatch):
     clear_service_caches()
 
 
-def make_job(tenant_id, dataset_id, **hyperparameters) -> str:
+def make_job(tenant_id, dataset_id, rewards=None, **hyperparameters) -> str:
     spec = JobCreate(
         base_model="tiny-random-llama",
         dataset_id=dataset_id,
-        rewards=[{"name": "length_target", "params": {"target": 40}}],
+        rewards=rewards or [{"name": "length_target", "params": {"target": 40}}],
         hyperparameters={
             "group_size": 2,
             "max_new_tokens": 6,
@@ -295,3 +297,119 @@ def test_a_corrupt_checkpoint_is_skipped_on_resume_with_a_warning_event(
         job = session.get(Job, job_id)
         assert (job.step, job.steps_computed) == (3, 4)  # steps 1, 2, then 2 again from checkpoint 1, and 3
     assert len(warnings) == 1 and "step 2" in warnings[0]["message"]
+
+
+@pytest.fixture
+def hostile(tmp_path, monkeypatch):
+    """Misbehaving operator rewards (sleepy, spinning, ...) installed as entry points, and a setter for GRPO_
+    variables that take effect at once."""
+    from tests.grpo_core.hostile_rewards import install_hostile_rewards
+
+    monkeypatch.syspath_prepend(str(install_hostile_rewards(tmp_path / "plugins")))
+
+    def setenv(**values):
+        for key, value in values.items():
+            monkeypatch.setenv(f"GRPO_{key.upper()}", str(value))
+        clear_service_caches()
+
+    return setenv
+
+
+def test_a_reward_that_hangs_holding_the_gil_fails_its_job_naming_it_and_the_next_job_runs(tenant_and_dataset, hostile):
+    hostile(reward_timeout_seconds=2)
+    job_id = make_job(*tenant_and_dataset, rewards=[{"name": "spinning"}], max_steps=1)
+    assert run_job(job_id) == "failed"
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job.error == "RewardTimeout: reward 'spinning' did not return within 2 s; its process was killed"
+        assert job.lease_owner is None
+    assert run_job(make_job(*tenant_and_dataset, max_steps=1)) == "succeeded"
+
+
+def cancel_when_marked(marker, tenant_id, job_id) -> dict:
+    """In a thread: cancel the job as soon as `marker` exists (its reward has started hanging); note when."""
+    noted = {}
+
+    def watch():
+        while not marker.exists():
+            time.sleep(0.02)
+        with session_scope() as session:
+            jobs_service.cancel_job(session, tenant_id=tenant_id, job_id=job_id)
+        noted["cancelled_at"] = time.monotonic()
+
+    threading.Thread(target=watch, daemon=True).start()
+    return noted
+
+
+def test_cancel_while_a_reward_hangs_cancels_the_job_within_the_poll_bound(tenant_and_dataset, hostile, tmp_path):
+    hostile(reward_timeout_seconds=600, cancel_poll_seconds=0.2)
+    tenant_id, dataset_id = tenant_and_dataset
+    marker = tmp_path / "hanging"
+    # 15 s per completion: before cancel could reach into a step, this job would finish its one step and succeed.
+    rewards = [{"name": "sleepy", "params": {"seconds": 15, "marker": str(marker)}}]
+    job_id = make_job(tenant_id, dataset_id, rewards=rewards, max_steps=1, prompts_per_step=1)
+    noted = cancel_when_marked(marker, tenant_id, job_id)
+    assert run_job(job_id) == "cancelled"
+    latency = time.monotonic() - noted["cancelled_at"]
+    print(f"cancel latency while the reward hangs: {latency:.2f} s")
+    assert latency < 10  # does not wait for the reward (15 s a completion); the bound is 0.2 s + one 0.1 s poll
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.step, job.lease_owner) == ("cancelled", 0, None)
+
+
+def test_a_worker_shutting_down_mid_step_checkpoints_the_last_finished_step_and_queues_the_job(
+    tenant_and_dataset, hostile, tmp_path, shutting_down, sent
+):
+    hostile(reward_timeout_seconds=600)
+    marker = tmp_path / "hanging"
+    rewards = [{"name": "sleepy", "params": {"seconds": 15, "marker": str(marker)}}]
+    job_id = make_job(*tenant_and_dataset, rewards=rewards, max_steps=1, prompts_per_step=1)
+
+    def shut_down_when_marked():
+        while not marker.exists():
+            time.sleep(0.02)
+        shutting_down.set()  # what Celery's SIGTERM handler does
+
+    threading.Thread(target=shut_down_when_marked, daemon=True).start()
+    started = time.monotonic()
+    assert run_job(job_id) == "queued"
+    assert time.monotonic() - started < 25  # the reward alone would take 30 s
+    assert sent == [job_id]
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.step, job.steps_computed) == ("queued", 0, 0)
+
+
+def test_a_job_whose_loss_is_not_finite_fails_naming_the_step_with_no_nan_checkpoint(tenant_and_dataset):
+    # beta = 1e300 is finite, so the spec is accepted, but beta x KL overflows float32 to inf and 0 x inf is NaN:
+    # before, this job "succeeded" with an adapter whose weights were all NaN.
+    job_id = make_job(*tenant_and_dataset, beta=1e300, max_steps=1, checkpoint_every=1)
+    assert run_job(job_id) == "failed"
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job.error == "NonFiniteUpdate: step 1: loss is nan (grad norm nan); nothing was applied"
+    assert counts(job_id) == (0, [])
+
+
+def test_the_heartbeat_renews_the_lease_and_notes_a_cancel_within_its_poll(tenant_and_dataset):
+    from worker.runner import Heartbeat
+
+    tenant_id, dataset_id = tenant_and_dataset
+    job_id = make_job(tenant_id, dataset_id)
+    with session_scope() as session:
+        assert leases.claim_job(session, job_id=job_id, owner="me", lease_seconds=0.6, max_attempts=3) == 1
+        claimed_until = session.get(Job, job_id).lease_expires_at
+    heartbeat = Heartbeat(job_id, "me", lease_seconds=0.6, cancel_poll_seconds=0.05)
+    heartbeat.start()
+    try:
+        time.sleep(1.0)
+        with session_scope() as session:
+            assert session.get(Job, job_id).lease_expires_at > claimed_until
+        assert not heartbeat.cancelled.is_set() and not heartbeat.lost.is_set()
+        with session_scope() as session:
+            jobs_service.cancel_job(session, tenant_id=tenant_id, job_id=job_id)
+        assert heartbeat.cancelled.wait(10)
+    finally:
+        heartbeat.stopped.set()
+        heartbeat.join()
