@@ -200,18 +200,17 @@ def api(tmp_path_factory):
 FIELD_WORDS = [name for name, _ in _fields()] + ["hyperparameters", "rewards", "reward ", "dataset_id", "base_model"]
 
 
-class FiniteMetrics:
-    def __init__(self):
-        self.steps = []
+def finite_metrics_callback():
+    from grpo_core.trainer import TrainerCallback  # torch: imported only when a spec is accepted
 
-    def on_step(self, step, metrics):
-        self.steps.append(metrics)
+    class FiniteMetrics(TrainerCallback):
+        def __init__(self):
+            self.steps = []
 
-    def on_eval(self, step, metrics): ...
-    def on_checkpoint(self, checkpoint): ...
-    def on_warning(self, message): ...
-    def should_stop(self):
-        return False
+        def on_step(self, step, metrics):
+            self.steps.append(metrics)
+
+    return FiniteMetrics()
 
 
 def train_one_step(job: dict) -> None:
@@ -221,7 +220,7 @@ def train_one_step(job: dict) -> None:
     from grpo_core.trainer import GRPOTrainer
 
     config = GRPOConfig.from_dict({**job["hyperparameters"], "max_steps": 1})
-    callback = FiniteMetrics()
+    callback = finite_metrics_callback()
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = GRPOTrainer(
             base_model=job["base_model"],

@@ -38,6 +38,10 @@ def _die(completion, row, params):
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _huge(completion, row, params):
+    return 1e300  # finite in Python, infinite as the float32 the trainer scores in
+
+
 def _raise(completion, row, params):
     raise RuntimeError("this reward always raises")
 
@@ -46,6 +50,7 @@ sleepy = RewardFunction("sleepy", "sleeps", HangParams, _sleep)
 spinning = RewardFunction("spinning", "spins in C holding the GIL", HangParams, _spin)
 suicidal = RewardFunction("suicidal", "kills its own process", HangParams, _die)
 raising = RewardFunction("raising", "raises", HangParams, _raise)
+huge = RewardFunction("huge", "returns 1e300", HangParams, _huge)
 """
 
 
@@ -56,7 +61,7 @@ def install_hostile_rewards(folder: Path) -> Path:
     dist_info = folder / "hostile_rewards-0.1.dist-info"
     dist_info.mkdir(exist_ok=True)
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: hostile-rewards\nVersion: 0.1\n")
-    names = ("sleepy", "spinning", "suicidal", "raising")
+    names = ("sleepy", "spinning", "suicidal", "raising", "huge")
     (dist_info / "entry_points.txt").write_text(
         "[grpo_service.rewards]\n" + "".join(f"{name} = hostile_rewards:{name}\n" for name in names)
     )

@@ -288,19 +288,29 @@ def test_a_stop_within_a_step_abandons_it_and_the_resumed_run_matches_an_uninter
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_non_finite_loss_is_never_applied_and_the_run_fails_naming_the_step(tmp_path):
-    # A finite spec that overflows: beta x KL is inf in float32, and 0 x inf (the KL is 0 at step 1) is NaN.
+def test_a_non_finite_loss_is_never_applied_and_the_run_fails_naming_the_step(tmp_path, monkeypatch):
+    # An installed reward returns 1e300: finite in Python, inf as float32, so the advantages and the loss are NaN.
     # Before this check the run "succeeded" with an adapter whose weights were all NaN.
-    trainer = make_trainer(tmp_path, tiny_config(beta=1e300, max_steps=1))
+    from tests.grpo_core.hostile_rewards import install_hostile_rewards
+
+    monkeypatch.syspath_prepend(str(install_hostile_rewards(tmp_path / "plugins")))
+    train_rows, _ = arithmetic_task()
+    trainer = GRPOTrainer(
+        base_model="tiny-random-llama",
+        train_rows=train_rows,
+        rewards=[RewardSpec("huge")],
+        config=tiny_config(max_steps=1),
+        output_dir=tmp_path / "run",
+    )
     trainer.setup()
     lora_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
     with pytest.raises(
-        ArithmeticError, match=r"^step 1: loss is nan \(grad norm nan\); nothing was applied$"
+        ArithmeticError, match=r"^step 1: loss is (nan|inf) \(grad norm nan\); nothing was applied$"
     ) as caught:
         trainer.train()
     params = dict(trainer.model.named_parameters())
     assert all(torch.equal(params[n], before) for n, before in lora_before.items())
-    assert list_checkpoints(tmp_path / "checkpoints") == []
+    assert list_checkpoints(tmp_path / "run" / "checkpoints") == []
     assert type(caught.value).__name__ == "NonFiniteUpdate"
 
 
@@ -324,8 +334,11 @@ def test_a_reward_that_hangs_ends_the_run_with_an_error_naming_it(tmp_path, monk
 
 
 def test_an_update_that_leaves_non_finite_weights_stops_the_run_before_any_checkpoint(tmp_path):
-    # Loss and gradients are finite here, but AdamW's decay multiplies the weights by 1 - lr x 1e300.
-    trainer = make_trainer(tmp_path, tiny_config(weight_decay=1e300, max_steps=1))
+    # A backstop no accepted spec reaches since weight_decay is bounded by 1: the config is forced past its checks,
+    # so that AdamW's decay multiplies the weights by 1 - lr x 1e300 while loss and gradients stay finite.
+    config = tiny_config(max_steps=1)
+    object.__setattr__(config, "weight_decay", 1e300)
+    trainer = make_trainer(tmp_path, config)
     with pytest.raises(ArithmeticError, match=r"^step 1: the update left adapter weights that are not finite"):
         trainer.train()
     assert list_checkpoints(tmp_path / "checkpoints") == []
