@@ -90,6 +90,14 @@ def _limit_problems(config: GRPOConfig, settings: Settings) -> list[str]:
                 " completions per step",
             )
         )
+    # Every checkpoint is kept (each is downloadable), so their number bounds the job's disk.
+    saves = (config.max_steps - 1) // config.checkpoint_every + 1 if config.checkpoint_every else 1
+    if saves > settings.max_checkpoints_per_job:
+        problems.append(
+            f"hyperparameters.checkpoint_every: {config.checkpoint_every} with max_steps {config.max_steps} saves "
+            f"{saves} checkpoints, above the operator's limit of {settings.max_checkpoints_per_job} "
+            "(GRPO_MAX_CHECKPOINTS_PER_JOB); checkpoint less often"
+        )
     updates = config.max_steps * config.num_iterations
     if config.warmup_steps > updates:
         problems.append(
@@ -113,6 +121,15 @@ def _model_problems(
             f"valid: {', '.join(model.linear_modules)}"
         )
     for key, dataset in datasets:
+        # An evaluation samples the whole eval set in one batch, as a step samples its prompts: the same bounds hold.
+        completions = dataset.rows * config.eval_samples_per_prompt if key == "eval_dataset_id" else 0
+        if completions > settings.max_completions_per_step:
+            problems.append(
+                f"eval_dataset_id {dataset.id}: its {dataset.rows} rows x hyperparameters.eval_samples_per_prompt "
+                f"{config.eval_samples_per_prompt} is {completions} completions per evaluation, above the operator's "
+                f"limit of {settings.max_completions_per_step} (GRPO_MAX_COMPLETIONS_PER_STEP); use fewer eval rows "
+                "or samples"
+            )
         if dataset.max_prompt_bytes is None or dataset.max_prompt_messages is None:
             continue
         prompt_tokens = model.prompt_token_bound(dataset.max_prompt_bytes, dataset.max_prompt_messages)
@@ -134,6 +151,14 @@ def _model_problems(
                 problems.append(
                     f"hyperparameters: group_size x prompts_per_step x (longest prompt + max_new_tokens) is {tokens} "
                     f"tokens per step, above the operator's limit of {settings.max_tokens_per_step} "
+                    "(GRPO_MAX_TOKENS_PER_STEP)"
+                )
+        else:
+            tokens = dataset.rows * config.eval_samples_per_prompt * (prompt_tokens + config.max_new_tokens)
+            if tokens > settings.max_tokens_per_step:
+                problems.append(
+                    f"eval_dataset_id {dataset.id}: rows x eval_samples_per_prompt x (longest prompt + max_new_tokens) "
+                    f"is {tokens} tokens per evaluation, above the operator's limit of {settings.max_tokens_per_step} "
                     "(GRPO_MAX_TOKENS_PER_STEP)"
                 )
     return problems

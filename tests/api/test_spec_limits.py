@@ -27,6 +27,7 @@ def limits(monkeypatch):
         "MAX_PROMPT_TOKENS": 600,
         "MAX_TOKENS_PER_STEP": 8000,
         "MAX_DATASET_ROWS": 6,
+        "MAX_CHECKPOINTS_PER_JOB": 10,
     }
     for name, value in settings.items():
         monkeypatch.setenv(f"GRPO_{name}", str(value))
@@ -60,6 +61,11 @@ OVER_LIMIT = [
         {"lora": {"r": 100000}},
         "hyperparameters.lora.r: 100000 is above the operator's limit of 32 (GRPO_MAX_LORA_RANK)",
     ),
+    (
+        {"max_steps": 100, "checkpoint_every": 9},
+        "hyperparameters.checkpoint_every: 9 with max_steps 100 saves 12 checkpoints, above the operator's limit of 10 "
+        "(GRPO_MAX_CHECKPOINTS_PER_JOB)",
+    ),
     ({"max_new_tokens": 65}, "hyperparameters.max_new_tokens: 65 is above the operator's limit of 64"),
     ({"max_new_tokens": 4097}, "hyperparameters.max_new_tokens: Input should be less than or equal to 4096"),
     (
@@ -85,11 +91,27 @@ def test_sizes_at_their_limits_are_accepted(service, alice, limits):
         "num_iterations": 2,
         "eval_samples_per_prompt": 4,
         "max_steps": 100,
+        "checkpoint_every": 10,
         "warmup_steps": 200,
         "lora": {"r": 32, "target_modules": ["q_proj", "down_proj"]},
         "max_new_tokens": 64,
     }
     response = service.post("/v1/jobs", headers=alice, json=job_spec(dataset, hyperparameters=at_limits))
+    assert response.status_code == 201, response.text
+
+
+def test_an_evaluation_past_the_per_step_bounds_is_refused(service, alice, limits):
+    # The eval set is sampled in one batch: its rows x eval_samples_per_prompt count as a step's completions.
+    dataset = upload(service, alice, jsonl(ROWS)).json()["id"]
+    spec = job_spec(dataset, hyperparameters={"group_size": 2, "eval_samples_per_prompt": 4})
+    errors = refused(service, alice, {**spec, "eval_dataset_id": dataset})
+    assert any(
+        f"eval_dataset_id {dataset}: its 5 rows x hyperparameters.eval_samples_per_prompt 4 is 20 completions per "
+        "evaluation, above the operator's limit of 16 (GRPO_MAX_COMPLETIONS_PER_STEP)" in error
+        for error in errors
+    ), errors
+    spec["hyperparameters"]["eval_samples_per_prompt"] = 3
+    response = service.post("/v1/jobs", headers=alice, json={**spec, "eval_dataset_id": dataset})
     assert response.status_code == 201, response.text
 
 
