@@ -90,13 +90,18 @@ def test_streams_past_a_cap_get_429_and_every_end_of_a_stream_gives_its_slot_bac
             assert events[-1]["event"] == "status" and events[-1]["data"]["status"] == "cancelled"
         wait_for(lambda: slots.total == 1, "a finished stream kept its slot")
 
-        # An error while streaming (here a read that fails) cuts the stream and gives its slot back.
-        def failing_read(*_args, **_kwargs):
-            raise RuntimeError("the database went away")
-
+        # An error while streaming (here a read that fails, for this job only: bob's open stream must live on to the
+        # shutdown below) cuts the stream and gives its slot back.
+        broken_job = service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id)).json()["id"]
         events_after = progress_service.events_after
+
+        def failing_read(session, *, job_id, after_id):
+            if job_id == broken_job:
+                raise RuntimeError("the database went away")
+            return events_after(session, job_id=job_id, after_id=after_id)
+
         monkeypatch.setattr(progress_service, "events_after", failing_read)
-        broken = open_stream(bob, bob_job)
+        broken = open_stream(alice, broken_job)
         assert broken.status_code == 200
         with pytest.raises(httpx.HTTPError):
             broken.read()
