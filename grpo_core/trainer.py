@@ -161,9 +161,10 @@ def update_policy(model, optimizer, scheduler, rollout: Rollout, config: GRPOCon
     The update passes run without dropout, like the sampling, old and reference passes: the ratio and the KL
     compare the policy with itself, so the ratio is exactly 1 before the first update (TRL's disable_dropout).
 
-    An update whose loss or gradient norm is not finite (a finite setting can overflow: beta = 1e300 makes the
-    KL term inf, and 0 x inf is NaN) raises NonFiniteUpdate before the optimizer steps. One that leaves non-finite
-    weights all the same (weight_decay = 1e300) raises it after: the run ends there, so no checkpoint holds them.
+    An update whose loss or gradient norm is not finite (finite inputs can overflow float32: a reward of 1e300 is
+    inf there, and inf - inf is NaN) raises NonFiniteUpdate before the optimizer steps. One that leaves non-finite
+    weights all the same (a backstop: the config's bounds keep AdamW's decay finite) raises it after: the run ends
+    there, so no checkpoint holds them.
     With num_iterations > 1 the updates before it were applied to the model in memory, likewise never saved."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
