@@ -20,9 +20,10 @@ install: $(BIN)/.installed
 test: install
 	$(BIN)/python -m pytest
 
-# The fault suite: kills workers, Redis and the API on purpose and prints a CHAOS line per figure.
+# The fault suite: kills workers, Redis and the API on purpose and prints a CHAOS line per figure; also the long
+# run of the job-spec property test (tests/api/test_spec_properties.py).
 chaos: install
-	$(BIN)/python -m pytest -m chaos -s tests/chaos
+	$(BIN)/python -m pytest -m chaos -s tests
 
 lint: install
 	$(BIN)/ruff check .

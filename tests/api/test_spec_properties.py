@@ -262,9 +262,10 @@ def check_spec(api, outcomes: Counter, hyper: dict, chosen_rewards: list, with_e
 
 
 def _figures(name: str, outcomes: Counter) -> None:
-    if os.environ.get("GRPO_SPEC_FIGURES"):
+    if os.environ.get("GRPO_SPEC_FIGURES") or name == "chaos":  # make chaos prints its figures always
         print(
-            f"SPEC {name}: {sum(outcomes.values())} specs, {outcomes['accepted']} accepted and trained one step, {outcomes['refused']} refused with a 422 naming a field"
+            ("CHAOS " if name == "chaos" else "")
+            + f"SPEC {name}: {sum(outcomes.values())} specs, {outcomes['accepted']} accepted and trained one step, {outcomes['refused']} refused with a 422 naming a field"
         )
 
 
