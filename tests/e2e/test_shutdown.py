@@ -101,6 +101,11 @@ def _children(pid: int) -> list[str]:
     return children
 
 
+def _descendants(pid: int) -> list[int]:
+    found = [int(child) for child in _children(pid)]
+    return found + [grandchild for child in found for grandchild in _descendants(child)]
+
+
 def _running(pid: int) -> bool:
     """True while `pid` is a live process: not gone, and not a zombie waiting for whoever it was re-parented to."""
     try:
@@ -201,8 +206,13 @@ def test_a_running_job_checkpoints_goes_back_to_the_queue_and_resumes(tmp_path):
         time.sleep(0.5)
 
         worker = server.worker_pid()
+        # The worker and the job's reward process (a child of the worker): none may outlive serve.
+        processes = _descendants(server.process.pid)
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in processes]
+        assert any(b"grpo_core.reward_process" in command for command in commands), commands
         assert server.stop(signal.SIGTERM) == 0, server.output()
         assert not _running(worker), server.output()
+        assert not [pid for pid in processes if _running(pid)], server.output()
         stopped = _job_row(server.data_dir, job_id)
         assert stopped["status"] == "queued", (stopped, server.output())
         assert stopped["lease_owner"] is None and stopped["lease_expires_at"] is None
