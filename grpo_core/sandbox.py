@@ -6,7 +6,7 @@ What it guarantees (Linux, bubblewrap installed, the kernel allowing user namesp
 - no view of the host's files beyond a read-only Python: the standard library of `sys.base_prefix`, /usr (for
   shared libraries), and one file of this project (grpo_core/sandbox_child.py). Not the venv's site-packages,
   not the project, not the data folder, not /etc, not the host's /proc (it gets its own). `/tmp` is a private
-  tmpfs and the only writable place. Site-packages folders under /usr and the base prefix are hidden;
+  tmpfs (max_tmp_mb) and the only writable place (bwrap's own root and /dev are remounted read-only). Site-packages folders under /usr and the base prefix are hidden;
 - an empty environment (PATH, HOME, LANG, PYTHONDONTWRITEBYTECODE only), uid/gid 65534 in its own user, pid, ipc,
   uts and cgroup namespaces, all capabilities dropped, no new privileges, its own session (no TIOCSTI);
 - no new processes: on x86_64 a seccomp filter makes fork, vfork and clone without CLONE_THREAD fail with EAGAIN
@@ -182,6 +182,7 @@ class RewardSandbox:
         max_processes: int = 16,
         max_open_files: int = 64,
         max_file_mb: int = 64,
+        max_tmp_mb: int = 256,
         output_chars: int = 64 * 1024,
         extra_paths: Sequence[str] = (),
         start_timeout_seconds: float = 30.0,
@@ -198,6 +199,7 @@ class RewardSandbox:
         self.extra_paths = [os.path.realpath(p) for p in extra_paths]
         self.allow_unsandboxed = allow_unsandboxed
         self.poll_seconds = poll_seconds
+        self.tmp_bytes = max_tmp_mb * 1024 * 1024
         self.limits = {
             "RLIMIT_AS": memory_mb * 1024 * 1024,
             "RLIMIT_CPU": cpu_seconds,
@@ -248,9 +250,7 @@ class RewardSandbox:
         self.load_output = str(reply.get("output", ""))[: self.output_chars + 100]
         return CheckResult(ok=True, shape=self.shape, output=self.load_output)
 
-    def score(
-        self, prompts: Sequence[str], completions: Sequence[str], rows: Sequence[Mapping[str, Any]]
-    ) -> Scores:
+    def score(self, prompts: Sequence[str], completions: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> Scores:
         n = len(completions)
         if not (len(prompts) == n == len(rows)):
             raise ValueError(f"{len(prompts)} prompts, {n} completions and {len(rows)} rows: they must match")
@@ -297,7 +297,9 @@ class RewardSandbox:
                     command += ["--setenv", name, value]
                 command += ["--uid", str(_SANDBOX_UID), "--gid", str(_SANDBOX_UID)]
                 command += [*_ro_binds(self.extra_paths), "--ro-bind", str(_CHILD), _CHILD_INSIDE]
-                command += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", "/tmp"]
+                command += ["--proc", "/proc", "--dev", "/dev", "--size", str(self.tmp_bytes), "--tmpfs", "/tmp"]
+                # bwrap's root (and /dev) are writable tmpfs: make them read-only so /tmp is the one writable place.
+                command += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/tmp"]
                 pass_fds = [child_end.fileno()]
                 program = _seccomp_program()
                 if program is not None:

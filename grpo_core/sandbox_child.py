@@ -104,7 +104,7 @@ def _score(fn, shape, accepted, prompts, completions, rows):
     fixed = {"prompt", "completion", "prompts", "completions"}
     if shape == PER_SAMPLE:
         results = []
-        for prompt, completion, row in zip(prompts, completions, rows):
+        for prompt, completion, row in zip(prompts, completions, rows, strict=True):
             fields = {k: v for k, v in row.items() if k not in fixed and (accepted is None or k in accepted)}
             try:
                 results.append(_number(fn(prompt, completion, **fields)))
