@@ -10,9 +10,11 @@ What it guarantees (Linux, bubblewrap installed, the kernel allowing user namesp
 - an empty environment (PATH, HOME, LANG, PYTHONDONTWRITEBYTECODE only), uid/gid 65534 in its own user, pid, ipc,
   uts and cgroup namespaces, all capabilities dropped, no new privileges, its own session (no TIOCSTI);
 - no new processes: on x86_64 a seccomp filter makes fork, vfork and clone without CLONE_THREAD fail with EAGAIN
-  (threads still work; clone3 answers ENOSYS so libc falls back to clone). RLIMIT_NPROC is also set, but the
-  kernel does not enforce it for processes whose uid outside the namespace is root (uid 65534 inside maps to the
-  caller's uid), so when the service runs as root the seccomp filter is what stops a fork bomb;
+  (threads still work; clone3 answers ENOSYS so libc falls back to clone). RLIMIT_NPROC is also set: uid 65534
+  inside maps to the caller's uid outside, and the kernel counts processes per user namespace and uid, so the
+  limit counts the sandbox's own processes (bwrap's init and the interpreter included: measured, a limit of 5
+  stopped a fork loop after 3 forks when the caller was an unprivileged user). The kernel does not enforce it at
+  all when the caller's uid is root, so when the service runs as root the seccomp filter is what stops a fork bomb;
 - limits set before the tenant's code runs: address space (memory_mb), CPU seconds over the process's life,
   open files, file size; a wall-clock timeout per call, past which the whole sandbox is killed (its pid
   namespace dies with it) and the next call starts a fresh one; printed output kept up to a bound, with a marker;

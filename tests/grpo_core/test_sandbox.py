@@ -6,6 +6,7 @@ import math
 import os
 import socket
 import threading
+import time
 
 import pytest
 
@@ -220,7 +221,20 @@ def reward(prompt, completion, **fields):
     assert results[1] == (1.0, None)
 
 
+def _sandboxed_pids():
+    pids = set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as file:
+                if b"/opt/reward/child.py" in file.read():
+                    pids.add(int(entry))
+        except (OSError, ValueError):
+            pass
+    return pids
+
+
 def test_infinite_loop_times_out_and_the_next_call_works():
+    before = _sandboxed_pids()
     source = """
 def reward(prompt, completion, **fields):
     while completion == "loop":
@@ -233,6 +247,11 @@ def reward(prompt, completion, **fields):
         assert hung.restarted and all(v is None and "timed out after 2 s" in e for v, e in hung.results)
         assert sandbox.score(["p"], ["ok"], [{}]).results == [(3.0, None)]
         assert sandbox.pid != first_pid
+    # Killing bwrap takes its pid namespace, the looping interpreter included, down with it (asynchronously).
+    deadline = time.monotonic() + 10
+    while _sandboxed_pids() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _sandboxed_pids() - before == set()
 
 
 def test_printing_100_mb_is_truncated():
