@@ -34,6 +34,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -347,7 +348,13 @@ class RewardSandbox:
                 code = self._process.wait(5)
             except subprocess.TimeoutExpired:
                 pass
-            return f"the reward process died (exit code {code})"
+            # Killed by a signal: Popen's -N unsandboxed, bwrap's 128 + N (as a shell reports it) sandboxed.
+            number = -code if code is not None and code < 0 else code - 128 if code is not None and code > 128 else 0
+            if number in {member.value for member in signal.Signals}:
+                name = signal.Signals(number).name
+                why = {"SIGXCPU": ": past its CPU-time limit", "SIGKILL": ""}.get(name, "")
+                return f"the reward process died (killed by {name}{why}); it will be restarted"
+            return f"the reward process died (exit code {code}); it will be restarted"
 
 
 def _checked_results(results: Any, n: int) -> list[tuple[float | None, str | None]] | None:

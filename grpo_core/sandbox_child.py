@@ -59,7 +59,9 @@ class _BoundedText(io.TextIOBase):
 
 def _apply_limits(limits):
     for name, value in limits.items():
-        resource.setrlimit(getattr(resource, name), (value, value))
+        # CPU: the soft limit sends SIGXCPU, which names the cause; the hard one (a second later) is SIGKILL.
+        hard = value + 1 if name == "RLIMIT_CPU" else value
+        resource.setrlimit(getattr(resource, name), (value, hard))
 
 
 def _error(error):

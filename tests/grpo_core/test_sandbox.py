@@ -193,16 +193,20 @@ def reward(prompt, completion, **fields):
 
 def test_fork_bomb_and_subprocess_are_stopped():
     source = """
-import os, subprocess
+import ctypes, os, subprocess
 def reward(prompt, completion, **fields):
     if completion == "fork":
         while True:
             os.fork()
+    if completion == "raw":  # the fork syscall itself, past any Python-level check
+        if ctypes.CDLL(None, use_errno=True).syscall(57) == -1:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        return 1.0
     subprocess.run(["/bin/true"])
     return 1.0
 """
     with RewardSandbox(source, timeout_seconds=20) as sandbox:
-        results = sandbox.score(["p", "p"], ["fork", "subprocess"], [{}, {}]).results
+        results = sandbox.score(["p"] * 3, ["fork", "raw", "subprocess"], [{}] * 3).results
         assert all(value is None and "Resource temporarily unavailable" in error for value, error in results)
         assert sandbox.score(["p"], ["fork"], [{}]).results[0][0] is None  # the sandbox is still answering
     assert os.getpid() > 0 and threading.active_count() >= 1
@@ -297,3 +301,23 @@ def reward(prompt, completion, **fields):
 """
     scores = _score(source)
     assert scores.results == [(0.0, None)], scores.output
+
+
+def test_cpu_limit_and_suicide_kill_the_call_and_the_next_call_works():
+    source = """
+import os, signal
+def reward(prompt, completion, **fields):
+    if completion == "spin":
+        while True:
+            pass
+    if completion == "die":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return 1.0
+"""
+    with RewardSandbox(source, timeout_seconds=20, cpu_seconds=1) as sandbox:
+        spun = sandbox.score(["p"], ["spin"], [{}])
+        assert spun.restarted and "SIGXCPU" in spun.results[0][1]
+        assert sandbox.score(["p"], ["ok"], [{}]).results == [(1.0, None)]
+        died = sandbox.score(["p", "p"], ["ok", "die"], [{}, {}])
+        assert died.restarted and all(value is None and "died" in error for value, error in died.results)
+        assert sandbox.score(["p"], ["ok"], [{}]).results == [(1.0, None)]
