@@ -131,16 +131,18 @@ def _seccomp_program() -> bytes | None:
             op(jeq, 1, 0, 0xC000003E),  # AUDIT_ARCH_X86_64
             op(ret, 0, 0, 0x80000000),  # another ABI (x32/i386 entry): kill the process
             op(ld, 0, 0, 0),  # seccomp_data.nr
-            op(jeq, 5, 0, 57),  # fork -> EAGAIN
-            op(jeq, 4, 0, 58),  # vfork -> EAGAIN
-            op(jeq, 5, 0, 435),  # clone3 -> ENOSYS
-            op(jeq, 1, 0, 56),  # clone -> look at the flags
-            op(ret, 0, 0, allow),
-            op(ld, 0, 0, 16),  # low word of args[0]: clone's flags
-            op(jset, 1, 0, clone_thread),
-            op(ret, 0, 0, errno | eagain),
-            op(ret, 0, 0, allow),
-            op(ret, 0, 0, errno | enosys),
+            # Jump offsets count instructions skipped: (4) fork and (5) vfork land on (11) EAGAIN, (6) clone3 on
+            # (13) ENOSYS (its flags live in memory, out of the filter's reach), (7) clone on (9) its flags.
+            op(jeq, 6, 0, 57),  # 4: fork
+            op(jeq, 5, 0, 58),  # 5: vfork
+            op(jeq, 6, 0, 435),  # 6: clone3
+            op(jeq, 1, 0, 56),  # 7: clone
+            op(ret, 0, 0, allow),  # 8: any other syscall
+            op(ld, 0, 0, 16),  # 9: low word of args[0], clone's flags
+            op(jset, 1, 0, clone_thread),  # 10: a thread -> 12
+            op(ret, 0, 0, errno | eagain),  # 11
+            op(ret, 0, 0, allow),  # 12
+            op(ret, 0, 0, errno | enosys),  # 13
         ]
     )
 

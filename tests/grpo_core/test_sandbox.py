@@ -5,6 +5,7 @@ time and output) while the test process is unharmed."""
 import math
 import os
 import socket
+import sys
 import threading
 import time
 
@@ -193,7 +194,7 @@ def reward(prompt, completion, **fields):
 
 def test_fork_bomb_and_subprocess_are_stopped():
     source = """
-import ctypes, os, subprocess
+import ctypes, os, subprocess, threading
 def reward(prompt, completion, **fields):
     if completion == "fork":
         while True:
@@ -202,12 +203,28 @@ def reward(prompt, completion, **fields):
         if ctypes.CDLL(None, use_errno=True).syscall(57) == -1:
             raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
         return 1.0
+    if completion == "clone3":  # clone3(flags=0, exit_signal=SIGCHLD): a fork by another syscall
+        args = (ctypes.c_uint64 * 11)(0, 0, 0, 0, 17)
+        pid = ctypes.CDLL(None, use_errno=True).syscall(435, args, ctypes.sizeof(args))
+        if pid == 0:
+            os._exit(0)
+        if pid == -1:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        return 1.0
+    if completion == "thread":  # threads are still allowed (clone with CLONE_THREAD)
+        box = []
+        thread = threading.Thread(target=box.append, args=(2.0,))
+        thread.start()
+        thread.join()
+        return box[0]
     subprocess.run(["/bin/true"])
     return 1.0
 """
     with RewardSandbox(source, timeout_seconds=20) as sandbox:
-        results = sandbox.score(["p"] * 3, ["fork", "raw", "subprocess"], [{}] * 3).results
-        assert all(value is None and "Resource temporarily unavailable" in error for value, error in results)
+        results = sandbox.score(["p"] * 4, ["fork", "raw", "subprocess", "clone3"], [{}] * 4).results
+        assert all(value is None and "Resource temporarily unavailable" in error for value, error in results[:3])
+        assert results[3][0] is None and "Function not implemented" in results[3][1]
+        assert sandbox.score(["p"], ["thread"], [{}]).results == [(2.0, None)]
         assert sandbox.score(["p"], ["fork"], [{}]).results[0][0] is None  # the sandbox is still answering
     assert os.getpid() > 0 and threading.active_count() >= 1
 
@@ -290,7 +307,7 @@ def test_the_project_and_its_packages_cannot_be_imported():
 import importlib, sys
 def reward(prompt, completion, **fields):
     imported = []
-    for name in ["api", "worker", "grpo_core", "sqlalchemy", "psycopg", "redis", "torch", "pydantic"]:
+    for name in ["api", "worker", "grpo_core", "sqlalchemy", "psycopg", "redis", "torch", "pydantic", "pip", "setuptools"]:
         try:
             importlib.import_module(name)
             imported.append(name)
@@ -299,7 +316,8 @@ def reward(prompt, completion, **fields):
     print(imported, sys.path)
     return float(len(imported))
 """
-    scores = _score(source)
+    # Even with the test's own sys.path (the venv's and the interpreter's site-packages, the project) added.
+    scores = _score(source.replace("imported = []", f"imported = []\n    sys.path += {sys.path!r}"))
     assert scores.results == [(0.0, None)], scores.output
 
 
