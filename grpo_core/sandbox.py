@@ -20,12 +20,14 @@ What it guarantees (Linux, bubblewrap installed, the kernel allowing user namesp
   namespace dies with it) and the next call starts a fresh one; printed output kept up to a bound, with a marker;
 - the parent never unpickles what the sandbox sends: answers are JSON, size-bounded and checked.
 
-What it does not guarantee: the seccomp filter only restricts process creation (every other syscall is open to
-the kernel's attack surface); on other architectures there is no filter at all; /usr is visible read-only (so is
+What it does not guarantee: the seccomp filter only restricts process creation (x32-ABI syscalls answer ENOSYS
+and i386 ones kill the process, but every other x86_64 syscall, nested user namespaces included, is open to the
+kernel's attack surface); on other architectures there is no filter at all; /usr is visible read-only (so is
 any package installed under it, though not on sys.path); CPU use is not capped by a cgroup (a reward can use one
 core for its whole timeout); tenant code can write forged answers on its own socket, which can only corrupt its
 own scores. Where bubblewrap cannot run, RewardSandbox refuses unless `allow_unsandboxed` is set (dangerous: then
-tenant code runs as the service's user with only the rlimits).
+tenant code runs as the service's user with only the rlimits). A killed sandbox's bwrap init is reparented to
+the host's (or container's) pid 1, which must reap it (tini or docker's --init in a container).
 """
 
 from __future__ import annotations
@@ -122,27 +124,29 @@ def _seccomp_program() -> bytes | None:
     def op(code: int, jt: int, jf: int, k: int) -> bytes:
         return struct.pack("HBBI", code, jt, jf, k)
 
-    ld, jeq, jset, ret = 0x20, 0x15, 0x45, 0x06
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
     allow, errno = 0x7FFF0000, 0x00050000
     eagain, enosys, clone_thread = 11, 38, 0x10000
     return b"".join(
         [
-            op(ld, 0, 0, 4),  # seccomp_data.arch
-            op(jeq, 1, 0, 0xC000003E),  # AUDIT_ARCH_X86_64
-            op(ret, 0, 0, 0x80000000),  # another ABI (x32/i386 entry): kill the process
-            op(ld, 0, 0, 0),  # seccomp_data.nr
-            # Jump offsets count instructions skipped: (4) fork and (5) vfork land on (11) EAGAIN, (6) clone3 on
-            # (13) ENOSYS (its flags live in memory, out of the filter's reach), (7) clone on (9) its flags.
-            op(jeq, 6, 0, 57),  # 4: fork
-            op(jeq, 5, 0, 58),  # 5: vfork
-            op(jeq, 6, 0, 435),  # 6: clone3
-            op(jeq, 1, 0, 56),  # 7: clone
-            op(ret, 0, 0, allow),  # 8: any other syscall
-            op(ld, 0, 0, 16),  # 9: low word of args[0], clone's flags
-            op(jset, 1, 0, clone_thread),  # 10: a thread -> 12
-            op(ret, 0, 0, errno | eagain),  # 11
-            op(ret, 0, 0, allow),  # 12
-            op(ret, 0, 0, errno | enosys),  # 13
+            op(ld, 0, 0, 4),  # 0: seccomp_data.arch
+            op(jeq, 1, 0, 0xC000003E),  # 1: AUDIT_ARCH_X86_64
+            op(ret, 0, 0, 0x80000000),  # 2: another ABI (i386 entry): kill the process
+            op(ld, 0, 0, 0),  # 3: seccomp_data.nr
+            # Jump offsets count instructions skipped: (4) x32-ABI numbers land on (14) ENOSYS, (5) fork and
+            # (6) vfork on (12) EAGAIN, (7) clone3 on (14) ENOSYS (its flags live in memory, out of the filter's
+            # reach; libc then falls back to clone), (8) clone on (10) its flags.
+            op(jge, 9, 0, 0x40000000),  # 4: __X32_SYSCALL_BIT
+            op(jeq, 6, 0, 57),  # 5: fork
+            op(jeq, 5, 0, 58),  # 6: vfork
+            op(jeq, 6, 0, 435),  # 7: clone3
+            op(jeq, 1, 0, 56),  # 8: clone
+            op(ret, 0, 0, allow),  # 9: any other syscall
+            op(ld, 0, 0, 16),  # 10: low word of args[0], clone's flags
+            op(jset, 1, 0, clone_thread),  # 11: a thread -> 13
+            op(ret, 0, 0, errno | eagain),  # 12
+            op(ret, 0, 0, allow),  # 13
+            op(ret, 0, 0, errno | enosys),  # 14
         ]
     )
 
