@@ -1,12 +1,13 @@
 """A sandbox for tenants' reward code: bubblewrap namespaces, a seccomp filter and rlimits around a fresh Python.
 
 What it guarantees (Linux, bubblewrap installed, the kernel allowing user namespaces):
-- no network: its own network namespace has only a downed loopback, so nothing on the host (API, database, Redis)
-  can be reached;
+- no network: its own network namespace has only its own loopback, so nothing on the host (API, database,
+  Redis, even on 127.0.0.1) can be reached;
 - no view of the host's files beyond a read-only Python: the standard library of `sys.base_prefix`, /usr (for
   shared libraries), and one file of this project (grpo_core/sandbox_child.py). Not the venv's site-packages,
   not the project, not the data folder, not /etc, not the host's /proc (it gets its own). `/tmp` is a private
-  tmpfs (max_tmp_mb) and the only writable place (bwrap's own root and /dev are remounted read-only). Site-packages folders under /usr and the base prefix are hidden;
+  tmpfs (max_tmp_mb) and the only writable place (bwrap's own root and /dev are remounted read-only).
+  Site-packages folders under /usr and the base prefix are hidden under empty tmpfs;
 - an empty environment (PATH, HOME, LANG, PYTHONDONTWRITEBYTECODE only), uid/gid 65534 in its own user, pid, ipc,
   uts and cgroup namespaces, all capabilities dropped, no new privileges, its own session (no TIOCSTI);
 - no new processes: on x86_64 a seccomp filter makes fork, vfork and clone without CLONE_THREAD fail with EAGAIN
