@@ -4,7 +4,9 @@ time and output) while the test process is unharmed."""
 
 import math
 import os
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -226,7 +228,7 @@ def reward(prompt, completion, **fields):
         assert results[3][0] is None and "Function not implemented" in results[3][1]
         assert sandbox.score(["p"], ["thread"], [{}]).results == [(2.0, None)]
         assert sandbox.score(["p"], ["fork"], [{}]).results[0][0] is None  # the sandbox is still answering
-    assert os.getpid() > 0 and threading.active_count() >= 1
+    assert subprocess.run(["true"]).returncode == 0  # the host can still start processes
 
 
 def test_huge_allocation_is_a_memory_error():
@@ -339,3 +341,28 @@ def reward(prompt, completion, **fields):
         died = sandbox.score(["p", "p"], ["ok", "die"], [{}, {}])
         assert died.restarted and all(value is None and "died" in error for value, error in died.results)
         assert sandbox.score(["p"], ["ok"], [{}]).results == [(1.0, None)]
+
+
+def test_a_killed_parent_takes_its_sandbox_down():
+    before = _sandboxed_pids()
+    script = (
+        "from grpo_core.sandbox import RewardSandbox\n"
+        "sandbox = RewardSandbox('def reward(prompt, completion):\\n    while True: pass\\n', timeout_seconds=600)\n"
+        "print('started', flush=True)\n"
+        "sandbox.score(['p'], ['c'], [{}])\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline() == "started\n"
+        deadline = time.monotonic() + 20
+        while not (_sandboxed_pids() - before) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _sandboxed_pids() - before, "the sandbox never started"
+        time.sleep(0.3)  # inside the looping call
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while _sandboxed_pids() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _sandboxed_pids() - before == set()
