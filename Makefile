@@ -15,7 +15,11 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
+# Tenant reward code runs only inside bubblewrap (grpo_core/sandbox.py). Installed when missing and we are root;
+# a non-root user without it gets a message (rewards are then refused, never run unsandboxed).
 install: $(BIN)/.installed
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update && apt-get install -y bubblewrap); } \
+		|| echo "bubblewrap (bwrap) is missing: install it (apt-get install bubblewrap) to run tenant reward code"
 
 test: install
 	$(BIN)/python -m pytest
