@@ -47,12 +47,6 @@ class Settings(BaseSettings):
         description="Longest one reward function may take to score one batch (a step's completions); past it its "
         "process is killed and the job fails naming the reward",
     )
-    allow_unsandboxed_rewards: bool = Field(
-        False,
-        description="DANGEROUS: run tenant reward code without the bubblewrap sandbox where it cannot start "
-        "(no bwrap, or the kernel refuses user namespaces). Tenant code then runs as the service's user, can read "
-        "its files and reach the network; only rlimits apply. Leave false: tenant rewards are then refused instead",
-    )
     cancel_poll_seconds: float = Field(
         2.0,
         gt=0,
