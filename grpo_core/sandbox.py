@@ -220,8 +220,9 @@ class RewardSandbox:
         }
         self.shape: str | None = None
         self.load_output = ""
-        self._process: subprocess.Popen | None = None
-        self._connection: Connection | None = None
+        # Any, as in reward_process: both are set together by _spawn and cleared together by close()
+        self._process: Any = None
+        self._connection: Any = None
 
     def __enter__(self) -> RewardSandbox:
         return self
