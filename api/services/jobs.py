@@ -146,21 +146,17 @@ def _model_problems(
                 "shorten the prompts or max_new_tokens"
             )
         if key == "dataset_id":
-            tokens = config.group_size * config.prompts_per_step * (prompt_tokens + config.max_new_tokens)
-            if tokens > settings.max_tokens_per_step:
-                problems.append(
-                    f"hyperparameters: group_size x prompts_per_step x (longest prompt + max_new_tokens) is {tokens} "
-                    f"tokens per step, above the operator's limit of {settings.max_tokens_per_step} "
-                    "(GRPO_MAX_TOKENS_PER_STEP)"
-                )
+            sequences = config.group_size * config.prompts_per_step
+            subject, per = "hyperparameters: group_size x prompts_per_step", "step"
         else:
-            tokens = dataset.rows * config.eval_samples_per_prompt * (prompt_tokens + config.max_new_tokens)
-            if tokens > settings.max_tokens_per_step:
-                problems.append(
-                    f"eval_dataset_id {dataset.id}: rows x eval_samples_per_prompt x (longest prompt + max_new_tokens) "
-                    f"is {tokens} tokens per evaluation, above the operator's limit of {settings.max_tokens_per_step} "
-                    "(GRPO_MAX_TOKENS_PER_STEP)"
-                )
+            sequences = dataset.rows * config.eval_samples_per_prompt
+            subject, per = f"eval_dataset_id {dataset.id}: rows x eval_samples_per_prompt", "evaluation"
+        tokens = sequences * (prompt_tokens + config.max_new_tokens)
+        if tokens > settings.max_tokens_per_step:
+            problems.append(
+                f"{subject} x (longest prompt + max_new_tokens) is {tokens} tokens per {per}, above the operator's "
+                f"limit of {settings.max_tokens_per_step} (GRPO_MAX_TOKENS_PER_STEP)"
+            )
     return problems
 
 
