@@ -100,7 +100,9 @@ def test_sizes_at_their_limits_are_accepted(service, alice, limits):
     assert response.status_code == 201, response.text
 
 
-def test_an_evaluation_past_the_per_step_bounds_is_refused(service, alice, limits):
+def test_an_evaluation_past_the_per_step_bounds_is_refused(service, alice, limits, monkeypatch):
+    from tests.service_env import clear_service_caches
+
     # The eval set is sampled in one batch: its rows x eval_samples_per_prompt count as a step's completions.
     dataset = upload(service, alice, jsonl(ROWS)).json()["id"]
     spec = job_spec(dataset, hyperparameters={"group_size": 2, "eval_samples_per_prompt": 4})
@@ -111,6 +113,18 @@ def test_an_evaluation_past_the_per_step_bounds_is_refused(service, alice, limit
         for error in errors
     ), errors
     spec["hyperparameters"]["eval_samples_per_prompt"] = 3
+
+    # 15 eval sequences of at most 210 tokens (a prompt's bound plus 48 new tokens) each; 2 a step for training.
+    monkeypatch.setenv("GRPO_MAX_TOKENS_PER_STEP", "2000")
+    clear_service_caches()
+    errors = refused(service, alice, {**spec, "eval_dataset_id": dataset})
+    assert len(errors) == 1 and errors[0].startswith(
+        f"eval_dataset_id {dataset}: rows x eval_samples_per_prompt x (longest prompt + max_new_tokens) is "
+    ), errors
+    assert errors[0].endswith("tokens per evaluation, above the operator's limit of 2000 (GRPO_MAX_TOKENS_PER_STEP)")
+
+    monkeypatch.setenv("GRPO_MAX_TOKENS_PER_STEP", "8000")
+    clear_service_caches()
     response = service.post("/v1/jobs", headers=alice, json={**spec, "eval_dataset_id": dataset})
     assert response.status_code == 201, response.text
 
