@@ -145,4 +145,49 @@ class Event(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class RewardCode(Base):
+    """A tenant's own reward function: Python source checked in the sandbox at upload, immutable afterwards."""
+
+    __tablename__ = "reward_functions"
+    __table_args__ = (Index("ix_reward_functions_tenant_created", "tenant_id", "created_at"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("rwd"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    bytes: Mapped[int] = mapped_column(Integer)
+    shape: Mapped[str] = mapped_column(String(20))  # "per_sample" or "batch" (grpo_core/sandbox_child.py)
+    # Keyword names `reward` accepts besides prompt(s) and completion(s); NULL when it takes **kwargs (any name).
+    parameters: Mapped[list[Any] | None] = mapped_column()
+    required: Mapped[list[Any]] = mapped_column()  # keyword parameters without a default: fields or params it needs
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SampleRow(Base):
+    """One sampled completion of a step (the first GRPO_SAMPLE_GROUPS_PER_STEP groups), with its scores."""
+
+    __tablename__ = "samples"
+    __table_args__ = (UniqueConstraint("job_id", "step", "position", name="uq_samples_job_step_position"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(Integer)  # group * group_size + index within the group
+    # {group, index, prompt, completion, reward, advantage, scores: {reward: value}, errors: {reward: message}}
+    data: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RewardOutput(Base):
+    """What one reward printed during one step (tenant code's print and stderr), bounded with a marker."""
+
+    __tablename__ = "reward_outputs"
+    __table_args__ = (UniqueConstraint("job_id", "step", "reward", name="uq_reward_outputs_job_step_reward"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    reward: Mapped[str] = mapped_column(String(200))
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")

@@ -44,8 +44,60 @@ class Settings(BaseSettings):
     reward_timeout_seconds: float = Field(
         60.0,
         gt=0,
-        description="Longest one reward function may take to score one batch (a step's completions); past it its "
-        "process is killed and the job fails naming the reward",
+        description="Longest one reward call may take: a built-in or plugin scoring a step's batch (past it its "
+        "process is killed and the job fails naming the reward), or one call of a tenant's reward (past it the "
+        "sandbox is killed and restarted, the call's samples fail, and the job goes on)",
+    )
+    # The sandbox for tenants' reward code (grpo_core/sandbox.py): one per job and reward, limits set before the
+    # tenant's code runs.
+    reward_memory_mb: int = Field(1024, ge=64, le=MAX_INT, description="Address space of a reward sandbox, MiB")
+    reward_cpu_seconds: int = Field(
+        3600, ge=1, le=MAX_INT, description="CPU seconds a reward sandbox may use over its life (then restarted)"
+    )
+    reward_max_processes: int = Field(16, ge=1, le=MAX_INT, description="Processes a reward sandbox may hold")
+    reward_max_open_files: int = Field(64, ge=16, le=MAX_INT, description="Open files in a reward sandbox")
+    reward_max_file_mb: int = Field(64, ge=1, le=MAX_INT, description="Largest file a reward sandbox may write, MiB")
+    reward_tmp_mb: int = Field(256, ge=1, le=MAX_INT, description="Size of a reward sandbox's private /tmp, MiB")
+    reward_output_chars: int = Field(
+        65_536, ge=1024, le=MAX_INT, description="Printed output kept per reward call (the rest is cut, with a marker)"
+    )
+    reward_packages: str = Field(
+        "",
+        description="Folders (':'-separated, e.g. made with `pip install --target`) mounted read-only in the "
+        "sandbox and put on its sys.path: the packages tenant reward code may import besides the standard library",
+    )
+    reward_allow_unsandboxed: bool = Field(
+        False,
+        description="DANGEROUS. Where bubblewrap cannot sandbox, run tenant reward code anyway, as the worker's user "
+        "with only rlimits. Off: such a worker fails jobs that use tenant rewards, and the API refuses uploads",
+    )
+    reward_max_failure_fraction: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="A job fails when more than this fraction of one step's samples fail for one reward (raised, "
+        "timed out, or returned something other than a finite number)",
+    )
+    reward_max_restarts: int = Field(
+        3,
+        ge=1,
+        le=MAX_INT,
+        description="A job fails when its reward sandbox dies (or is killed) this many calls in a row without scoring "
+        "one sample",
+    )
+    sample_groups_per_step: int = Field(
+        2, ge=0, le=MAX_INT, description="Groups of each step whose completions and scores are stored for /samples"
+    )
+    max_reward_test_items: int = Field(16, ge=1, le=MAX_INT, description="Most items in one reward dry run")
+    max_rewards_per_tenant: int = Field(1000, ge=1, le=MAX_INT, description="Most uploaded rewards one tenant keeps")
+    max_reward_checks_per_tenant: int = Field(
+        2,
+        ge=1,
+        le=MAX_INT,
+        description="Reward uploads and dry runs one tenant may have running at once, per API process (429 past it)",
+    )
+    max_reward_checks: int = Field(
+        8, ge=1, le=MAX_INT, description="Reward uploads and dry runs running at once in one API process (429 past it)"
     )
     cancel_poll_seconds: float = Field(
         2.0,
@@ -118,6 +170,10 @@ class Settings(BaseSettings):
     @property
     def broker_folder(self) -> Path:
         return (self.data_dir / "broker").resolve()
+
+    @property
+    def reward_package_dirs(self) -> list[str]:
+        return [path for path in self.reward_packages.split(":") if path]
 
     @property
     def artifacts_dir(self) -> Path:
