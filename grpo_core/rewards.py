@@ -25,6 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from grpo_core.config import RewardSpec
 
 ENTRY_POINT_GROUP = "grpo_service.rewards"
+TENANT_REWARD_PREFIX = "rwd_"  # a tenant's uploaded reward is named by its id, "rwd_<32 hex digits>"
+
+
+def is_tenant_reward(name: str) -> bool:
+    """Whether a job's reward name refers to a tenant's uploaded code (run only in the sandbox), not a registry name."""
+    return name.startswith(TENANT_REWARD_PREFIX)
 
 
 class RewardParams(BaseModel):

@@ -72,6 +72,8 @@ class RewardSourceError(ValueError):
 class CheckResult:
     ok: bool
     shape: str | None = None  # "per_sample" or "batch" (see grpo_core/sandbox_child.py for the rule)
+    parameters: list[str] | None = None  # keyword names `reward` accepts besides prompt(s)/completion(s); None: any
+    required: tuple[str, ...] = ()  # keyword parameters without a default
     error: str | None = None
     output: str = ""
 
@@ -220,6 +222,7 @@ class RewardSandbox:
         }
         self.shape: str | None = None
         self.load_output = ""
+        self._loaded = CheckResult(ok=False)
         # Any, as in reward_process: both are set together by _spawn and cleared together by close()
         self._process: Any = None
         self._connection: Any = None
@@ -237,7 +240,7 @@ class RewardSandbox:
     def start(self) -> CheckResult:
         """Start the process and load the source; raises RewardSourceError if it is refused."""
         if self._process is not None and self._process.poll() is None:
-            return CheckResult(ok=True, shape=self.shape, output=self.load_output)
+            return self._loaded
         self.close()
         self._spawn()
         setup = {
@@ -259,7 +262,15 @@ class RewardSandbox:
             raise RewardSourceError(str(reply.get("error"))[:2000])
         self.shape = str(reply.get("shape"))
         self.load_output = str(reply.get("output", ""))[: self.output_chars + 100]
-        return CheckResult(ok=True, shape=self.shape, output=self.load_output)
+        parameters = reply.get("parameters")
+        self._loaded = CheckResult(
+            ok=True,
+            shape=self.shape,
+            parameters=[str(p) for p in parameters] if isinstance(parameters, list) else None,
+            required=tuple(str(p) for p in reply.get("required") or ()),
+            output=self.load_output,
+        )
+        return self._loaded
 
     def score(self, prompts: Sequence[str], completions: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> Scores:
         n = len(completions)

@@ -6,7 +6,7 @@ parent); the child answers with JSON bytes only, because the parent must never u
 have written on the socket.
 
 Messages: the parent sends {"limits", "source", "paths"}; the child applies the limits, loads the source and
-answers {"ok", "shape", "error", "output"}. Then each (prompts, completions, rows) is answered with
+answers {"ok", "shape", "parameters", "required", "error", "output"}. Then each (prompts, completions, rows) is answered with
 {"results": [[value, error], ...], "output"}.
 
 Shape rule (from the names of the first two positional parameters): `prompts, completions` is TRL's batch
@@ -69,7 +69,8 @@ def _error(error):
 
 
 def _shape(fn):
-    """(shape, names it accepts or None for any) or raises ValueError naming the problem."""
+    """(shape, keyword names it accepts or None for any, keyword names it requires) or raises ValueError naming
+    the problem."""
     if not callable(fn):
         raise ValueError(f"`reward` must be a function, got {type(fn).__name__}")
     if inspect.iscoroutinefunction(fn):
@@ -87,9 +88,15 @@ def _shape(fn):
             "`reward` must take (prompt, completion, **fields) for one sample or (prompts, completions, **kwargs) "
             f"for a batch; it takes ({found})"
         )
+    fixed = {"prompt", "completion", "prompts", "completions"}
+    required = sorted(
+        p.name
+        for p in params[2:]
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in fixed
+    )
     if any(p.kind == p.VAR_KEYWORD for p in params):
-        return shape, None
-    return shape, {p.name for p in params if p.kind != p.VAR_POSITIONAL}
+        return shape, None, required
+    return shape, {p.name for p in params if p.kind != p.VAR_POSITIONAL}, required
 
 
 def _number(value):
@@ -146,7 +153,7 @@ def main(fd):
         fn = namespace.get("reward")
         if fn is None:
             raise LookupError("the source defines no `reward` function")
-        shape, accepted = _shape(fn)
+        shape, accepted, required = _shape(fn)
     except (LookupError, ValueError) as error:
         reply = {"ok": False, "error": str(error), "output": output.take()}
         connection.send_bytes(json.dumps(reply).encode())
@@ -155,7 +162,9 @@ def main(fd):
         reply = {"ok": False, "error": f"running the source failed: {_error(error)}", "output": output.take()}
         connection.send_bytes(json.dumps(reply).encode())
         return
-    connection.send_bytes(json.dumps({"ok": True, "shape": shape, "output": output.take()}).encode())
+    parameters = None if accepted is None else sorted(accepted - {"prompt", "completion", "prompts", "completions"})
+    reply = {"ok": True, "shape": shape, "parameters": parameters, "required": required, "output": output.take()}
+    connection.send_bytes(json.dumps(reply).encode())
     while True:
         try:
             prompts, completions, rows = connection.recv()
