@@ -48,6 +48,12 @@ class Settings(BaseSettings):
         "process is killed and the job fails naming the reward), or one call of a tenant's reward (past it the "
         "sandbox is killed and restarted, the call's samples fail, and the job goes on)",
     )
+    reward_start_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Longest a tenant reward's sandbox may take to start and load its source (imports included): "
+        "past it an upload is refused, and in a job the start counts as the sandbox dying",
+    )
     # The sandbox for tenants' reward code (grpo_core/sandbox.py): one per job and reward, limits set before the
     # tenant's code runs.
     reward_memory_mb: int = Field(1024, ge=64, le=MAX_INT, description="Address space of a reward sandbox, MiB")
