@@ -444,9 +444,9 @@ class GRPOTrainer:
         fields = dataset_fields([*train_rows, *eval_rows])
         self.rewards = resolve_rewards(self.reward_specs, fields, tenant_rewards=self.tenant_rewards)
         self.sandbox_limits = sandbox_limits or SandboxLimits(timeout_seconds=reward_timeout_seconds)
-        problem = sandbox_available()
-        if problem and not self.sandbox_limits.allow_unsandboxed:
-            if any(is_tenant_reward(spec.name) for spec in self.reward_specs):
+        if any(is_tenant_reward(spec.name) for spec in self.reward_specs) and not self.sandbox_limits.allow_unsandboxed:
+            problem = sandbox_available()
+            if problem is not None:
                 raise SandboxUnavailable(f"tenant reward code is not run unsandboxed: {problem}")
         self.max_reward_failure_fraction = max_reward_failure_fraction
         self.sample_groups_per_step = sample_groups_per_step
