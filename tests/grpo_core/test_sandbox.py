@@ -298,6 +298,25 @@ def reward(prompts, completions, **kwargs):
         assert sandbox.score(["p", "p"], ["ok", "ok"], [{}, {}]).results == [(1.0, None)] * 2
 
 
+def test_a_stop_while_a_call_hangs_kills_the_sandbox_and_raises_the_stop():
+    class Stop(Exception):
+        pass
+
+    stopping = threading.Event()
+
+    def check_stop():
+        if stopping.is_set():
+            raise Stop
+
+    source = "def reward(prompt, completion, **fields):\n    while True:\n        pass\n"
+    with RewardSandbox(source, timeout_seconds=600, check_stop=check_stop) as sandbox:
+        sandbox.start()
+        threading.Timer(0.5, stopping.set).start()
+        with pytest.raises(Stop):
+            sandbox.score(["p"], ["c"], [{}])
+        assert sandbox.pid is None
+
+
 def test_repeated_deaths_without_a_scored_item_raise_naming_the_reward():
     source = """
 import os, signal
