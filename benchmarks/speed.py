@@ -112,7 +112,7 @@ def run_ours(setting: Setting) -> dict:
     seconds, lengths = [], []
     for _ in range(setting.steps + 1):
         started = time.perf_counter()
-        metrics = grpo_step(
+        metrics, _rollout = grpo_step(
             trainer.model, trainer.tokenizer, trainer.optimizer, trainer.scheduler, rows, trainer.rewards, config
         )
         seconds.append(time.perf_counter() - started)

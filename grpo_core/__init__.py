@@ -31,6 +31,8 @@ _EXPORTS = {
     "resolve_rewards": "rewards",
     "reward_registry": "rewards",
     "score_completions": "rollout",
+    "SandboxLimits": "sandbox",
+    "RewardScorer": "scoring",
     "GRPOTrainer": "trainer",
     "TrainerCallback": "trainer",
     "TrainResult": "trainer",

@@ -171,6 +171,12 @@ def prompt_messages(row: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return row.get("messages") or [{"role": "user", "content": row["prompt"]}]
 
 
+def reward_prompt(row: Mapping[str, Any]) -> str | list[Mapping[str, Any]]:
+    """The prompt a tenant's reward code receives for a row, as TRL gives it: the `prompt` string, or the
+    `messages` list of a chat row."""
+    return row["prompt"] if "prompt" in row else row["messages"]
+
+
 def is_number(value: Any) -> bool:
     """Whether a field's value reads as a finite number the way numeric rewards read it: 14, 2.5, "14", "1,234"."""
     if isinstance(value, bool):

@@ -58,7 +58,8 @@ class RewardProcess:
     """Scores batches of completions with `specs`' reward functions in a child process.
 
     score(index, completions, rows) runs reward function `index` (the order of `specs`) over the batch and returns
-    (scores, errors) as `score_batch` does. `check_stop`, when given, is called at every poll (every
+    (scores, error count) as `score_batch` does; score_items returns (scores, per-item error or None) as
+    `score_items` does. `check_stop`, when given, is called at every poll (every
     `poll_seconds`) while the parent waits; it raises to abandon the call, and the child is then killed (it may be
     the one hanging). Use as a context manager, or call close(), so the child does not outlive its user.
     """
@@ -94,6 +95,12 @@ class RewardProcess:
     def score(
         self, index: int, completions: Sequence[str], rows: Sequence[Mapping[str, Any]]
     ) -> tuple[list[float], int]:
+        values, errors = self.score_items(index, completions, rows)
+        return values, sum(error is not None for error in errors)
+
+    def score_items(
+        self, index: int, completions: Sequence[str], rows: Sequence[Mapping[str, Any]]
+    ) -> tuple[list[float], list[str | None]]:
         name = self.specs[index].name
         if self._process is not None and self._process.poll() is not None:
             self.close()  # ended between calls (the kernel's OOM killer): start a fresh one
@@ -185,14 +192,14 @@ def _die_with_parent() -> None:
 
 
 def serve(connection: Connection, parent: int) -> None:
-    """The child's loop: resolve the rewards once, then answer (index, completions, rows) with (scores, errors)
-    until the parent closes its end."""
+    """The child's loop: resolve the rewards once, then answer (index, completions, rows) with (scores, per-item
+    errors) until the parent closes its end."""
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before the death signal was armed
         return
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and `grpo serve`'s SIGTERM are for the parent
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from grpo_core.rewards import resolve_rewards, score_batch
+    from grpo_core.rewards import resolve_rewards, score_items
 
     specs = connection.recv()
     try:
@@ -207,4 +214,4 @@ def serve(connection: Connection, parent: int) -> None:
         except (EOFError, OSError):
             return
         fn, params, _weight = rewards[index]
-        connection.send(score_batch(fn, params, completions, rows))
+        connection.send(score_items(fn, params, completions, rows))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Literal
@@ -80,17 +80,38 @@ def reward_registry() -> dict[str, RewardFunction]:
     return registry
 
 
+class TenantRewardParams(RewardParams):
+    """A tenant reward's params: any keys, passed to its code as keyword arguments (checked at submit, where the
+    function's signature is known)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def _sandbox_only(completion: str, row: Mapping[str, Any], params: Any) -> float:
+    raise RuntimeError("a tenant's reward runs only in its sandbox (grpo_core.sandbox), never in process")
+
+
+def tenant_reward_function(name: str) -> RewardFunction:
+    """The stand-in a tenant reward resolves to: its name and params for the trainer's bookkeeping. Its code
+    scores only in a sandbox (grpo_core.scoring), so `score` refuses to run."""
+    return RewardFunction(name, "a tenant's uploaded reward, run in a sandbox", TenantRewardParams, _sandbox_only)
+
+
 def resolve_rewards(
-    specs: Sequence[RewardSpec], dataset_fields: set[str] | None = None
+    specs: Sequence[RewardSpec],
+    dataset_fields: set[str] | None = None,
+    tenant_rewards: Collection[str] = (),
 ) -> list[tuple[RewardFunction, Any, float]]:
     """Check every spec and return (function, parsed params, weight) triples, or raise RewardSpecError listing
-    every problem at once. dataset_fields, when given, must hold every field the rewards read."""
+    every problem at once. dataset_fields, when given, must hold every field the rewards read. tenant_rewards
+    names the uploaded rewards (ids) the specs may use; any other tenant name is unknown, like a missing one."""
     registry = reward_registry()
     resolved, problems = [], []
     if not specs:
         problems.append("at least one reward is needed")
     for spec in specs:
-        fn = registry.get(spec.name)
+        tenant = is_tenant_reward(spec.name) and spec.name in tenant_rewards
+        fn = tenant_reward_function(spec.name) if tenant else registry.get(spec.name)
         if fn is None:
             problems.append(f"unknown reward {spec.name!r}; valid: {', '.join(sorted(registry))}")
             continue
@@ -114,22 +135,32 @@ def resolve_rewards(
     return resolved
 
 
-def score_batch(
+def score_items(
     fn: RewardFunction, params: Any, completions: Sequence[str], rows: Sequence[Mapping[str, Any]]
-) -> tuple[list[float], int]:
-    """fn's score of completion i against rows[i], for every i, and how many raised or were not finite (those
-    score 0: one bad completion must not stop a run)."""
-    values, errors = [], 0
+) -> tuple[list[float], list[str | None]]:
+    """fn's score of completion i against rows[i], for every i, and per item None or why it failed: it raised or
+    was not a finite number (such items score 0: one bad completion must not stop a run)."""
+    values: list[float] = []
+    errors: list[str | None] = []
     for completion, row in zip(completions, rows, strict=True):
         try:
             value = float(fn.score(completion, row, params))
             if not math.isfinite(value):
-                raise ValueError("non-finite reward")
-        except Exception:
-            errors += 1
-            value = 0.0
+                raise ValueError(f"reward returned {value}, not a finite number")
+            error = None
+        except Exception as raised:
+            value, error = 0.0, f"{type(raised).__name__}: {raised}"[:2000]
         values.append(value)
+        errors.append(error)
     return values, errors
+
+
+def score_batch(
+    fn: RewardFunction, params: Any, completions: Sequence[str], rows: Sequence[Mapping[str, Any]]
+) -> tuple[list[float], int]:
+    """As score_items, with how many items failed instead of why."""
+    values, errors = score_items(fn, params, completions, rows)
+    return values, sum(error is not None for error in errors)
 
 
 # --- built-ins ----------------------------------------------------------------------------------------------------

@@ -20,9 +20,9 @@ import torch
 from grpo_core.algorithms import compute_group_advantages
 from grpo_core.config import GRPOConfig
 from grpo_core.data import render_prompt
-from grpo_core.reward_process import RewardProcess
-from grpo_core.rewards import RewardFunction, score_batch
+from grpo_core.rewards import RewardFunction, is_tenant_reward, score_items
 from grpo_core.sampling import SampleBatch, completion_logprobs, sample_groups
+from grpo_core.scoring import RewardScorer
 
 ResolvedRewards = Sequence[tuple[RewardFunction, Any, float]]
 
@@ -31,30 +31,43 @@ ResolvedRewards = Sequence[tuple[RewardFunction, Any, float]]
 class Scores:
     rewards: torch.Tensor  # [N] weighted sum over reward functions
     per_function: torch.Tensor  # [N, F] each function's raw score
-    errors: int  # completions x functions that raised and were scored 0
+    errors: int  # completions x functions that failed (raised, timed out, not a finite number) and scored 0
+    function_errors: list[int]  # [F] failed completions per function
+    error_messages: list[list[str | None]]  # [F][N] why completion i failed for function j, or None
+    outputs: list[str]  # [F] what each function printed while scoring (tenant code only)
 
 
 def score_completions(
     completions: Sequence[str],
     rows: Sequence[Mapping[str, Any]],
     rewards: ResolvedRewards,
-    scorer: RewardProcess | None = None,
+    scorer: RewardScorer | None = None,
+    *,
+    max_failures: int | None = None,
 ) -> Scores:
-    """Score completion i against rows[i] with every reward; a reward that raises scores 0 and is counted.
+    """Score completion i against rows[i] with every reward; a failed item scores 0 and is counted, with why.
 
-    Each reward function scores the whole batch in one call: in `scorer`'s child process under its time limit
-    (what the trainer does: RewardTimeout when a reward hangs), or in this process when scorer is None."""
+    Each reward function scores the whole batch: with `scorer` (what the trainer does: built-ins in a child process
+    under its time limit, RewardTimeout when one hangs; tenant rewards in their sandboxes), or in this process when
+    scorer is None (built-ins only). max_failures is passed to the scorer (see RewardScorer.score)."""
     per_function = torch.zeros(len(completions), len(rewards))
-    errors = 0
+    messages: list[list[str | None]] = []
+    outputs: list[str] = []
     for j, (fn, params, _weight) in enumerate(rewards):
-        if scorer is None:
-            values, failed = score_batch(fn, params, completions, rows)
+        output = ""
+        if scorer is not None:
+            batch = scorer.score(j, completions, rows, max_failures=max_failures)
+            values, errors, output = batch.values, batch.errors, batch.output
+        elif is_tenant_reward(fn.name):
+            raise ValueError(f"reward {fn.name!r} is a tenant's code: it scores only with a RewardScorer (sandboxed)")
         else:
-            values, failed = scorer.score(j, completions, rows)
+            values, errors = score_items(fn, params, completions, rows)
         per_function[:, j] = torch.tensor(values, dtype=per_function.dtype)
-        errors += failed
+        messages.append(errors)
+        outputs.append(output)
     weights = torch.tensor([weight for _fn, _params, weight in rewards])
-    return Scores(rewards=per_function @ weights, per_function=per_function, errors=errors)
+    counts = [sum(error is not None for error in errors) for errors in messages]
+    return Scores(per_function @ weights, per_function, sum(counts), counts, messages, outputs)
 
 
 def decode_completions(tokenizer, batch: SampleBatch) -> list[str]:
@@ -82,12 +95,13 @@ def sample_and_score(
     *,
     group_size: int,
     greedy: bool = False,
-    scorer: RewardProcess | None = None,
+    scorer: RewardScorer | None = None,
     check_stop: Callable[[], None] | None = None,
+    max_reward_failures: int | None = None,
 ) -> ScoredSamples:
     """Sample group_size completions for each row's prompt at the config's temperature and top_p (or greedily),
-    and score each against its row (with `scorer`, see score_completions). check_stop is called before each
-    decoded token and raises to abandon the sampling."""
+    and score each against its row (with `scorer` and max_reward_failures, see score_completions). check_stop is
+    called before each decoded token and raises to abandon the sampling."""
     batch = sample_groups(
         model,
         tokenizer,
@@ -100,7 +114,8 @@ def sample_and_score(
         check_stop=check_stop,
     )
     completions = decode_completions(tokenizer, batch)
-    scores = score_completions(completions, [row for row in rows for _ in range(group_size)], rewards, scorer)
+    grouped_rows = [row for row in rows for _ in range(group_size)]
+    scores = score_completions(completions, grouped_rows, rewards, scorer, max_failures=max_reward_failures)
     return ScoredSamples(batch, completions, scores)
 
 
@@ -147,15 +162,24 @@ def collect_rollout(
     rewards: ResolvedRewards,
     config: GRPOConfig,
     *,
-    scorer: RewardProcess | None = None,
+    scorer: RewardScorer | None = None,
     check_stop: Callable[[], None] | None = None,
+    max_reward_failures: int | None = None,
 ) -> Rollout:
-    """Sample config.group_size completions for each of `rows`, score them (with `scorer`, see score_completions),
-    compute advantages, and take the log-probs the update compares against. Changes no weight, so check_stop
+    """Sample config.group_size completions for each of `rows`, score them (with `scorer` and max_reward_failures,
+    see score_completions), compute advantages, and take the log-probs the update compares against. Changes no weight, so check_stop
     (called before each decoded token and at each poll while rewards score) may raise to abandon it anywhere."""
     started = time.perf_counter()
     samples = sample_and_score(
-        model, tokenizer, rows, rewards, config, group_size=config.group_size, scorer=scorer, check_stop=check_stop
+        model,
+        tokenizer,
+        rows,
+        rewards,
+        config,
+        group_size=config.group_size,
+        scorer=scorer,
+        check_stop=check_stop,
+        max_reward_failures=max_reward_failures,
     )
     sampled = time.perf_counter()
     advantages = compute_group_advantages(samples.scores.rewards, config.group_size, config.scale_rewards)

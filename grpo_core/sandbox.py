@@ -17,8 +17,9 @@ What it guarantees (Linux, bubblewrap installed, the kernel allowing user namesp
   stopped a fork loop after 3 forks when the caller was an unprivileged user). The kernel does not enforce it at
   all when the caller's uid is root, so when the service runs as root the seccomp filter is what stops a fork bomb;
 - limits set before the tenant's code runs: address space (memory_mb), CPU seconds over the process's life,
-  open files, file size; a wall-clock timeout per call, past which the whole sandbox is killed (its pid
-  namespace dies with it) and the next call starts a fresh one; printed output kept up to a bound, with a marker;
+  open files, file size; a wall-clock timeout per call of `reward` (per item in the per-sample shape, per batch
+  in the batch shape), past which the whole sandbox is killed (its pid namespace dies with it) and the items not
+  yet scored go to a fresh one; printed output kept up to a bound, with a marker;
 - the parent never unpickles what the sandbox sends: answers are JSON, size-bounded and checked.
 
 What it does not guarantee: the seccomp filter only restricts process creation (x32-ABI syscalls answer ENOSYS
@@ -45,17 +46,20 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from grpo_core.reward_process import RewardFailure
+
 MAX_SOURCE_BYTES = 256 * 1024
 _CHILD = Path(__file__).with_name("sandbox_child.py")
 _CHILD_INSIDE = "/opt/reward/child.py"
 _SANDBOX_UID = 65534
+_MALFORMED = "the reward process sent a malformed answer; it was killed and will be restarted"
 _BASE = ["--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv"]
 _ENV = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
 
@@ -66,6 +70,36 @@ class SandboxUnavailable(RuntimeError):
 
 class RewardSourceError(ValueError):
     """The reward source was refused: too large, a syntax error, a failing import, no or a wrong `reward`."""
+
+
+class SandboxRestartsExhausted(RewardFailure):
+    """A tenant reward's sandbox died or was killed `max_restarts` calls in a row without scoring one item."""
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """What a job's reward sandboxes may use (the service's GRPO_REWARD_* settings)."""
+
+    timeout_seconds: float = 60.0
+    """Longest one call of `reward` may take: one item in the per-sample shape, the batch in the batch shape."""
+    memory_mb: int = 1024
+    """Address space of the sandboxed process, MiB."""
+    cpu_seconds: int = 3600
+    """CPU seconds over the process's life; past them it is killed, and restarted for the next items."""
+    max_processes: int = 16
+    max_open_files: int = 64
+    max_file_mb: int = 64
+    """Largest file the code may write (in its private /tmp), MiB."""
+    max_tmp_mb: int = 256
+    """Size of its private /tmp, MiB."""
+    output_chars: int = 64 * 1024
+    """Printed output kept per call of score() (the rest is cut, with a marker)."""
+    extra_paths: tuple[str, ...] = ()
+    """Folders of packages bound read-only into the sandbox and put on its sys.path."""
+    allow_unsandboxed: bool = False
+    """DANGEROUS: run the code without bubblewrap (rlimits only) where bubblewrap cannot run."""
+    max_restarts: int = 3
+    """Deaths (or kills) in a row, without one item scored in between, after which score() raises."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +116,7 @@ class CheckResult:
 class Scores:
     results: list[tuple[float | None, str | None]]  # one (value, error) per completion, exactly one of them None
     output: str = ""  # what the code printed during the call, bounded
-    restarted: bool = False  # the sandbox was killed (timed out or died) during this call
+    restarted: bool = False  # the sandbox was killed (timed out, died or stopped early) during this call
     seconds: float = 0.0
 
 
@@ -177,11 +211,15 @@ def sandbox_available() -> str | None:
 class RewardSandbox:
     """One tenant reward in a long-lived sandboxed process, for one job.
 
-    score(prompts, completions, rows) calls the per-sample shape once per item or the batch shape once, and returns
-    Scores: a (value, error) per item. An item whose call raised or returned anything but a finite number is an
-    error, not a crash. A call past `timeout_seconds` kills the sandbox (its samples are errors "timed out after
-    N s"); the next call starts a fresh one. A source that fails to load raises RewardSourceError (permanent);
-    no usable sandbox raises SandboxUnavailable unless `allow_unsandboxed`.
+    score(prompts, completions, rows, params) calls the per-sample shape once per item or the batch shape once,
+    and returns Scores: a (value, error) per item. An item whose call raised or returned anything but a finite
+    number is an error, not a crash. A call past `timeout_seconds` (or one that kills the process) fails its item,
+    or the whole batch in the batch shape, with the reason; the sandbox is killed and the items left go to a fresh
+    one. After `max_restarts` such deaths in a row with no item answered in between, score() raises
+    SandboxRestartsExhausted naming the reward: a sandbox that cannot stay up would only burn the timeout on
+    every item. A source that fails to load raises RewardSourceError (permanent); no usable sandbox raises
+    SandboxUnavailable unless `allow_unsandboxed`. `check_stop`, when given, is called at every poll while the
+    parent waits; it raises to abandon the call (the sandbox is then killed).
     """
 
     def __init__(
@@ -200,6 +238,9 @@ class RewardSandbox:
         start_timeout_seconds: float = 30.0,
         allow_unsandboxed: bool = False,
         poll_seconds: float = 0.05,
+        name: str = "reward",
+        max_restarts: int = 3,
+        check_stop: Callable[[], None] | None = None,
     ):
         size = len(source.encode())
         if size > MAX_SOURCE_BYTES:
@@ -211,6 +252,10 @@ class RewardSandbox:
         self.extra_paths = [os.path.realpath(p) for p in extra_paths]
         self.allow_unsandboxed = allow_unsandboxed
         self.poll_seconds = poll_seconds
+        self.name = name
+        self.max_restarts = max_restarts
+        self.check_stop = check_stop
+        self._deaths_in_a_row = 0
         self.tmp_bytes = max_tmp_mb * 1024 * 1024
         self.limits = {
             "RLIMIT_AS": memory_mb * 1024 * 1024,
@@ -226,6 +271,32 @@ class RewardSandbox:
         # Any, as in reward_process: both are set together by _spawn and cleared together by close()
         self._process: Any = None
         self._connection: Any = None
+
+    @classmethod
+    def from_limits(
+        cls,
+        source: str,
+        limits: SandboxLimits,
+        *,
+        name: str = "reward",
+        check_stop: Callable[[], None] | None = None,
+    ) -> RewardSandbox:
+        return cls(
+            source,
+            timeout_seconds=limits.timeout_seconds,
+            memory_mb=limits.memory_mb,
+            cpu_seconds=limits.cpu_seconds,
+            max_processes=limits.max_processes,
+            max_open_files=limits.max_open_files,
+            max_file_mb=limits.max_file_mb,
+            max_tmp_mb=limits.max_tmp_mb,
+            output_chars=limits.output_chars,
+            extra_paths=limits.extra_paths,
+            allow_unsandboxed=limits.allow_unsandboxed,
+            name=name,
+            max_restarts=limits.max_restarts,
+            check_stop=check_stop,
+        )
 
     def __enter__(self) -> RewardSandbox:
         return self
@@ -272,28 +343,103 @@ class RewardSandbox:
         )
         return self._loaded
 
-    def score(self, prompts: Sequence[str], completions: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> Scores:
+    def score(
+        self,
+        prompts: Sequence[str | list],
+        completions: Sequence[str],
+        rows: Sequence[Mapping[str, Any]],
+        params: Mapping[str, Any] | None = None,
+        *,
+        max_failures: int | None = None,
+    ) -> Scores:
+        """A (value, error) per item. prompts[i] is the row's prompt string or its message list; params are passed
+        to every call as keyword arguments. With `max_failures`, once more items than that have failed the rest
+        are not scored (their error says so): the caller gives up past that many anyway."""
         n = len(completions)
         if not (len(prompts) == n == len(rows)):
             raise ValueError(f"{len(prompts)} prompts, {n} completions and {len(rows)} rows: they must match")
         started = time.monotonic()
-        self.start()
-        try:
-            self._connection.send((list(prompts), list(completions), [dict(r) for r in rows]))
-        except OSError:
-            pass
+        results: list[tuple[float | None, str | None]] = []
+        outputs: list[str] = []
+        restarted = False
+        while len(results) < n:
+            if max_failures is not None and sum(value is None for value, _ in results) > max_failures:
+                why = f"not scored: more than {max_failures} of the {n} samples had failed already"
+                results += [(None, why)] * (n - len(results))
+                break
+            self.start()
+            first = len(results)
+            try:
+                batch = (list(prompts[first:]), list(completions[first:]), [dict(r) for r in rows[first:]])
+                self._connection.send((*batch, dict(params or {})))
+            except OSError:
+                pass  # gone already: _receive says so
+            if self.shape == "per_sample":
+                self._receive_items(n - first, results, outputs, max_failures)
+            else:
+                self._receive_batch(n - first, results, outputs)
+            restarted = restarted or self._process is None
+        output = "".join(outputs)
+        if len(output) > self.output_chars + 100:  # each restart brings a call's worth
+            cut = len(output) - self.output_chars
+            output = output[: self.output_chars] + f"\n[output truncated: {cut} more characters]"
+        return Scores(results, output=output, restarted=restarted, seconds=time.monotonic() - started)
+
+    def _receive_items(
+        self,
+        count: int,
+        results: list[tuple[float | None, str | None]],
+        outputs: list[str],
+        max_failures: int | None,
+    ) -> None:
+        """Read the per-sample answers of `count` items into results, each call timed on its own, then the call's
+        last output. On a timeout, a death or a wrong answer the item it was on fails and the sandbox is closed
+        (_died); past max_failures it is closed too, mid-batch, and score() marks the rest."""
+        for _ in range(count):
+            reply = self._receive(self.timeout_seconds)
+            checked = _checked_results([reply.get("result")], 1) if isinstance(reply, dict) else None
+            if not isinstance(reply, dict) or checked is None:
+                why = reply if isinstance(reply, str) else _MALFORMED
+                results.append((None, why))
+                self._died(why)
+                return
+            self._deaths_in_a_row = 0
+            results.append(checked[0])
+            outputs.append(_text(reply.get("output")))
+            if max_failures is not None and sum(value is None for value, _ in results) > max_failures:
+                self.close()
+                return
         reply = self._receive(self.timeout_seconds)
-        seconds = time.monotonic() - started
-        if isinstance(reply, str):
-            self.close()  # the next call starts a fresh sandbox
-            return Scores([(None, reply)] * n, restarted=True, seconds=seconds)
-        results = _checked_results(reply.get("results"), n)
-        if results is None:
-            self.close()
-            return Scores([(None, "the reward process sent a malformed answer")] * n, restarted=True, seconds=seconds)
-        output = reply.get("output")
-        output = output[: self.output_chars + 100] if isinstance(output, str) else ""
-        return Scores(results, output=output, seconds=seconds)
+        if not isinstance(reply, dict) or set(reply) != {"output"}:
+            self._died(reply if isinstance(reply, str) else _MALFORMED)
+            return
+        outputs.append(_text(reply["output"]))
+
+    def _receive_batch(self, count: int, results: list[tuple[float | None, str | None]], outputs: list[str]) -> None:
+        """Read the batch shape's one answer for `count` items into results; all of them fail when it times out,
+        dies or answers wrongly (_died)."""
+        reply = self._receive(self.timeout_seconds)
+        checked = _checked_results(reply.get("results"), count) if isinstance(reply, dict) else None
+        if not isinstance(reply, dict) or checked is None:
+            why = reply if isinstance(reply, str) else _MALFORMED
+            results += [(None, why)] * count
+            self._died(why)
+            return
+        self._deaths_in_a_row = 0
+        results += checked
+        outputs.append(_text(reply.get("output")))
+
+    def _died(self, why: str) -> None:
+        """The sandbox timed out, died or answered wrongly: kill it (the next items start a fresh one), and give up
+        once that happened max_restarts times in a row with no item answered in between."""
+        self.close()
+        self._deaths_in_a_row += 1
+        if self._deaths_in_a_row >= self.max_restarts:
+            self._deaths_in_a_row = 0
+            raise SandboxRestartsExhausted(
+                f"reward {self.name!r}: its sandbox was killed or died {self.max_restarts} times in a row without "
+                f"scoring a sample; last: {why}"
+            )
 
     def close(self) -> None:
         """Kill the sandbox (killing bwrap takes its pid namespace down with it). Idempotent."""
@@ -352,6 +498,12 @@ class RewardSandbox:
         deadline = time.monotonic() + limit
         try:
             while not self._connection.poll(self.poll_seconds):
+                if self.check_stop is not None:
+                    try:
+                        self.check_stop()
+                    except BaseException:
+                        self.close()  # it may be mid-call: it cannot answer the next one in order
+                        raise
                 if time.monotonic() > deadline:
                     return f"timed out after {limit:g} s; the reward process was killed and will be restarted"
                 if self._process.poll() is not None:
@@ -374,6 +526,10 @@ class RewardSandbox:
                 why = {"SIGXCPU": ": past its CPU-time limit", "SIGKILL": ""}.get(name, "")
                 return f"the reward process died (killed by {name}{why}); it will be restarted"
             return f"the reward process died (exit code {code}); it will be restarted"
+
+
+def _text(output: Any) -> str:
+    return output if isinstance(output, str) else ""
 
 
 def _checked_results(results: Any, n: int) -> list[tuple[float | None, str | None]] | None:

@@ -6,13 +6,21 @@ parent); the child answers with JSON bytes only, because the parent must never u
 have written on the socket.
 
 Messages: the parent sends {"limits", "source", "paths"}; the child applies the limits, loads the source and
-answers {"ok", "shape", "parameters", "required", "error", "output"}. Then each (prompts, completions, rows) is answered with
-{"results": [[value, error], ...], "output"}.
+answers {"ok", "shape", "parameters", "required", "error", "output"}. Then each (prompts, completions, rows,
+params) is answered:
+- per-sample shape: one {"result": [value, error], "output"} per item as soon as it is scored (so the parent can
+  time each call and knows which item hung), then {"output"} with the rest of the printed output;
+- batch shape: one {"results": [[value, error], ...], "output"}.
+"output" is what the code printed since the last answer; the call's whole output is bounded, with a marker.
 
 Shape rule (from the names of the first two positional parameters): `prompts, completions` is TRL's batch
 shape, called once with every dataset column as a keyword list; `prompt, completion` is the per-sample shape,
 called once per item with the row's columns as keywords. Without `**kwargs`, only the columns named as
-parameters are passed. Anything else is refused, naming what was found.
+parameters are passed. Anything else is refused, naming what was found. A prompt is the row's `prompt` string or
+its `messages` list, so those columns (and any named completion(s)) are never passed as fields. In the batch
+shape, as in TRL, a conversational prompt (a message list) gets its completion as
+[{"role": "assistant", "content": text}]. `params` (the job's params for this reward) are passed to every call as
+extra keyword arguments, scalars in both shapes, whether or not the signature names them.
 """
 
 import inspect
@@ -49,11 +57,18 @@ class _BoundedText(io.TextIOBase):
         self.dropped += max(0, len(text) - max(room, 0))
         return len(text)
 
-    def take(self):
+    def drain(self):
+        """What was kept since the last drain; the call's bound still counts it."""
         text = "".join(self.parts)
+        self.parts = []
+        return text
+
+    def take(self):
+        """The rest of the call's output, with the truncation marker, and a fresh bound for the next call."""
+        text = self.drain()
         if self.dropped:
             text += f"\n[output truncated: {self.dropped} more characters]"
-        self.parts, self.kept, self.dropped = [], 0, 0
+        self.kept, self.dropped = 0, 0
         return text
 
 
@@ -109,22 +124,37 @@ def _number(value):
     return value, None
 
 
-def _score(fn, shape, accepted, prompts, completions, rows):
-    fixed = {"prompt", "completion", "prompts", "completions"}
-    if shape == PER_SAMPLE:
-        results = []
-        for prompt, completion, row in zip(prompts, completions, rows, strict=True):
-            fields = {k: v for k, v in row.items() if k not in fixed and (accepted is None or k in accepted)}
-            try:
-                results.append(_number(fn(prompt, completion, **fields)))
-            except BaseException as error:  # a tenant's SystemExit or KeyboardInterrupt is its sample's error
-                results.append((None, _error(error)))
-        return results
-    columns = [k for row in rows for k in row if k not in fixed]
-    columns = list(dict.fromkeys(columns))
-    kwargs = {k: [row.get(k) for row in rows] for k in columns if accepted is None or k in accepted}
+_NOT_FIELDS = {"prompt", "messages", "completion", "prompts", "completions"}
+
+
+def _fields(row, accepted):
+    return {k: v for k, v in row.items() if k not in _NOT_FIELDS and (accepted is None or k in accepted)}
+
+
+def _send(connection, message):
+    connection.send_bytes(json.dumps(message).encode())
+
+
+def _score_each(connection, output, fn, accepted, prompts, completions, rows, params):
+    for prompt, completion, row in zip(prompts, completions, rows, strict=True):
+        try:
+            result = _number(fn(prompt, completion, **{**_fields(row, accepted), **params}))
+        except BaseException as error:  # a tenant's SystemExit or KeyboardInterrupt is its sample's error
+            result = (None, _error(error))
+        _send(connection, {"result": result, "output": output.drain()})
+    _send(connection, {"output": output.take()})
+
+
+def _score_batch(fn, accepted, prompts, completions, rows, params):
+    columns = list(dict.fromkeys(k for row in rows for k in _fields(row, accepted)))
+    kwargs = {k: [row.get(k) for row in rows] for k in columns}
+    # TRL's convention: a conversational prompt (a message list) gets its completion as a message list too.
+    completions = [
+        c if isinstance(p, str) else [{"role": "assistant", "content": c}]
+        for p, c in zip(prompts, completions, strict=True)
+    ]
     try:
-        values = fn(prompts=list(prompts), completions=list(completions), **kwargs)
+        values = fn(prompts=list(prompts), completions=completions, **{**kwargs, **params})
         values = list(values)
     except BaseException as error:
         return [(None, _error(error))] * len(prompts)
@@ -167,11 +197,14 @@ def main(fd):
     connection.send_bytes(json.dumps(reply).encode())
     while True:
         try:
-            prompts, completions, rows = connection.recv()
+            prompts, completions, rows, params = connection.recv()
         except (EOFError, OSError):
             return
-        results = _score(fn, shape, accepted, prompts, completions, rows)
-        connection.send_bytes(json.dumps({"results": results, "output": output.take()}).encode())
+        if shape == PER_SAMPLE:
+            _score_each(connection, output, fn, accepted, prompts, completions, rows, params)
+        else:
+            results = _score_batch(fn, accepted, prompts, completions, rows, params)
+            _send(connection, {"results": results, "output": output.take()})
 
 
 if __name__ == "__main__":

@@ -9,6 +9,11 @@ RNG draws undone) and the run ends as if should_stop() had said so before it: a 
 step is saved. The update itself (the optimizer steps of a step) is never interrupted, so no checkpoint holds a
 half-updated adapter. A stop therefore takes effect within one decoded token's forward pass, or 0.1 s while
 rewards score, or, when it arrives during the log-prob passes, after them.
+
+Rewards that fail: an item whose reward raised, timed out (tenant code), or was not a finite number scores 0, is
+counted in `reward_errors/<name>`, and the step warns (on_warning) with the first error. When more than
+max_reward_failure_fraction of a step's samples failed for one reward, the run ends (TooManyRewardFailures)
+before that step updates anything.
 """
 
 from __future__ import annotations
@@ -34,13 +39,17 @@ from grpo_core.checkpoint import (
     save_checkpoint,
 )
 from grpo_core.config import GRPOConfig, LoraSettings, RewardSpec
-from grpo_core.data import dataset_fields, rows_for_step
+from grpo_core.data import dataset_fields, reward_prompt, rows_for_step
 from grpo_core.models import load_base_model
 from grpo_core.packed_linear import pack_frozen_linears
-from grpo_core.reward_process import RewardProcess
-from grpo_core.rewards import resolve_rewards
-from grpo_core.rollout import ResolvedRewards, Rollout, collect_rollout, sample_and_score, without_dropout
+from grpo_core.reward_process import RewardFailure
+from grpo_core.rewards import is_tenant_reward, resolve_rewards
+from grpo_core.rollout import ResolvedRewards, Rollout, Scores, collect_rollout, sample_and_score, without_dropout
 from grpo_core.sampling import completion_logprobs
+from grpo_core.sandbox import SandboxLimits, SandboxUnavailable, sandbox_available
+from grpo_core.scoring import RewardScorer
+
+SAMPLE_TEXT_CHARS = 16 * 1024  # a stored sample's prompt strings and completion, and a step's output per reward
 
 
 class TrainerCallback:
@@ -53,7 +62,15 @@ class TrainerCallback:
     def on_checkpoint(self, checkpoint: Checkpoint) -> None: ...
 
     def on_warning(self, message: str) -> None:
-        """Something the user should know that did not stop the run (a corrupt checkpoint skipped on resume)."""
+        """Something the user should know that did not stop the run (a corrupt checkpoint skipped on resume, a step
+        where a reward failed on some samples)."""
+
+    def on_samples(self, step: int, samples: list[dict[str, Any]], outputs: dict[str, str]) -> None:
+        """After on_step: the step's first sample_groups_per_step groups, one dict per completion: {"group",
+        "index" (within the group), "prompt" (the row's prompt string or messages), "completion", "reward" (the
+        weighted sum), "advantage", "scores": {reward: value}, "errors": {reward: message} (failed ones only)}.
+        outputs: reward name -> what it printed during the step (tenant rewards that printed anything). Strings
+        are cut at SAMPLE_TEXT_CHARS with a marker."""
 
     def should_stop(self) -> bool:
         """Checked between steps: True ends the run cooperatively after saving a checkpoint."""
@@ -75,6 +92,10 @@ class NonFiniteUpdate(ArithmeticError):
 
 class ResumeMismatch(ValueError):
     """The checkpoint to resume from was saved by a run with other settings: resuming would not continue it."""
+
+
+class TooManyRewardFailures(RewardFailure):
+    """More than the allowed fraction of a step's samples failed for one reward."""
 
 
 @dataclass
@@ -217,6 +238,7 @@ def step_metrics(
         "reward_std": scores.rewards.std().item(),
         **{f"reward/{fn.name}": scores.per_function[:, j].mean().item() for j, (fn, _p, _w) in enumerate(rewards)},
         "reward_errors": float(scores.errors),
+        **{f"reward_errors/{fn.name}": float(scores.function_errors[j]) for j, (fn, _p, _w) in enumerate(rewards)},
         "zero_std_group_fraction": zero_std_group_fraction(scores.rewards, batch.group_size),
         "advantage_mean": rollout.advantages.mean().item(),
         "advantage_std": rollout.advantages.std().item(),
@@ -233,6 +255,80 @@ def step_metrics(
     }
 
 
+def check_reward_failures(scores: Scores, rewards: ResolvedRewards, max_fraction: float) -> None:
+    """Raise TooManyRewardFailures naming the first reward that failed on more than max_fraction of the samples,
+    with the count and its first error."""
+    total = scores.per_function.shape[0]
+    for (fn, _params, _weight), count, errors in zip(
+        rewards, scores.function_errors, scores.error_messages, strict=True
+    ):
+        if count > max_fraction * total:
+            first = next(error for error in errors if error is not None)
+            raise TooManyRewardFailures(
+                f"reward {fn.name!r} failed on {count} of {total} samples (more than the allowed fraction, "
+                f"{max_fraction:g}); first error: {first}"
+            )
+
+
+def reward_warnings(scores: Scores, rewards: ResolvedRewards) -> list[str]:
+    """One message per reward that failed on some samples: the count and its first error."""
+    total = scores.per_function.shape[0]
+    return [
+        f"reward {fn.name!r} failed on {count} of {total} samples (scored 0); first error: "
+        + next(error for error in errors if error is not None)
+        for (fn, _params, _weight), count, errors in zip(
+            rewards, scores.function_errors, scores.error_messages, strict=True
+        )
+        if count
+    ]
+
+
+def _cut(text: str, limit: int, what: str = "") -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n[{what}truncated: {len(text) - limit} more characters]"
+
+
+def step_samples(
+    rollout: Rollout, rows: Sequence[Mapping[str, Any]], rewards: ResolvedRewards, groups: int
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """What TrainerCallback.on_samples gets for the first `groups` groups of a rollout over `rows`: a dict per
+    completion, and what each reward printed (non-empty outputs only)."""
+    scores, group_size = rollout.samples.scores, rollout.batch.group_size
+    names = [fn.name for fn, _params, _weight in rewards]
+    samples = []
+    for group, row in enumerate(rows[:groups]):
+        prompt = reward_prompt(row)
+        if isinstance(prompt, str):
+            prompt = _cut(prompt, SAMPLE_TEXT_CHARS)
+        else:
+            prompt = [{**message, "content": _cut(message["content"], SAMPLE_TEXT_CHARS)} for message in prompt]
+        for index in range(group_size):
+            i = group * group_size + index
+            samples.append(
+                {
+                    "group": group,
+                    "index": index,
+                    "prompt": prompt,
+                    "completion": _cut(rollout.samples.completions[i], SAMPLE_TEXT_CHARS),
+                    "reward": scores.rewards[i].item(),
+                    "advantage": rollout.advantages[i].item(),
+                    "scores": {name: scores.per_function[i, j].item() for j, name in enumerate(names)},
+                    "errors": {
+                        name: scores.error_messages[j][i]
+                        for j, name in enumerate(names)
+                        if scores.error_messages[j][i] is not None
+                    },
+                }
+            )
+    outputs = {
+        name: _cut(output, SAMPLE_TEXT_CHARS, "output ")
+        for name, output in zip(names, scores.outputs, strict=True)
+        if output
+    }
+    return samples, outputs
+
+
 def grpo_step(
     model,
     tokenizer,
@@ -242,21 +338,35 @@ def grpo_step(
     rewards: ResolvedRewards,
     config: GRPOConfig,
     *,
-    scorer: RewardProcess | None = None,
+    scorer: RewardScorer | None = None,
     check_stop: Callable[[], None] | None = None,
-) -> dict[str, float]:
+    max_reward_failure_fraction: float = 1.0,
+) -> tuple[dict[str, float], Rollout]:
     """One training step on `rows` (P prompts): collect a rollout (G completions each, scored, advantages, old
-    and reference log-probs), update the policy num_iterations times, report the step's metrics.
+    and reference log-probs), update the policy num_iterations times. Returns the step's metrics and its rollout.
 
-    Rewards score in `scorer`'s process when given (see score_completions). check_stop is called during the
-    rollout (each decoded token, each reward poll, and once before the update) and raises to abandon the step;
-    the update is never interrupted."""
+    Rewards score with `scorer` when given (see score_completions). More than max_reward_failure_fraction of the
+    samples failing for one reward raises TooManyRewardFailures before any update (scoring stops at that point:
+    the rest of that reward's samples are not scored). check_stop is called during the rollout (each decoded
+    token, each reward poll, and once before the update) and raises to abandon the step; the update is never
+    interrupted."""
     started = time.perf_counter()
-    rollout = collect_rollout(model, tokenizer, rows, rewards, config, scorer=scorer, check_stop=check_stop)
+    max_failures = math.floor(max_reward_failure_fraction * len(rows) * config.group_size)
+    rollout = collect_rollout(
+        model,
+        tokenizer,
+        rows,
+        rewards,
+        config,
+        scorer=scorer,
+        check_stop=check_stop,
+        max_reward_failures=max_failures,
+    )
+    check_reward_failures(rollout.samples.scores, rewards, max_reward_failure_fraction)
     if check_stop is not None:
         check_stop()
     updates = update_policy(model, optimizer, scheduler, rollout, config)
-    return step_metrics(rollout, updates, rewards, time.perf_counter() - started)
+    return step_metrics(rollout, updates, rewards, time.perf_counter() - started), rollout
 
 
 @torch.no_grad()
@@ -267,7 +377,7 @@ def evaluate(
     rewards: ResolvedRewards,
     config: GRPOConfig,
     *,
-    scorer: RewardProcess | None = None,
+    scorer: RewardScorer | None = None,
     check_stop: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Mean reward on held-out rows: sampled (eval_samples_per_prompt each, at the training temperature) and
@@ -298,9 +408,16 @@ def evaluate(
 class GRPOTrainer:
     """Runs GRPO with a LoRA adapter on `base_model` over `train_rows`, writing checkpoints to output_dir.
 
-    The reward specs are checked against the dataset before any model is loaded. Rewards score in a child process
-    (grpo_core.reward_process), started at the first step and kept until train() returns; a reward call that
-    takes longer than reward_timeout_seconds ends the run with RewardTimeout naming the reward and the limit.
+    The reward specs are checked against the dataset before any model is loaded. Built-in and plugin rewards score
+    in a child process (grpo_core.reward_process), started at the first step and kept until train() returns; a
+    call that takes longer than reward_timeout_seconds ends the run with RewardTimeout naming the reward and the
+    limit. A tenant reward, named by its id, is code from `tenant_rewards` (id -> source) and scores only in a
+    sandbox of its own (grpo_core.sandbox) under `sandbox_limits`: a call that hangs or dies fails its items and
+    training goes on (see grpo_core.scoring). Where the sandbox cannot run (and sandbox_limits does not allow
+    running unsandboxed) the constructor raises SandboxUnavailable, before any model is loaded.
+
+    max_reward_failure_fraction: a step where more than this fraction of the samples failed for one reward ends
+    the run (TooManyRewardFailures). sample_groups_per_step: how many groups of each step go to on_samples.
     """
 
     def __init__(
@@ -315,11 +432,24 @@ class GRPOTrainer:
         callbacks: Sequence[TrainerCallback] = (),
         cache_dir: str | Path | None = None,
         reward_timeout_seconds: float = 60.0,
+        tenant_rewards: Mapping[str, str] | None = None,
+        sandbox_limits: SandboxLimits | None = None,
+        max_reward_failure_fraction: float = 0.5,
+        sample_groups_per_step: int = 2,
     ):
         if not train_rows:
             raise ValueError("the training dataset is empty")
         self.reward_specs = list(rewards)
-        self.rewards = resolve_rewards(self.reward_specs, dataset_fields([*train_rows, *eval_rows]))
+        self.tenant_rewards = dict(tenant_rewards or {})
+        fields = dataset_fields([*train_rows, *eval_rows])
+        self.rewards = resolve_rewards(self.reward_specs, fields, tenant_rewards=self.tenant_rewards)
+        self.sandbox_limits = sandbox_limits or SandboxLimits(timeout_seconds=reward_timeout_seconds)
+        if any(is_tenant_reward(spec.name) for spec in self.reward_specs) and not self.sandbox_limits.allow_unsandboxed:
+            problem = sandbox_available()
+            if problem is not None:
+                raise SandboxUnavailable(f"tenant reward code is not run unsandboxed: {problem}")
+        self.max_reward_failure_fraction = max_reward_failure_fraction
+        self.sample_groups_per_step = sample_groups_per_step
         self.base_model = base_model
         self.train_rows = list(train_rows)
         self.eval_rows = list(eval_rows)
@@ -403,7 +533,7 @@ class GRPOTrainer:
         if any(callback.stop_requested() for callback in self.callbacks):
             raise StepAbandoned("stop requested")
 
-    def _evaluate(self, step: int, scorer: RewardProcess) -> None:
+    def _evaluate(self, step: int, scorer: RewardScorer) -> None:
         if not self.eval_rows or self.config.eval_every == 0:
             return
         metrics = evaluate(
@@ -424,15 +554,20 @@ class GRPOTrainer:
         settings that change training raises ResumeMismatch naming them.
 
         A stop (should_stop between steps, stop_requested within one) ends the run early with a checkpoint of the
-        last finished step. A reward that hangs raises RewardTimeout; a non-finite loss or gradient norm raises
+        last finished step. A built-in reward that hangs raises RewardTimeout, a reward failing on too many samples
+        TooManyRewardFailures, a tenant reward's sandbox that keeps dying SandboxRestartsExhausted; a non-finite loss or gradient norm raises
         NonFiniteUpdate naming the step; neither saves a checkpoint of the failed step."""
         if self.model is None:
             self.setup()
         remove_partial_checkpoints(self.checkpoint_dir)
         checkpoint = self._resume_point() if resume else None
         step = self._restore(checkpoint) if checkpoint else 0
-        scorer = RewardProcess(
-            self.reward_specs, timeout_seconds=self.reward_timeout_seconds, check_stop=self._check_stop
+        scorer = RewardScorer(
+            self.reward_specs,
+            timeout_seconds=self.reward_timeout_seconds,
+            tenant_sources=self.tenant_rewards,
+            limits=self.sandbox_limits,
+            check_stop=self._check_stop,
         )
         with scorer:
             step, checkpoint, stopped_early = self._run_steps(step, checkpoint, scorer)
@@ -446,7 +581,7 @@ class GRPOTrainer:
         return TrainResult(step, stopped_early, checkpoint.path)
 
     def _run_steps(
-        self, step: int, checkpoint: Checkpoint | None, scorer: RewardProcess
+        self, step: int, checkpoint: Checkpoint | None, scorer: RewardScorer
     ) -> tuple[int, Checkpoint | None, bool]:
         """Steps after `step` up to max_steps, with their checkpoints and evaluations. Returns the last finished
         step, the last checkpoint saved, and whether a stop ended the run early."""
@@ -457,10 +592,16 @@ class GRPOTrainer:
             while step < config.max_steps:
                 if any(callback.should_stop() for callback in self.callbacks):
                     return step, checkpoint, True
-                metrics = self._step(step, scorer)
+                metrics, rollout, rows = self._step(step, scorer)
                 step += 1
                 for callback in self.callbacks:
                     callback.on_step(step, metrics)
+                for message in reward_warnings(rollout.samples.scores, self.rewards):
+                    self._warn(f"step {step}: {message}")
+                if self.sample_groups_per_step:
+                    samples, outputs = step_samples(rollout, rows, self.rewards, self.sample_groups_per_step)
+                    for callback in self.callbacks:
+                        callback.on_samples(step, samples, outputs)
                 if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.max_steps:
                     checkpoint = self._save(step)
                 if config.eval_every and step % config.eval_every == 0 and step < config.max_steps:
@@ -469,14 +610,15 @@ class GRPOTrainer:
             return step, checkpoint, True
         return step, checkpoint, False
 
-    def _step(self, step: int, scorer: RewardProcess) -> dict[str, float]:
-        """Step `step` + 1. Abandoned (StepAbandoned), it changed no weight, and its random draws are undone too,
-        so a run resumed from the last finished step samples what an uninterrupted one would have."""
+    def _step(self, step: int, scorer: RewardScorer) -> tuple[dict[str, float], Rollout, list[Mapping[str, Any]]]:
+        """Step `step` + 1: its metrics, rollout and rows. Abandoned (StepAbandoned), it changed no weight, and its
+        random draws are undone too, so a run resumed from the last finished step samples what an uninterrupted one
+        would have."""
         indices = rows_for_step(len(self.train_rows), step, self.config.prompts_per_step, self.config.seed)
         rows = [self.train_rows[i] for i in indices]
         rng_before = capture_rng_state()
         try:
-            return grpo_step(
+            metrics, rollout = grpo_step(
                 self.model,
                 self.tokenizer,
                 self.optimizer,
@@ -486,9 +628,11 @@ class GRPOTrainer:
                 self.config,
                 scorer=scorer,
                 check_stop=self._check_stop,
+                max_reward_failure_fraction=self.max_reward_failure_fraction,
             )
         except StepAbandoned:
             restore_rng_state(rng_before)
             raise
-        except NonFiniteUpdate as error:
-            raise NonFiniteUpdate(f"step {step + 1}: {error}") from None
+        except (NonFiniteUpdate, TooManyRewardFailures) as error:
+            raise type(error)(f"step {step + 1}: {error}") from None
+        return metrics, rollout, rows

@@ -10,10 +10,16 @@ A worker asked to shut down (SIGTERM: `grpo serve` stopping, systemd, `docker st
 checkpoint of its last finished step, and puts the job back in the queue for the next worker to resume.
 
 Bounds: the heartbeat thread reads the job's cancel flag every GRPO_CANCEL_POLL_SECONDS; a cancel or SIGTERM then
-abandons the step in progress within one decoded token, or 0.1 s while rewards score (they run in a child process,
+abandons the step in progress within one decoded token, or 0.1 s while rewards score (they run in child processes,
 so no reward can hold this process's GIL), or after the log-prob passes if it comes during them; the optimizer
-update of a step is never interrupted. A reward call longer than GRPO_REWARD_TIMEOUT_SECONDS fails the job with a
-reason naming the reward.
+update of a step is never interrupted. A built-in or plugin reward call longer than GRPO_REWARD_TIMEOUT_SECONDS
+fails the job with a reason naming the reward. A tenant's reward (its uploaded code, named by id in the job's
+rewards) runs only in a sandbox of its own under the GRPO_REWARD_* limits: one of its calls (one item, or one
+batch for TRL's shape) longer than GRPO_REWARD_TIMEOUT_SECONDS, or one that kills its process, fails that call's
+samples and the sandbox restarts; the job fails when the sandbox dies GRPO_REWARD_MAX_RESTARTS calls in a row
+without scoring, when more than GRPO_REWARD_MAX_FAILURE_FRACTION of one step's samples fail for one reward
+(built-ins too), or at once when this worker cannot sandbox (unless GRPO_REWARD_ALLOW_UNSANDBOXED). Each step
+stores its first GRPO_SAMPLE_GROUPS_PER_STEP groups of samples and what tenant rewards printed.
 """
 
 from __future__ import annotations
@@ -29,12 +35,14 @@ from sqlalchemy import select
 
 from api import artifacts
 from api.db import session_scope
-from api.models import TERMINAL_STATUSES, Job, utcnow
+from api.models import TERMINAL_STATUSES, Job, RewardCode, utcnow
 from api.queue import enqueue_job
 from api.services import jobs as jobs_service
-from api.settings import get_settings
+from api.settings import Settings, get_settings
 from grpo_core import GRPOConfig, GRPOTrainer, RewardSpec, TrainerCallback, load_jsonl
 from grpo_core.checkpoint import Checkpoint
+from grpo_core.rewards import is_tenant_reward
+from grpo_core.sandbox import SandboxLimits, SandboxUnavailable
 from worker import leases, writes
 from worker.leases import LeaseLost
 
@@ -83,8 +91,9 @@ class DatabaseReporter(TrainerCallback):
     """Writes each step's metrics, evaluations and checkpoints to the database while this worker holds the lease,
     and tells the trainer to stop when the job was cancelled or this worker is shutting down."""
 
-    def __init__(self, job_id: str, owner: str, heartbeat: Heartbeat):
+    def __init__(self, job_id: str, owner: str, heartbeat: Heartbeat, *, group_size: int):
         self.job_id, self.owner, self.heartbeat = job_id, owner, heartbeat
+        self.group_size = group_size
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         with session_scope() as session:
@@ -103,6 +112,13 @@ class DatabaseReporter(TrainerCallback):
         with session_scope() as session:
             leases.held_job(session, job_id=self.job_id, owner=self.owner)
             writes.record_checkpoint(session, job_id=self.job_id, step=checkpoint.step, sha256=sha256, size=size)
+
+    def on_samples(self, step: int, samples: list[dict], outputs: dict[str, str]) -> None:
+        with session_scope() as session:
+            leases.held_job(session, job_id=self.job_id, owner=self.owner)
+            writes.record_samples(
+                session, job_id=self.job_id, step=step, samples=samples, outputs=outputs, group_size=self.group_size
+            )
 
     def on_warning(self, message: str) -> None:
         with session_scope() as session:
@@ -156,6 +172,23 @@ def _stopped_early(job_id: str, owner: str) -> str:
     return "queued"
 
 
+def sandbox_limits(settings: Settings) -> SandboxLimits:
+    """The service's GRPO_REWARD_* settings as the limits of a job's reward sandboxes."""
+    return SandboxLimits(
+        timeout_seconds=settings.reward_timeout_seconds,
+        memory_mb=settings.reward_memory_mb,
+        cpu_seconds=settings.reward_cpu_seconds,
+        max_processes=settings.reward_max_processes,
+        max_open_files=settings.reward_max_open_files,
+        max_file_mb=settings.reward_max_file_mb,
+        max_tmp_mb=settings.reward_tmp_mb,
+        output_chars=settings.reward_output_chars,
+        extra_paths=tuple(settings.reward_package_dirs),
+        allow_unsandboxed=settings.reward_allow_unsandboxed,
+        max_restarts=settings.reward_max_restarts,
+    )
+
+
 def run_job(job_id: str) -> str:
     """Train job `job_id` to the end, resuming from its last checkpoint if an earlier attempt died. Returns the
     outcome: a job status ("queued" when this worker shut down first), "missing", or "busy" when another worker
@@ -195,6 +228,12 @@ def run_job(job_id: str) -> str:
             "train": job.dataset_id,
             "eval": job.eval_dataset_id,
         }
+        # The job's tenant's own rewards it names (id -> source); a name missing here is refused by the trainer.
+        tenant_names = [r["name"] for r in job.rewards if is_tenant_reward(r["name"])]
+        codes = session.scalars(
+            select(RewardCode).where(RewardCode.tenant_id == job.tenant_id, RewardCode.id.in_(tenant_names))
+        )
+        tenant_rewards = {code.id: code.source for code in codes}
 
     heartbeat = Heartbeat(job_id, owner, settings.lease_seconds, settings.cancel_poll_seconds)
     heartbeat.start()
@@ -206,9 +245,13 @@ def run_job(job_id: str) -> str:
             rewards=spec["rewards"],
             config=spec["config"],
             output_dir=artifacts.job_dir(job_id),
-            callbacks=[DatabaseReporter(job_id, owner, heartbeat)],
+            callbacks=[DatabaseReporter(job_id, owner, heartbeat, group_size=spec["config"].group_size)],
             cache_dir=settings.model_cache,
             reward_timeout_seconds=settings.reward_timeout_seconds,
+            tenant_rewards=tenant_rewards,
+            sandbox_limits=sandbox_limits(settings),
+            max_reward_failure_fraction=settings.reward_max_failure_fraction,
+            sample_groups_per_step=settings.sample_groups_per_step,
         )
         result = trainer.train(resume=True)
         if result.stopped_early:
@@ -218,6 +261,14 @@ def run_job(job_id: str) -> str:
     except LeaseLost:
         log.warning("job %s: lease lost, another attempt owns it; stopping without writing", job_id)
         return "lease-lost"
+    except SandboxUnavailable as error:
+        # The operator's problem, not the job's input: say so in the log, and tell the user why the job failed.
+        log.error("job %s uses tenant reward code, which this worker cannot sandbox: %s", job_id, error)
+        try:
+            _finish(job_id, owner, "failed", f"this worker cannot sandbox tenant reward code, and {error}")
+        except LeaseLost:
+            return "lease-lost"
+        return "failed"
     except Exception as error:
         log.exception("job %s failed", job_id)
         try:

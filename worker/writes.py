@@ -1,5 +1,6 @@
 """What a worker writes while it trains: a metrics row per step and kind, a checkpoint row per saved adapter, each
-with its event. Rows are unique per (job, step), so a step replayed after a crash writes nothing twice."""
+with its event, and a step's stored samples and reward output. Rows are unique per (job, step) (samples per
+position, outputs per reward), so a step replayed after a crash writes nothing twice."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from api.models import CheckpointRow, MetricRow, utcnow
+from api.models import CheckpointRow, MetricRow, RewardOutput, SampleRow, utcnow
 from api.services import jobs as jobs_service
 from api.services import progress as progress_service
 
@@ -48,3 +49,18 @@ def record_checkpoint(session: Session, *, job_id: str, step: int, sha256: str, 
         jobs_service.record_event(
             session, job_id=job_id, type="checkpoint", data={"step": step, "sha256": sha256, "bytes": size}
         )
+
+
+def record_samples(
+    session: Session, *, job_id: str, step: int, samples: list[dict], outputs: dict[str, str], group_size: int
+) -> None:
+    """A step's samples (grpo_core's TrainerCallback.on_samples), one row each at position group * group_size +
+    index, and a row per reward that printed something. Non-finite numbers are stored as null, as for metrics."""
+    now = utcnow()
+    for sample in samples:
+        position = sample["group"] * group_size + sample["index"]
+        values = {"job_id": job_id, "step": step, "position": position, "data": progress_service.finite(sample)}
+        _insert_ignoring_duplicates(session, SampleRow.__table__, {**values, "created_at": now})
+    for reward, text in outputs.items():
+        values = {"job_id": job_id, "step": step, "reward": reward, "text": text, "created_at": now}
+        _insert_ignoring_duplicates(session, RewardOutput.__table__, values)

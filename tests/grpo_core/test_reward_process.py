@@ -64,3 +64,4 @@ def test_a_reward_that_kills_its_process_is_named_and_a_raising_one_scores_zero(
         with pytest.raises(RewardProcessDied, match="reward 'suicidal' ended the process scoring it"):
             process.score(0, ["x"], [{}])
         assert process.score(1, ["x", "y"], [{}, {}]) == ([0.0, 0.0], 2)
+        assert process.score_items(1, ["x"], [{}]) == ([0.0], ["RuntimeError: this reward always raises"])

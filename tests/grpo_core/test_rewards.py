@@ -73,7 +73,18 @@ def test_a_reward_that_raises_scores_zero_and_is_counted():
     rewards = resolve_rewards([RewardSpec("numeric_answer")])
     scores = score_completions(["14", "14"], [{"answer": 14}, {}], rewards)
     assert scores.rewards.tolist() == [1.0, 0.0]
-    assert scores.errors == 1
+    assert scores.errors == 1 and scores.function_errors == [1]
+    assert scores.error_messages == [[None, "KeyError: 'answer'"]]
+
+
+def test_tenant_rewards_resolve_only_when_given_and_never_score_in_process():
+    name = "rwd_" + "0" * 32
+    with pytest.raises(RewardSpecError, match=f"unknown reward '{name}'"):
+        resolve_rewards([RewardSpec(name)])
+    [(fn, params, weight)] = resolve_rewards([RewardSpec(name, 2.0, {"scale": 3, "tag": "x"})], tenant_rewards={name})
+    assert fn.name == name and weight == 2.0 and params.model_dump() == {"scale": 3, "tag": "x"}
+    with pytest.raises(ValueError, match="scores only with a RewardScorer"):
+        score_completions(["a"], [{}], [(fn, params, weight)])
 
 
 def test_bad_specs_are_refused_with_every_problem_named():

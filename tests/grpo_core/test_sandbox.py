@@ -13,9 +13,11 @@ import time
 
 import pytest
 
+from grpo_core.reward_process import RewardFailure
 from grpo_core.sandbox import (
     MAX_SOURCE_BYTES,
     RewardSandbox,
+    SandboxRestartsExhausted,
     SandboxUnavailable,
     check_reward_source,
     sandbox_available,
@@ -256,25 +258,147 @@ def _sandboxed_pids():
     return pids
 
 
-def test_infinite_loop_times_out_and_the_next_call_works():
+def test_an_item_that_hangs_fails_alone_and_the_rest_go_to_a_fresh_sandbox():
     before = _sandboxed_pids()
     source = """
 def reward(prompt, completion, **fields):
+    print("scoring", completion)
     while completion == "loop":
         pass
     return 3.0
 """
     with RewardSandbox(source, timeout_seconds=2) as sandbox:
+        sandbox.start()
         first_pid = sandbox.pid
-        hung = sandbox.score(["p", "p"], ["ok", "loop"], [{}, {}])
-        assert hung.restarted and all(v is None and "timed out after 2 s" in e for v, e in hung.results)
+        hung = sandbox.score(["p"] * 3, ["ok", "loop", "ok"], [{}] * 3)
+        assert hung.restarted
+        assert hung.results[0] == (3.0, None) and hung.results[2] == (3.0, None)
+        assert hung.results[1][0] is None and "timed out after 2 s" in hung.results[1][1]
+        # What the first item printed survives the kill; the third item printed in the fresh sandbox.
+        assert hung.output.count("scoring ok") == 2 and "scoring loop" not in hung.output
+        assert sandbox.pid not in (None, first_pid)
         assert sandbox.score(["p"], ["ok"], [{}]).results == [(3.0, None)]
-        assert sandbox.pid != first_pid
     # Killing bwrap takes its pid namespace, the looping interpreter included, down with it (asynchronously).
     deadline = time.monotonic() + 10
     while _sandboxed_pids() - before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _sandboxed_pids() - before == set()
+
+
+def test_a_batch_that_hangs_fails_whole_and_the_next_call_works():
+    source = """
+def reward(prompts, completions, **kwargs):
+    while "loop" in completions:
+        pass
+    return [1.0] * len(completions)
+"""
+    with RewardSandbox(source, timeout_seconds=2) as sandbox:
+        hung = sandbox.score(["p", "p"], ["ok", "loop"], [{}, {}])
+        assert hung.restarted and all(v is None and "timed out after 2 s" in e for v, e in hung.results)
+        assert sandbox.score(["p", "p"], ["ok", "ok"], [{}, {}]).results == [(1.0, None)] * 2
+
+
+def test_a_stop_while_a_call_hangs_kills_the_sandbox_and_raises_the_stop():
+    class Stop(Exception):
+        pass
+
+    stopping = threading.Event()
+
+    def check_stop():
+        if stopping.is_set():
+            raise Stop
+
+    source = "def reward(prompt, completion, **fields):\n    while True:\n        pass\n"
+    with RewardSandbox(source, timeout_seconds=600, check_stop=check_stop) as sandbox:
+        sandbox.start()
+        threading.Timer(0.5, stopping.set).start()
+        with pytest.raises(Stop):
+            sandbox.score(["p"], ["c"], [{}])
+        assert sandbox.pid is None
+
+
+def test_repeated_deaths_without_a_scored_item_raise_naming_the_reward():
+    source = """
+import os, signal
+def reward(prompt, completion, **fields):
+    if completion == "die":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return 1.0
+"""
+    with RewardSandbox(source, timeout_seconds=20, max_restarts=3, name="rwd_abc") as sandbox:
+        # Two deaths, then a scored item: the count starts again.
+        first = sandbox.score(["p"] * 3, ["die", "die", "ok"], [{}] * 3)
+        assert [value for value, _ in first.results] == [None, None, 1.0]
+        assert "died (killed by SIGKILL)" in first.results[0][1]
+        # Three in a row (across calls too) end it.
+        assert sandbox.score(["p"] * 2, ["die", "die"], [{}] * 2).results[1][0] is None
+        with pytest.raises(SandboxRestartsExhausted, match=r"reward 'rwd_abc'.*3 times in a row.*SIGKILL") as caught:
+            sandbox.score(["p", "p"], ["die", "ok"], [{}] * 2)
+        assert isinstance(caught.value, RewardFailure)
+
+
+def test_past_max_failures_the_rest_is_not_scored():
+    source = """
+def reward(prompt, completion, **fields):
+    return 1 / 0 if completion == "bad" else 1.0
+"""
+    with RewardSandbox(source, timeout_seconds=20) as sandbox:
+        scores = sandbox.score(["p"] * 5, ["bad", "ok", "bad", "ok", "ok"], [{}] * 5, max_failures=1)
+        assert scores.results[:2] == [(None, "ZeroDivisionError: division by zero"), (1.0, None)]
+        assert "ZeroDivisionError" in scores.results[2][1]
+        assert all(v is None and e.startswith("not scored: more than 1 of the 5") for v, e in scores.results[3:])
+        # Stopped mid-batch, the sandbox is replaced: the next call is answered in order.
+        assert sandbox.score(["p", "p"], ["ok", "bad"], [{}] * 2, max_failures=1).results[0] == (1.0, None)
+
+
+def test_params_are_keyword_scalars_in_both_shapes():
+    per_sample = """
+def reward(prompt, completion, scale, offset=0.0, answer=None):
+    return scale * len(completion) + offset + (answer or 0)
+"""
+    batch = """
+def reward(prompts, completions, scale, answer, **kwargs):
+    assert isinstance(scale, float) and isinstance(answer, list)
+    return [scale * len(c) + a + kwargs["offset"] for c, a in zip(completions, answer)]
+"""
+    rows = [{"prompt": "p", "answer": 1}, {"prompt": "p", "answer": 2}]
+    params = {"scale": 2.0, "offset": 0.5}
+    with RewardSandbox(per_sample, timeout_seconds=20) as sandbox:
+        assert sandbox.score(["p", "p"], ["ab", "abc"], rows, params).results == [(5.5, None), (8.5, None)]
+    with RewardSandbox(batch, timeout_seconds=20) as sandbox:
+        assert sandbox.score(["p", "p"], ["ab", "abc"], rows, params).results == [(5.5, None), (8.5, None)]
+
+
+def test_batch_shape_follows_trl_for_conversational_prompts():
+    source = """
+def reward(prompts, completions, **kwargs):
+    print(sorted(kwargs), [type(c).__name__ for c in completions])
+    return [float(c[0]["content"] == "4" and c[0]["role"] == "assistant" and p[-1]["content"] == "2+2?")
+            if isinstance(p, list) else float(c == "4" and p == "2+2?") for p, c in zip(prompts, completions)]
+"""
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2?"}]
+    rows = [{"messages": messages, "answer": 4}, {"prompt": "2+2?", "answer": 4}]
+    with RewardSandbox(source, timeout_seconds=20) as sandbox:
+        scores = sandbox.score([messages, "2+2?"], ["4", "4"], rows)
+    assert scores.results == [(1.0, None), (1.0, None)]
+    # The prompt's columns are not passed again as fields; the others are, one value per completion.
+    assert "['answer'] ['list', 'str']" in scores.output
+
+
+def test_per_sample_prompt_is_the_message_list_for_chat_rows():
+    source = """
+def reward(prompt, completion, **fields):
+    assert "messages" not in fields and "prompt" not in fields
+    return float(len(prompt)) if isinstance(prompt, list) else -1.0
+"""
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "yo"},
+        {"role": "user", "content": "?"},
+    ]
+    with RewardSandbox(source, timeout_seconds=20) as sandbox:
+        scores = sandbox.score([messages, "hi"], ["a", "b"], [{"messages": messages}, {"prompt": "hi"}])
+    assert scores.results == [(3.0, None), (-1.0, None)]
 
 
 def test_printing_100_mb_is_truncated():
@@ -338,9 +462,9 @@ def reward(prompt, completion, **fields):
         spun = sandbox.score(["p"], ["spin"], [{}])
         assert spun.restarted and "SIGXCPU" in spun.results[0][1]
         assert sandbox.score(["p"], ["ok"], [{}]).results == [(1.0, None)]
-        died = sandbox.score(["p", "p"], ["ok", "die"], [{}, {}])
-        assert died.restarted and all(value is None and "died" in error for value, error in died.results)
-        assert sandbox.score(["p"], ["ok"], [{}]).results == [(1.0, None)]
+        died = sandbox.score(["p", "p", "p"], ["ok", "die", "ok"], [{}, {}, {}])
+        assert died.restarted and died.results[0] == died.results[2] == (1.0, None)
+        assert died.results[1][0] is None and "died" in died.results[1][1]
 
 
 def test_a_killed_parent_takes_its_sandbox_down():

@@ -5,7 +5,9 @@ import torch
 from safetensors.torch import load_file
 
 from grpo_core import GRPOConfig, GRPOTrainer, LoraSettings, RewardSpec, TrainerCallback, arithmetic_task
+from grpo_core.algorithms import compute_group_advantages
 from grpo_core.checkpoint import list_checkpoints
+from grpo_core.sandbox import sandbox_available
 
 # Random weights never write the right sum, so a length reward gives the mixed groups that make a gradient.
 LENGTH_REWARD = [RewardSpec("length_target", params={"target": 60})]
@@ -342,3 +344,159 @@ def test_an_update_that_leaves_non_finite_weights_stops_the_run_before_any_check
     with pytest.raises(ArithmeticError, match=r"^step 1: the update left adapter weights that are not finite"):
         trainer.train()
     assert list_checkpoints(tmp_path / "checkpoints") == []
+
+
+# --- tenant rewards: scored in their sandboxes ------------------------------------------------------------------
+
+needs_sandbox = pytest.mark.skipif(sandbox_available() is not None, reason="bubblewrap cannot sandbox here")
+
+PER_SAMPLE_TENANT = """
+def reward(prompt, completion, answer, bonus=0.0):
+    print("answer", answer)
+    return len(completion) % 5 + bonus + (1.0 if str(answer) in completion else 0.0)
+"""
+
+TRL_TENANT = """
+def reward(prompts, completions, answer, **kwargs):
+    return [len(c[0]["content"]) / (1 + len(p[-1]["content"])) + a / 100 for p, c, a in zip(prompts, completions, answer)]
+"""
+
+
+def _direct(source):
+    namespace = {}
+    exec(source, namespace)
+    return namespace["reward"]
+
+
+class SampleRecorder(WarningRecorder):
+    def __init__(self):
+        super().__init__()
+        self.samples = []
+
+    def on_samples(self, step, samples, outputs):
+        assert self.steps[-1][0] == step  # after on_step
+        self.samples.append((step, samples, outputs))
+
+
+def tenant_trainer(tmp_path, specs, sources, callbacks=(), rows=None, **options):
+    return GRPOTrainer(
+        base_model="tiny-random-llama",
+        train_rows=rows or arithmetic_task()[0],
+        rewards=specs,
+        config=tiny_config(max_steps=1),
+        output_dir=tmp_path,
+        callbacks=callbacks,
+        tenant_rewards=sources,
+        **options,
+    )
+
+
+@needs_sandbox
+def test_tenant_rewards_score_as_direct_calls_and_samples_reach_on_samples(tmp_path):
+    chat_rows = [
+        {"messages": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"]} for r in arithmetic_task()[0]
+    ]
+    sources = {"rwd_" + "a" * 32: PER_SAMPLE_TENANT, "rwd_" + "b" * 32: TRL_TENANT}
+    specs = [RewardSpec("rwd_" + "a" * 32, 1.0, {"bonus": 0.5}), RewardSpec("rwd_" + "b" * 32, 2.0)]
+    recorder = SampleRecorder()
+    tenant_trainer(tmp_path, specs, sources, [recorder], rows=chat_rows).train()
+
+    ((step, metrics),) = recorder.steps
+    assert metrics["reward_errors"] == 0 and metrics["reward_errors/rwd_" + "a" * 32] == 0
+    ((sample_step, samples, outputs),) = recorder.samples
+    assert sample_step == 1 and len(samples) == 8  # both groups of the step (prompts_per_step 2, G 4)
+    assert [(s["group"], s["index"]) for s in samples] == [(g, i) for g in range(2) for i in range(4)]
+    per_sample, trl = _direct(PER_SAMPLE_TENANT), _direct(TRL_TENANT)
+    rows_by_prompt = {r["messages"][0]["content"]: r for r in chat_rows}
+    for sample in samples:
+        row = rows_by_prompt[sample["prompt"][0]["content"]]
+        assert sample["prompt"] == row["messages"]
+        completion = sample["completion"]
+        want_a = per_sample(row["messages"], completion, answer=row["answer"], bonus=0.5)
+        [want_b] = trl([row["messages"]], [[{"role": "assistant", "content": completion}]], answer=[row["answer"]])
+        assert sample["scores"] == {
+            "rwd_" + "a" * 32: pytest.approx(want_a, rel=1e-6),
+            "rwd_" + "b" * 32: pytest.approx(want_b, rel=1e-6),
+        }
+        assert sample["reward"] == pytest.approx(want_a + 2 * want_b, rel=1e-5)
+        assert sample["errors"] == {} and isinstance(sample["advantage"], float)
+    rewards = torch.tensor([s["reward"] for s in samples])
+    advantages = compute_group_advantages(rewards, 4, "group")
+    assert [s["advantage"] for s in samples] == pytest.approx(advantages.tolist(), abs=1e-5)
+    # Only the printing reward has output: one line per sample of the step.
+    assert list(outputs) == ["rwd_" + "a" * 32] and outputs["rwd_" + "a" * 32].count("answer ") == 8
+    assert recorder.warnings == []
+
+
+@needs_sandbox
+def test_a_reward_failing_on_most_samples_ends_the_run_naming_it(tmp_path):
+    from grpo_core.reward_process import RewardFailure
+
+    name = "rwd_" + "c" * 32
+    source = "def reward(prompt, completion, **fields):\n    return 1 / 0\n"
+    specs = [*LENGTH_REWARD, RewardSpec(name)]
+    with pytest.raises(RewardFailure, match=rf"^step 1: reward '{name}' failed on 8 of 8 samples .*ZeroDivisionError"):
+        tenant_trainer(tmp_path, specs, {name: source}).train()
+    assert list_checkpoints(tmp_path / "checkpoints") == []
+
+
+@needs_sandbox
+def test_a_built_in_failing_on_most_samples_ends_the_run_too(tmp_path):
+    from grpo_core.trainer import TooManyRewardFailures
+
+    rows = [{"prompt": r["prompt"], "answer": "not a number"} for r in arithmetic_task()[0]]
+    with pytest.raises(TooManyRewardFailures, match=r"^step 1: reward 'numeric_answer' failed on 8 of 8 samples"):
+        tenant_trainer(tmp_path, [RewardSpec("numeric_answer")], {}, rows=rows).train()
+
+
+@needs_sandbox
+def test_a_tenant_reward_that_hangs_on_one_item_fails_that_item_and_training_goes_on(tmp_path):
+    from grpo_core.sandbox import SandboxLimits
+
+    name = "rwd_" + "d" * 32
+    # Every third call in one sandbox spins: the sandbox's /tmp (and so the count) starts empty at each restart.
+    source = """
+import os
+def reward(prompt, completion, **fields):
+    calls = int(open("/tmp/calls").read()) + 1 if os.path.exists("/tmp/calls") else 1
+    with open("/tmp/calls", "w") as file:
+        file.write(str(calls))
+    while calls == 3:
+        pass
+    return 1.0
+"""
+    recorder = SampleRecorder()
+    specs = [*LENGTH_REWARD, RewardSpec(name)]
+    limits = SandboxLimits(timeout_seconds=2)
+    result = tenant_trainer(tmp_path, specs, {name: source}, [recorder], sandbox_limits=limits).train()
+
+    assert result.final_step == 1
+    ((_, metrics),) = recorder.steps
+    assert metrics["reward_errors/" + name] == 2 and metrics["reward_errors/length_target"] == 0
+    ((_, samples, _outputs),) = recorder.samples
+    failed = [i for i, s in enumerate(samples) if s["errors"]]
+    assert failed == [2, 5]
+    assert all("timed out after 2 s" in samples[i]["errors"][name] and samples[i]["scores"][name] == 0 for i in failed)
+    assert all(s["scores"][name] == 1.0 for i, s in enumerate(samples) if i not in failed)
+    [warning] = recorder.warnings
+    assert warning.startswith(f"step 1: reward '{name}' failed on 2 of 8 samples") and "timed out" in warning
+
+
+def test_tenant_rewards_are_refused_where_no_sandbox_can_run(tmp_path, monkeypatch):
+    from grpo_core import sandbox
+    from grpo_core.sandbox import SandboxUnavailable
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    sandbox.sandbox_available.cache_clear()
+    try:
+        name = "rwd_" + "e" * 32
+        with pytest.raises(SandboxUnavailable, match="not run unsandboxed: bubblewrap .* not installed"):
+            tenant_trainer(tmp_path, [RewardSpec(name)], {name: PER_SAMPLE_TENANT})
+        # A tenant reward whose source was not given is unknown, like any other name.
+        from grpo_core.rewards import RewardSpecError
+
+        with pytest.raises(RewardSpecError, match="unknown reward 'rwd_"):
+            tenant_trainer(tmp_path, [RewardSpec(name)], {})
+    finally:
+        monkeypatch.undo()
+        sandbox.sandbox_available.cache_clear()

@@ -16,6 +16,7 @@ from api.schemas import JobCreate
 from api.services import datasets as datasets_service
 from api.services import jobs as jobs_service
 from api.services import keys as keys_service
+from grpo_core.sandbox import sandbox_available
 from tests.service_env import clear_service_caches
 from worker import leases
 from worker.runner import run_job
@@ -417,3 +418,80 @@ def test_the_heartbeat_renews_the_lease_and_notes_a_cancel_within_its_poll(tenan
     finally:
         heartbeat.stopped.set()
         heartbeat.join()
+
+
+TENANT_REWARD = """
+def reward(prompt, completion, answer, scale=1.0):
+    print("scoring", prompt)
+    return scale * (len(completion) % 3) + (1.0 if str(answer) in completion else 0.0)
+"""
+
+
+def add_tenant_reward(tenant_id, job_id, source=TENANT_REWARD, params=None) -> str:
+    """Store a tenant reward as an upload would, and make the job name it besides its built-in reward."""
+    import hashlib
+
+    from api.models import RewardCode
+
+    with session_scope() as session:
+        code = RewardCode(
+            tenant_id=tenant_id,
+            name="mine.py",
+            source=source,
+            sha256=hashlib.sha256(source.encode()).hexdigest(),
+            bytes=len(source.encode()),
+            shape="per_sample",
+            parameters=["answer", "scale"],
+            required=["answer"],
+        )
+        session.add(code)
+        session.flush()
+        job = session.get(Job, job_id)
+        job.rewards = [*job.rewards, {"name": code.id, "weight": 1.0, "params": params or {"scale": 2.0}}]
+        return code.id
+
+
+@pytest.mark.skipif(sandbox_available() is not None, reason="bubblewrap cannot sandbox here")
+def test_a_job_with_a_tenant_reward_runs_and_stores_samples_and_output(tenant_and_dataset):
+    from api.models import RewardOutput, SampleRow
+
+    tenant_id, dataset_id = tenant_and_dataset
+    job_id = make_job(tenant_id, dataset_id, prompts_per_step=3)
+    reward_id = add_tenant_reward(tenant_id, job_id)
+    assert run_job(job_id) == "succeeded"
+    with session_scope() as session:
+        samples = session.scalars(select(SampleRow).where(SampleRow.job_id == job_id).order_by(SampleRow.id)).all()
+        outputs = session.scalars(select(RewardOutput).where(RewardOutput.job_id == job_id)).all()
+        metrics = session.scalars(select(MetricRow).where(MetricRow.job_id == job_id, MetricRow.kind == "train")).all()
+        # 3 steps x the first 2 groups (GRPO_SAMPLE_GROUPS_PER_STEP) x group_size 2
+        assert [(s.step, s.position) for s in samples] == [(step, p) for step in (1, 2, 3) for p in range(4)]
+        for sample in samples:
+            data = sample.data
+            assert sample.position == data["group"] * 2 + data["index"]
+            answer = int(re.search(r"What is (\d+) \+ 1", data["prompt"]).group(1)) + 1
+            completion = data["completion"]
+            expected = 2.0 * (len(completion) % 3) + (1.0 if str(answer) in completion else 0.0)
+            assert data["scores"][reward_id] == pytest.approx(expected)
+            assert set(data["scores"]) == {"length_target", reward_id} and data["errors"] == {}
+        assert sorted((o.step, o.reward) for o in outputs) == [(1, reward_id), (2, reward_id), (3, reward_id)]
+        assert all(o.text.count("scoring What is") == 6 for o in outputs)  # every sample of the step, not just 4
+        assert all(m.values[f"reward_errors/{reward_id}"] == 0 for m in metrics)
+
+
+def test_a_job_with_a_tenant_reward_fails_where_no_sandbox_can_run(tenant_and_dataset, monkeypatch, tmp_path, caplog):
+    from grpo_core import sandbox
+
+    tenant_id, dataset_id = tenant_and_dataset
+    job_id = make_job(tenant_id, dataset_id)
+    add_tenant_reward(tenant_id, job_id)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap to be found
+    sandbox.sandbox_available.cache_clear()
+    try:
+        assert run_job(job_id) == "failed"
+    finally:
+        monkeypatch.undo()
+        sandbox.sandbox_available.cache_clear()
+    with session_scope() as session:
+        error = session.get(Job, job_id).error
+    assert "cannot sandbox tenant reward code" in error and "not run unsandboxed" in error and "not installed" in error
+    assert any("cannot sandbox" in record.getMessage() for record in caplog.records)
