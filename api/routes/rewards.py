@@ -60,6 +60,7 @@ def list_rewards(session: SessionDep, tenant_id: TenantDep) -> RewardsPublic:
                             },
                             "name": {
                                 "type": "string",
+                                "minLength": 1,
                                 "maxLength": MAX_NAME_CHARS,
                                 "description": "A label (default: the file's name)",
                             },

@@ -201,7 +201,7 @@ def test_a_job_naming_an_upload_gets_its_params_and_required_names_checked(servi
         {"name": "numeric_answer", "params": {"tolerance": -1}},
     )
     assert listed[0] == f"{subject}: param 'prompt' is passed by the service itself (prompt(s), completion(s))"
-    assert "params are 20023 bytes as JSON; the limit is 16384" in listed[1]
+    assert "params are 20028 bytes as JSON; the limit is 16384" in listed[1]
     assert "param 'not-a-name' is not a Python identifier" in listed[2]
     assert "reward 'numeric_answer': param tolerance" in listed[3] and len(listed) == 4
     assert queued_messages() == 0
@@ -411,3 +411,23 @@ def test_samples_page_by_cursor_with_the_outputs_of_their_steps(service, alice, 
     assert stranger.status_code == 422 and "not the id of a sample" in stranger.json()["detail"]
     assert service.get(f"/v1/jobs/{job_id}/samples", headers=alice, params={"limit": 101}).status_code == 422
     assert service.get(f"/v1/jobs/{job_id}/samples", headers=bob).status_code == 404
+
+
+def test_without_a_sandbox_uploads_are_a_503_unless_the_operator_allows_unsandboxed_code(service, alice, monkeypatch):
+    from api.settings import get_settings
+    from grpo_core.sandbox import sandbox_available
+
+    monkeypatch.setenv("PATH", "/nonexistent")  # no bwrap to be found: what a host without bubblewrap answers
+    sandbox_available.cache_clear()
+    try:
+        response = upload_reward(service, alice, BATCH)
+        assert response.status_code == 503, response.text
+        assert "bubblewrap (`bwrap`) is not installed" in response.json()["detail"]
+        assert uploads_of(service, alice) == []
+        monkeypatch.setenv("GRPO_REWARD_ALLOW_UNSANDBOXED", "true")
+        get_settings.cache_clear()
+        assert upload_reward(service, alice, BATCH).status_code == 201
+    finally:
+        monkeypatch.undo()
+        sandbox_available.cache_clear()
+        get_settings.cache_clear()
