@@ -68,7 +68,7 @@ def _registered_public(fn: RewardFunction) -> RewardPublic:
     except Exception:  # params without defaults: the fields depend on what the job passes
         fields = []
     # Built-ins are defined in grpo_core.rewards; an operator's plugin comes from its own package.
-    kind = "builtin" if fn.score.__module__ == rewards_module.__name__ else "plugin"
+    kind = "builtin" if getattr(fn.score, "__module__", None) == rewards_module.__name__ else "plugin"
     return RewardPublic(
         kind=kind, name=fn.name, description=fn.description, params_schema=fn.params_schema(), fields=fields
     )

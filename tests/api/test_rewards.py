@@ -431,3 +431,13 @@ def test_without_a_sandbox_uploads_are_a_503_unless_the_operator_allows_unsandbo
         monkeypatch.undo()
         sandbox_available.cache_clear()
         get_settings.cache_clear()
+
+
+def test_odd_reward_ids_and_names_are_404s(service, alice):
+    item = {"items": [{"prompt": "p", "completion": "c"}]}
+    for path in ("/v1/rewards/a%00b", "/v1/rewards/rwd_..%2f..%2fetc", "/v1/rewards/rwd_" + "g" * 32):
+        for method, extra in (("get", {}), ("delete", {}), ("post", {"json": item})):
+            target = path + "/test" if method == "post" else path
+            response = getattr(service, method)(target, headers=alice, **extra)
+            assert response.status_code == 404 and response.json()["errors"] == [], (method, target)
+    assert service.post("/v1/rewards/%00/test", headers=alice, json=item).status_code == 404
