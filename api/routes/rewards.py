@@ -152,7 +152,7 @@ def delete_reward(reward_id: RewardId, session: SessionDep, tenant_id: TenantDep
 @router.post(
     "/{reward}/test",
     response_model=RewardTestResult,
-    responses={**NOT_FOUND, **error_responses(429, 503)},
+    responses={**NOT_FOUND, **error_responses(400, 429, 503)},
 )
 async def test_reward(
     reward: Annotated[str, Path(description="An uploaded reward's id, or a built-in's or plugin's name")],
