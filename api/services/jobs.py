@@ -51,7 +51,10 @@ def validate_job_spec(session: Session, *, tenant_id: str, spec: JobCreate) -> G
     # An uploaded reward is named by its id and checked against this tenant's uploads; the rest by the registry.
     uploaded = [r for r in spec.rewards if is_tenant_reward(r.name)]
     registered = [r for r in spec.rewards if not is_tenant_reward(r.name)]
-    problems += rewards_service.tenant_reward_problems(session, tenant_id=tenant_id, refs=uploaded, fields=fields)
+    taken = set.union(*(set(d.fields) for _, d in datasets)) if datasets else None  # a param must not shadow any
+    problems += rewards_service.tenant_reward_problems(
+        session, tenant_id=tenant_id, refs=uploaded, fields=fields, taken=taken
+    )
     resolved = []
     if registered:
         try:

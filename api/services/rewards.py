@@ -26,6 +26,7 @@ from api.schemas import (
     RewardItemResult,
     RewardPublic,
     RewardRef,
+    RewardTestItem,
     RewardTestRequest,
     RewardTestResult,
     SamplePublic,
@@ -209,11 +210,17 @@ def delete_reward(session: Session, *, tenant_id: str, reward_id: str) -> None:
 
 
 def tenant_reward_problems(
-    session: Session, *, tenant_id: str, refs: Sequence[RewardRef], fields: set[str] | None
+    session: Session,
+    *,
+    tenant_id: str,
+    refs: Sequence[RewardRef],
+    fields: set[str] | None,
+    taken: set[str] | None,
 ) -> list[str]:
     """What is wrong with a job's references to uploaded rewards (names starting rwd_): each must be one of this
     tenant's uploads (another tenant's id reads exactly like a missing one), with params it can take. `fields`:
-    the dataset fields present in every row, or None when the dataset is unknown (not checked then)."""
+    the dataset fields every row of the job's datasets has; `taken`: those any of them has (None when a dataset is
+    unknown: not checked then)."""
     ids = [ref.name for ref in refs if artifacts.is_server_id(ref.name)]
     found = {}
     if ids:
@@ -228,7 +235,7 @@ def tenant_reward_problems(
             )
         else:
             subject = f"reward {ref.name!r}"
-            problems += params_problems(code, ref.params, fields=fields, taken=fields, subject=subject)
+            problems += params_problems(code, ref.params, fields=fields, taken=taken, subject=subject)
     return problems
 
 
@@ -281,26 +288,26 @@ def find_reward(session: Session, *, tenant_id: str, name: str) -> RewardCode | 
     return fn
 
 
-def test_reward(*, reward: RewardCode | RewardFunction, request: RewardTestRequest) -> RewardTestResult:
-    """Score each item with `reward` as a job would, and say what each call gave. Uploads run in a fresh sandbox,
-    built-ins and plugins in the trusted reward process; both under the operator's time limits. Blocking."""
-    settings = get_settings()
+def check_test(
+    session: Session, *, tenant_id: str, name: str, request: RewardTestRequest
+) -> RewardCode | RewardFunction:
+    """The reward a dry run names (find_reward), once the request is one it can run: InvalidInput listing every
+    problem otherwise (too many items, a prompt that is not a dataset's, fields the service passes itself, params
+    the reward cannot take, a field or keyword it needs that the items lack)."""
+    reward = find_reward(session, tenant_id=tenant_id, name=name)
+    limit = get_settings().max_reward_test_items
     problems = []
-    if len(request.items) > settings.max_reward_test_items:
+    if len(request.items) > limit:
         problems.append(
-            f"items: {len(request.items)} items, the operator's limit is {settings.max_reward_test_items} "
-            "(GRPO_MAX_REWARD_TEST_ITEMS)"
+            f"items: {len(request.items)} items, the operator's limit is {limit} (GRPO_MAX_REWARD_TEST_ITEMS)"
         )
-    rows = []
     for i, item in enumerate(request.items):
-        row = {"messages" if isinstance(item.prompt, list) else "prompt": item.prompt}
-        problem = row_problem(row)
+        problem = row_problem(_prompt_row(item))
         if problem:
             problems.append(f"items.{i}.prompt: {problem}")
         reserved = sorted(RESERVED_NAMES & item.fields.keys())
         if reserved:
             problems.append(f"items.{i}.fields: {', '.join(reserved)} are passed by the service, not as fields")
-        rows.append({**item.fields, **row})
     fields = set.intersection(*(set(item.fields) for item in request.items))  # items: at least one
     if isinstance(reward, RewardCode):
         problems += params_problems(
@@ -318,7 +325,18 @@ def test_reward(*, reward: RewardCode | RewardFunction, request: RewardTestReque
             problems += error.problems
     if problems:
         raise InvalidInput("the dry run is invalid; nothing was scored", problems)
+    return reward
 
+
+def _prompt_row(item: RewardTestItem) -> dict[str, Any]:
+    return {"messages" if isinstance(item.prompt, list) else "prompt": item.prompt}
+
+
+def test_reward(*, reward: RewardCode | RewardFunction, request: RewardTestRequest) -> RewardTestResult:
+    """Score each item of a request check_test accepted with `reward`, as a job would, and say what each call gave.
+    Uploads run in a fresh sandbox, built-ins and plugins in the trusted reward process; both under the operator's
+    time limits. Blocking."""
+    settings = get_settings()
     prompts = [item.prompt for item in request.items]
     completions = [item.completion for item in request.items]
     started = time.monotonic()
@@ -327,6 +345,7 @@ def test_reward(*, reward: RewardCode | RewardFunction, request: RewardTestReque
         scores, output, shape = _sandbox_scores(reward, prompts, completions, fields_only, request.params, settings)
         results = scores.results
     else:
+        rows = [{**item.fields, **_prompt_row(item)} for item in request.items]
         results, output, shape = _builtin_scores(reward, request.params, completions, rows, settings), "", None
     return RewardTestResult(
         results=[RewardItemResult(score=score, error=error) for score, error in results],

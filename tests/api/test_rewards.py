@@ -344,6 +344,9 @@ def test_a_tenant_past_its_concurrent_checks_gets_429_and_other_tenants_do_not(s
         assert "limit is 1" in refused.json()["detail"]
         dry_run = {"items": [{"prompt": "p", "completion": "c", "fields": {"answer": 1}}]}
         assert http.post("/v1/rewards/numeric_answer/test", headers=alice, json=dry_run).status_code == 429
+        # (A dry run that could not run anyway is told so first: no slot is needed to say it.)
+        no_answer = {"items": [{"prompt": "p", "completion": "c"}]}
+        assert http.post("/v1/rewards/numeric_answer/test", headers=alice, json=no_answer).status_code == 422
         # ... and bob is not held up by her cap.
         assert http.post("/v1/rewards", headers=bob, files={"file": ("b.py", BATCH.encode())}).status_code == 201
         thread.join()
