@@ -1,12 +1,78 @@
-"""Request body caps that hold whether or not the client declares a Content-Length (chunked bodies count as they
-arrive), applied before any route reads the body."""
+"""Caps on what one request or one tenant may take from an API process: request bodies (whether or not the client
+declares a Content-Length: chunked bodies count as they arrive), and slots for long-lived work (event streams,
+reward checks) counted per tenant and per process."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
+from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REWARD_BODY_BYTES = 2**20  # the largest body of POST /v1/rewards and its dry runs, 1 MiB (413 past it)
+
+
+class TenantSlots:
+    """Counts of `what` (event streams, reward checks) held at once, by tenant: a cap per tenant and one for the
+    process, so that no tenant can hold every slot the API has. The counts live in the process: with several API
+    processes behind a load balancer, each allows its own caps. Used only from the event loop's thread, so it needs
+    no lock.
+
+    `what` names the things and `state` what holding one means ("event streams", "open"); the settings name the
+    caps in a refusal; `advice` (may be empty) says what the client can do besides waiting."""
+
+    def __init__(
+        self,
+        what: str,
+        state: str,
+        *,
+        per_tenant_setting: str,
+        total_setting: str,
+        retry_after_seconds: int,
+        advice: str = "",
+    ) -> None:
+        self.what, self.state, self.advice = what, state, advice
+        self.per_tenant_setting, self.total_setting = per_tenant_setting, total_setting
+        self.retry_after_seconds = retry_after_seconds
+        self.by_tenant: Counter[str] = Counter()
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_tenant.values())
+
+    def acquire(self, tenant_id: str, *, per_tenant: int, total: int) -> None:
+        """Take a slot for `tenant_id`, or raise a 429 (with Retry-After) that names the cap that is full."""
+        if self.by_tenant[tenant_id] >= per_tenant:
+            held = self.by_tenant[tenant_id]
+            self._refuse(f"this tenant has {held} {self.what} {self.state}", per_tenant, self.per_tenant_setting)
+        if self.total >= total:
+            self._refuse(f"this API process has {self.total} {self.what} {self.state}", total, self.total_setting)
+        self.by_tenant[tenant_id] += 1
+
+    def release(self, tenant_id: str) -> None:
+        self.by_tenant[tenant_id] -= 1
+        if self.by_tenant[tenant_id] <= 0:
+            del self.by_tenant[tenant_id]
+
+    @contextmanager
+    def hold(self, tenant_id: str, *, per_tenant: int, total: int) -> Iterator[None]:
+        """A slot for the duration of the block (acquire's 429 when none is free)."""
+        self.acquire(tenant_id, per_tenant=per_tenant, total=total)
+        try:
+            yield
+        finally:
+            self.release(tenant_id)
+
+    def _refuse(self, what: str, limit: int, setting: str) -> None:
+        raise HTTPException(
+            status_code=429,
+            detail=f"too many {self.what}: {what}, the limit is {limit} (GRPO_{setting.upper()}); {self.advice}"
+            f"retry after {self.retry_after_seconds} s",
+            headers={"Retry-After": str(self.retry_after_seconds)},
+        )
 
 
 class BodySizeLimit:

@@ -13,11 +13,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.limits import BodySizeLimit
-from api.routes import catalog, datasets, health, jobs
-from api.services import InvalidInput, NotFound
+from api.limits import REWARD_BODY_BYTES, BodySizeLimit, TenantSlots
+from api.routes import catalog, datasets, health, jobs, rewards
+from api.services import InvalidInput, NotFound, Unavailable
 from api.settings import get_settings
-from api.streams import StreamSlots
 from grpo_core.config import json_repr
 
 _OBJECT_TYPES = ("model_type", "model_attributes_type", "dict_type")
@@ -105,7 +104,7 @@ def create_app() -> FastAPI:
         redirect_slashes=False,
         description="GRPO fine-tuning jobs with LoRA adapters. Every /v1 call needs `Authorization: Bearer <key>`.",
     )
-    for router in (health.router, datasets.router, catalog.router, jobs.router):
+    for router in (health.router, datasets.router, catalog.router, rewards.router, jobs.router):
         app.include_router(router)
 
     def body_limit(path: str) -> int:
@@ -114,11 +113,34 @@ def create_app() -> FastAPI:
         settings = get_settings()
         if path == "/v1/datasets":
             return int(settings.max_upload_mb * 2**20) + 64 * 1024  # room for the multipart envelope
+        if path.startswith("/v1/rewards"):
+            # A reward's source (MAX_SOURCE_BYTES, 256 KiB: the route names that limit with a 422) and a dry run's
+            # items (each string up to 64 KiB) are larger than a job spec; past this the body is not worth reading.
+            return REWARD_BODY_BYTES
         return settings.max_body_kb * 1024
 
     app.add_middleware(BodySizeLimit, limit_for=body_limit)
     app.add_middleware(HeadAsGet)
-    app.state.event_streams = StreamSlots()  # open event streams of this process (api/streams.py)
+    # Open event streams of this process. A slot frees when its job ends or its client leaves, which nothing
+    # predicts: a short, fixed wait. (A browser's EventSource does not retry after a 429 at all; it reports an error
+    # and the page decides.)
+    app.state.event_streams = TenantSlots(
+        "event streams",
+        "open",
+        per_tenant_setting="max_streams_per_tenant",
+        total_setting="max_streams",
+        retry_after_seconds=5,
+        advice="close one, or ",
+    )
+    # Reward uploads and dry runs: each holds a worker thread and a sandbox (or reward process) for up to its
+    # timeout, though most take a second or two.
+    app.state.reward_checks = TenantSlots(
+        "reward checks",
+        "running",
+        per_tenant_setting="max_reward_checks_per_tenant",
+        total_setting="max_reward_checks",
+        retry_after_seconds=2,
+    )
 
     @app.exception_handler(NotFound)
     async def not_found(_request: Request, error: NotFound) -> JSONResponse:
@@ -127,6 +149,10 @@ def create_app() -> FastAPI:
     @app.exception_handler(InvalidInput)
     async def invalid_input(_request: Request, error: InvalidInput) -> JSONResponse:
         return JSONResponse({"detail": str(error), "errors": error.errors}, status_code=error.status_code)
+
+    @app.exception_handler(Unavailable)
+    async def unavailable(_request: Request, error: Unavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(error), "errors": []}, status_code=503)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:

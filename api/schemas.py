@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, create_model, field_validator
 
 from grpo_core.config import GRPOConfig, LoraSettings, RewardSpec, declared_kind, field_docs
 
@@ -26,11 +27,16 @@ ERROR_DESCRIPTIONS = {
     400: "The body could not be parsed at all (for instance JSON that is not UTF-8)",
     401: "Missing or invalid API key (header WWW-Authenticate: Bearer)",
     404: "No such object for this tenant: another tenant's id answers exactly like one that does not exist",
-    409: "The Idempotency-Key was already used for a job with another spec",
-    413: "Request body larger than the limit (GRPO_MAX_BODY_KB; uploads GRPO_MAX_UPLOAD_MB)",
+    409: "Conflict with the current state: an Idempotency-Key already used for a job with another spec, or a reward "
+    "that queued or running jobs use (`detail` names them)",
+    413: "Request body larger than the limit (GRPO_MAX_BODY_KB; dataset uploads GRPO_MAX_UPLOAD_MB; reward uploads "
+    "and dry runs 1 MiB)",
     422: "Invalid request: `detail` says what is wrong, `errors` lists each problem",
-    429: "Too many event streams open: this tenant's (GRPO_MAX_STREAMS_PER_TENANT) or this API process's "
-    "(GRPO_MAX_STREAMS); `detail` names the cap, header Retry-After says when to try again",
+    429: "Too many at once: event streams open (GRPO_MAX_STREAMS_PER_TENANT, GRPO_MAX_STREAMS) or reward checks "
+    "running (GRPO_MAX_REWARD_CHECKS_PER_TENANT, GRPO_MAX_REWARD_CHECKS), this tenant's or this API process's; "
+    "`detail` names the cap, header Retry-After says when to try again",
+    503: "The server cannot do this at the moment (for reward code: no sandbox can run here, an operator's problem); "
+    "`detail` says why",
 }
 
 
@@ -67,15 +73,145 @@ class ModelsPublic(BaseModel):
     data: list[ModelPublic]
 
 
+RewardShape = Literal["per_sample", "batch"]
+STRING_BYTES = 64 * 1024  # a dry run's prompt, completion and fields: each at most this (characters, or JSON bytes)
+PARAMS_BYTES = 16 * 1024  # an uploaded reward's params, as JSON (a dry run's and a job's)
+SAMPLE_PAGE = 100  # most samples in one page of GET /v1/jobs/{id}/samples
+
+
 class RewardPublic(BaseModel):
-    name: str
+    kind: Literal["builtin", "plugin", "uploaded"] = Field(
+        description="builtin: ships with the service; plugin: installed by the operator; uploaded: this tenant's "
+        "own code (POST /v1/rewards), run only in a sandbox"
+    )
+    name: str = Field(
+        description="Built-ins and plugins: the name a job's rewards[].name takes. Uploads: the label given at "
+        "upload; a job names an upload by its `id`"
+    )
     description: str
     params_schema: dict[str, Any] = Field(description="JSON schema of the reward's params")
-    fields: list[str] = Field(description="Dataset fields the reward reads with its default params")
+    fields: list[str] = Field(
+        description="Dataset fields the reward reads with its default params (uploads: the keyword names it "
+        "requires, each a dataset field or a param)"
+    )
+    id: str | None = Field(None, description="Uploads only: what a job's rewards[].name takes (rwd_<hex>)")
+    sha256: str | None = Field(None, description="Uploads only: sha256 of the source (UTF-8)")
+    shape: RewardShape | None = Field(None, description="Uploads only: per_sample or batch")
+    created_at: datetime | None = Field(None, description="Uploads only")
 
 
 class RewardsPublic(BaseModel):
     data: list[RewardPublic]
+
+
+class RewardCodePublic(BaseModel):
+    """A tenant's uploaded reward, without its source."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: str = Field(description="What a job's rewards[].name takes", examples=["rwd_0123456789abcdef0123456789abcdef"])
+    name: str = Field(description="A label: the `name` form field, or the file's name")
+    sha256: str = Field(description="sha256 of the source (UTF-8)")
+    bytes: int = Field(description="Size of the source in UTF-8 bytes")
+    shape: RewardShape = Field(
+        description="per_sample: reward(prompt, completion, **fields) -> float, called once per completion; batch: "
+        "reward(prompts, completions, **kwargs) -> list[float], TRL's convention, dataset columns as keyword lists"
+    )
+    parameters: list[str] | None = Field(
+        description="Keyword names `reward` accepts besides prompt(s) and completion(s); null when it takes "
+        "**kwargs (any name)"
+    )
+    required: list[str] = Field(
+        description="Keyword parameters without a default: each must be a dataset field or a param of the job"
+    )
+    created_at: datetime
+
+
+class RewardSourcePublic(RewardCodePublic):
+    source: str = Field(description="The Python source as uploaded")
+
+
+class RewardTestItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: str | list[dict[str, Any]] = Field(
+        description="The row's prompt: a string, or chat messages [{role, content}, ...]; at most 65536 characters "
+        "(messages: as JSON)",
+        examples=["What is 2 + 3?"],
+    )
+    completion: str = Field(
+        max_length=STRING_BYTES, description="The completion to score; at most 65536 characters", examples=["5"]
+    )
+    fields: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The row's other columns, such as `answer`; at most 65536 bytes as JSON",
+        examples=[{"answer": 5}],
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _bounded_prompt(cls, prompt: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+        size = len(prompt) if isinstance(prompt, str) else _json_bytes(prompt)
+        if size > STRING_BYTES:
+            raise ValueError(f"the prompt is {size} characters; the limit is {STRING_BYTES}")
+        return prompt
+
+    @field_validator("fields")
+    @classmethod
+    def _bounded_fields(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        size = _json_bytes(fields)
+        if size > STRING_BYTES:
+            raise ValueError(f"the fields are {size} bytes as JSON; the limit is {STRING_BYTES}")
+        return fields
+
+
+class RewardTestRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: list[RewardTestItem] = Field(
+        min_length=1, description="What to score, one call per item; at most GRPO_MAX_REWARD_TEST_ITEMS (16)"
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The reward's params, as a job would pass them (uploads: keyword arguments, at most 16384 "
+        "bytes as JSON)",
+    )
+
+
+class RewardItemResult(BaseModel):
+    score: float | None = Field(description="The reward, or null when the call failed")
+    error: str | None = Field(description="Why the call failed (raised, timed out, not a finite number); else null")
+
+
+class RewardTestResult(BaseModel):
+    results: list[RewardItemResult] = Field(description="One per item, in order")
+    output: str = Field(description="What the reward printed (uploads: while loading and scoring), bounded")
+    seconds: float = Field(description="Wall time of the dry run, the sandbox's or reward process's start included")
+    shape: RewardShape | None = Field(None, description="Uploads only: how `reward` was called")
+
+
+def _json_bytes(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False).encode())
+
+
+class SamplePublic(BaseModel):
+    id: int = Field(description="Pass as `after` to read the samples after this one")
+    step: int
+    position: int = Field(description="group x group_size + index")
+    group: int = Field(description="The prompt's group within the step's stored groups")
+    index: int = Field(description="The completion's index within its group")
+    prompt: str | list[Any] = Field(description="The row's prompt or chat messages (long strings cut, with a marker)")
+    completion: str
+    reward: float | None = Field(description="Weighted sum of the scores; null where it was not finite")
+    advantage: float | None
+    scores: dict[str, float | None] = Field(description="Each reward's score, by the name the job gave it")
+    errors: dict[str, str] = Field(description="Rewards whose call failed for this sample (they scored 0), and why")
+
+
+class SamplesPublic(BaseModel):
+    data: list[SamplePublic]
+    outputs: dict[str, dict[str, str]] = Field(
+        description="Step (as a string) to reward name to what that reward printed during the step, for the steps "
+        "in this page (tenant code only)"
+    )
+    next_cursor: int | None = Field(description="Pass as `after` for the next page; null when none is left")
 
 
 _REWARD_WEIGHT = next(f for f in dataclasses.fields(RewardSpec) if f.name == "weight")
@@ -83,7 +219,10 @@ _REWARD_WEIGHT = next(f for f in dataclasses.fields(RewardSpec) if f.name == "we
 
 class RewardRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(description="A registered reward name (GET /v1/rewards)", examples=["numeric_answer"])
+    name: str = Field(
+        description="A built-in or plugin reward's name, or the id of this tenant's uploaded reward (GET /v1/rewards)",
+        examples=["numeric_answer"],
+    )
     weight: float = Field(
         1.0,
         allow_inf_nan=False,

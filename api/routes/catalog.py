@@ -1,8 +1,7 @@
 from fastapi import APIRouter
 
 from api.deps import TenantDep
-from api.schemas import ModelPublic, ModelsPublic, RewardPublic, RewardsPublic, error_responses
-from grpo_core.rewards import reward_registry
+from api.schemas import ModelPublic, ModelsPublic, error_responses
 from grpo_core.spec import BASE_MODELS
 
 router = APIRouter(prefix="/v1", tags=["catalog"], responses=error_responses(401, 413))
@@ -22,18 +21,3 @@ def list_models(tenant_id: TenantDep) -> ModelsPublic:
             for name, model in BASE_MODELS.items()
         ]
     )
-
-
-@router.get("/rewards", response_model=RewardsPublic)
-def list_rewards(tenant_id: TenantDep) -> RewardsPublic:
-    """Reward functions a job can name: built-ins and those the operator installed as entry points."""
-    data = []
-    for fn in reward_registry().values():
-        try:
-            fields = list(fn.fields(fn.params_model()))
-        except Exception:  # params without defaults: the fields depend on what the job passes
-            fields = []
-        data.append(
-            RewardPublic(name=fn.name, description=fn.description, params_schema=fn.params_schema(), fields=fields)
-        )
-    return RewardsPublic(data=data)

@@ -12,10 +12,12 @@ from pydantic import BaseModel, WithJsonSchema
 from api import artifacts
 from api.db import run_read, session_scope
 from api.deps import SessionDep, TenantDep
+from api.limits import TenantSlots
 from api.models import TERMINAL_STATUSES, Event
 from api.queue import enqueue_job
 from api.schemas import (
     MAX_INT,
+    SAMPLE_PAGE,
     CheckpointPublic,
     CheckpointsPublic,
     JobCreate,
@@ -23,13 +25,14 @@ from api.schemas import (
     JobsPublic,
     JobStatus,
     MetricsPublic,
+    SamplesPublic,
     error_responses,
 )
 from api.services import NotFound
 from api.services import jobs as jobs_service
 from api.services import progress as progress_service
+from api.services import rewards as rewards_service
 from api.settings import get_settings
-from api.streams import StreamSlots
 
 # Every route here takes a body, a query or an id, so each can answer 422 (in the ErrorBody shape, like all errors).
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 413, 422))
@@ -133,6 +136,28 @@ async def get_metrics(
     return await run_read(_metrics, tenant_id, job_id, after_step, limit)
 
 
+def _samples(tenant_id: str, job_id: str, step: int | None, after: int | None, limit: int) -> SamplesPublic:
+    with session_scope() as session:
+        jobs_service.get_job(session, tenant_id=tenant_id, job_id=job_id)
+        return rewards_service.list_samples(session, job_id=job_id, step=step, after=after, limit=limit)
+
+
+@router.get("/{job_id}/samples", response_model=SamplesPublic, responses=NOT_FOUND)
+async def get_samples(
+    job_id: str,
+    tenant_id: TenantDep,
+    step: Annotated[int | None, Query(ge=0, le=MAX_INT, description="Only this step's samples")] = None,
+    after: Annotated[
+        int | None, Query(ge=1, le=MAX_INT, description="A sample's id (next_cursor): the page starts after it")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=SAMPLE_PAGE)] = 50,
+) -> SamplesPublic:
+    """Completions sampled during training (the first GRPO_SAMPLE_GROUPS_PER_STEP groups of each step), in step
+    and position order, each with its reward, advantage, per-reward scores and errors; `outputs` holds what
+    tenant reward code printed during the page's steps."""
+    return await run_read(_samples, tenant_id, job_id, step, after, limit)
+
+
 class _EventStream(StreamingResponse):
     """A streaming response that gives its stream slot back however the response ends: the job finished, the
     client left (Starlette cancels the stream), the server shut down (uvicorn cancels it), or an error. The route
@@ -182,7 +207,7 @@ async def stream_events(
     worker thread and gives its connection back. Open streams are capped per tenant (GRPO_MAX_STREAMS_PER_TENANT)
     and in all (GRPO_MAX_STREAMS), counted in each API process: past a cap the answer is 429 with Retry-After."""
     settings = get_settings()
-    slots: StreamSlots = request.app.state.event_streams
+    slots: TenantSlots = request.app.state.event_streams
     # Checked before the job is read: a tenant past its cap costs the database nothing.
     slots.acquire(tenant_id, per_tenant=settings.max_streams_per_tenant, total=settings.max_streams)
     try:

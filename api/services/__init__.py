@@ -1,4 +1,4 @@
-"""Service functions of the API, one module per resource: keys, datasets, jobs, progress. Call sites import the
+"""Service functions of the API, one module per resource: keys, datasets, jobs, progress, rewards. Call sites import the
 module they need (`from api.services import jobs as jobs_service`); this package holds only the errors they share.
 
 Every read takes the tenant and filters by it, so another tenant's id behaves exactly like an id that does not
@@ -17,3 +17,7 @@ class InvalidInput(Exception):
         super().__init__(message)
         self.errors = errors or []
         self.status_code = status_code
+
+
+class Unavailable(Exception):
+    """The service cannot do this here (an operator's problem, not the request's): answered 503 with the reason."""

@@ -15,12 +15,12 @@ from api.settings import get_settings
 from grpo_core.data import DatasetError, parse_jsonl, summarize_dataset
 
 
-def display_name(filename: str) -> str:
-    """An uploaded file's name as a label only (files are stored under the dataset id): the last path component,
+def display_name(filename: str, default: str = "dataset.jsonl") -> str:
+    """An uploaded file's name as a label only (files are stored under the object's id): the last path component,
     without control characters (a NUL byte cannot be stored in PostgreSQL text), at most 200 characters."""
     base = re.split(r"[/\\]", filename)[-1]
     cleaned = "".join(c for c in base if c.isprintable()).strip()
-    return cleaned[:200] if cleaned not in ("", ".", "..") else "dataset.jsonl"
+    return cleaned[:200] if cleaned not in ("", ".", "..") else default
 
 
 def create_dataset(session: Session, *, tenant_id: str, name: str, content: bytes) -> Dataset:

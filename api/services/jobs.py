@@ -15,9 +15,10 @@ from api.schemas import JobCreate, JobPublic, Progress, StoredRewardRef
 from api.services import InvalidInput, NotFound
 from api.services import datasets as datasets_service
 from api.services import progress as progress_service
+from api.services import rewards as rewards_service
 from api.settings import Settings, get_settings
 from grpo_core.config import GRPOConfig, RewardSpec
-from grpo_core.rewards import RewardFunction, RewardSpecError, resolve_rewards
+from grpo_core.rewards import RewardFunction, RewardSpecError, is_tenant_reward, resolve_rewards
 from grpo_core.spec import BASE_MODELS, BaseModelSpec
 
 
@@ -47,12 +48,23 @@ def validate_job_spec(session: Session, *, tenant_id: str, spec: JobCreate) -> G
         problems += _limit_problems(config, get_settings())
         if model is not None:
             problems += _model_problems(config, model, spec.base_model, datasets, get_settings())
-    try:
-        resolved = resolve_rewards([RewardSpec(r.name, r.weight, r.params) for r in spec.rewards], fields)
-    except RewardSpecError as error:
-        problems.extend(error.problems)
-    else:
-        problems += _reward_problems(resolved, datasets)
+    # An uploaded reward is named by its id and checked against this tenant's uploads; the rest by the registry.
+    uploaded = [r for r in spec.rewards if is_tenant_reward(r.name)]
+    registered = [r for r in spec.rewards if not is_tenant_reward(r.name)]
+    taken = set.union(*(set(d.fields) for _, d in datasets)) if datasets else None  # a param must not shadow any
+    problems += rewards_service.tenant_reward_problems(
+        session, tenant_id=tenant_id, refs=uploaded, fields=fields, taken=taken
+    )
+    resolved = []
+    if registered:
+        try:
+            resolved = resolve_rewards([RewardSpec(r.name, r.weight, r.params) for r in registered], fields)
+        except RewardSpecError as error:
+            problems.extend(error.problems)
+        else:
+            problems += _reward_problems(resolved, datasets)
+    if spec.rewards and all(r.weight == 0 for r in spec.rewards) and len(resolved) == len(registered):
+        problems.append("rewards: every weight is 0, so every advantage would be 0 and nothing would train")
     if problems:
         raise InvalidInput("the job spec is invalid; nothing was queued", problems)
     assert config is not None
@@ -163,8 +175,9 @@ def _model_problems(
 def _reward_problems(
     resolved: list[tuple[RewardFunction, Any, float]], datasets: list[tuple[str, Dataset]]
 ) -> list[str]:
-    """A reward that reads a field as a number, pointed at a field that is not a number in every row; and rewards
-    that all weigh 0 (one of weight 0 is scored and reported, which is useful; all of them leave nothing to learn)."""
+    """A reward that reads a field as a number, pointed at a field that is not a number in every row. (Rewards that
+    all weigh 0 are refused in validate_job_spec: one of weight 0 is scored and reported, which is useful; all of
+    them leave nothing to learn.)"""
     problems = []
     for fn, params, _weight in resolved:
         for param in params.numeric_fields:
@@ -176,8 +189,6 @@ def _reward_problems(
                         f"reward {fn.name!r}: params.{param} {field!r} must name a field holding a number in every row; "
                         f"row {row} of {key} {dataset.id} holds something else"
                     )
-    if resolved and all(weight == 0 for _fn, _params, weight in resolved):
-        problems.append("rewards: every weight is 0, so every advantage would be 0 and nothing would train")
     return problems
 
 

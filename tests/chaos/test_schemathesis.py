@@ -9,10 +9,13 @@ No worker runs: jobs stay queued. The event stream (SSE) is fuzzed too: schemath
 `max-stream-events` events of a stream and then hangs up, so a queued job's never-ending stream costs one event.
 
 Every check runs, positive_data_acceptance (ST202: a schema-valid request is not refused) included, with one
-documented allowance: two operations may also answer 422 to schema-valid data, because what makes them valid is
+documented allowance: five operations may also answer 422 to schema-valid data, because what makes them valid is
 more than a schema can say. POST /v1/datasets needs a file that is JSONL; POST /v1/jobs needs a dataset id that is
 the caller's, reward params that fit the named reward and the dataset's fields, and sizes whose product (completions
-per step, prompt plus completion tokens) is within the operator's limits. Both answer 422 with the reasons.
+per step, prompt plus completion tokens) is within the operator's limits; POST /v1/rewards needs Python source that
+defines `reward`; a dry run (POST /v1/rewards/{reward}/test) needs params and item fields that fit the reward; and
+GET /v1/jobs/{job_id}/samples needs an `after` cursor that is one of the job's samples. Each answers 422 with the
+reasons.
 
 All four phases run: examples, coverage, fuzzing and stateful (links inferred from the schema: a created dataset's
 id fed to the job routes, and so on); the CHAOS line gives the stateful scenarios run.
@@ -53,11 +56,13 @@ max-stream-events = 1
 datasets = {{ values = ["{dataset_id}"] }}
 jobs = {{ values = ["{job_id}"] }}
 steps = {{ values = [{step}] }}
+rewards = {{ values = ["numeric_answer"] }}
 
 [parameters]
 "path.dataset_id" = {{ dictionary = "datasets", probability = 0.5 }}
 "path.job_id" = {{ dictionary = "jobs", probability = 0.5 }}
 "path.step" = {{ dictionary = "steps", probability = 0.5 }}
+"path.reward" = {{ dictionary = "rewards", probability = 0.5 }}
 "body.dataset_id" = {{ dictionary = "datasets", probability = 0.5 }}
 
 # Schema-valid yet refused with reasons (the module's docstring): a file that is not JSONL, a spec whose ids, reward
@@ -70,6 +75,21 @@ checks.positive_data_acceptance.expected-statuses = [{SEMANTIC_422}]
 [[operations]]
 include-path = "/v1/jobs"
 include-method = "POST"
+checks.positive_data_acceptance.expected-statuses = [{SEMANTIC_422}]
+
+[[operations]]
+include-path = "/v1/rewards"
+include-method = "POST"
+checks.positive_data_acceptance.expected-statuses = [{SEMANTIC_422}]
+
+[[operations]]
+include-path = "/v1/rewards/{{reward}}/test"
+include-method = "POST"
+checks.positive_data_acceptance.expected-statuses = [{SEMANTIC_422}]
+
+[[operations]]
+include-path = "/v1/jobs/{{job_id}}/samples"
+include-method = "GET"
 checks.positive_data_acceptance.expected-statuses = [{SEMANTIC_422}]
 """
 
@@ -171,7 +191,15 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(database, tmp_
         v1_operations = [(m, p, op) for p, item in schema["paths"].items() for m, op in item.items()]
         unsecured = [f"{m.upper()} {p}" for m, p, op in v1_operations if p.startswith("/v1") and not op.get("security")]
         probes, accepted_without_key = unauthenticated_sweep(
-            svc.base_url, schema, {"dataset_id": dataset_id, "job_id": job_id, "step": "1"}
+            svc.base_url,
+            schema,
+            {
+                "dataset_id": dataset_id,
+                "job_id": job_id,
+                "step": "1",
+                "reward_id": "rwd_" + "0" * 32,
+                "reward": "numeric_answer",
+            },
         )
 
         started = time.monotonic()
