@@ -52,7 +52,7 @@ class Settings(BaseSettings):
         60.0,
         gt=0,
         description="Longest a tenant reward's sandbox may take to start and load its source (imports included): "
-        "past it an upload is refused, and in a job the start counts as the sandbox dying",
+        "past it an upload is refused, and a job whose reward cannot start fails naming it",
     )
     # The sandbox for tenants' reward code (grpo_core/sandbox.py): one per job and reward, limits set before the
     # tenant's code runs.

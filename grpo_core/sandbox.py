@@ -82,6 +82,8 @@ class SandboxLimits:
 
     timeout_seconds: float = 60.0
     """Longest one call of `reward` may take: one item in the per-sample shape, the batch in the batch shape."""
+    start_timeout_seconds: float = 60.0
+    """Longest the sandbox may take to start and load the source, its imports included."""
     memory_mb: int = 1024
     """Address space of the sandboxed process, MiB."""
     cpu_seconds: int = 3600
@@ -284,6 +286,7 @@ class RewardSandbox:
         return cls(
             source,
             timeout_seconds=limits.timeout_seconds,
+            start_timeout_seconds=limits.start_timeout_seconds,
             memory_mb=limits.memory_mb,
             cpu_seconds=limits.cpu_seconds,
             max_processes=limits.max_processes,

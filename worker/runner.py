@@ -176,6 +176,7 @@ def sandbox_limits(settings: Settings) -> SandboxLimits:
     """The service's GRPO_REWARD_* settings as the limits of a job's reward sandboxes."""
     return SandboxLimits(
         timeout_seconds=settings.reward_timeout_seconds,
+        start_timeout_seconds=settings.reward_start_timeout_seconds,
         memory_mb=settings.reward_memory_mb,
         cpu_seconds=settings.reward_cpu_seconds,
         max_processes=settings.reward_max_processes,

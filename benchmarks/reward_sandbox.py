@@ -1,0 +1,156 @@
+"""What the reward sandbox costs: per-call overhead, and a training step with a built-in reward against the same
+function uploaded as tenant code.
+
+    .venv/bin/python benchmarks/reward_sandbox.py              # both parts (make bench-sandbox)
+    .venv/bin/python benchmarks/reward_sandbox.py --calls-only # per-call overhead alone (seconds, no model)
+
+Per call: one batch of G=8 completions of 64 tokens' worth of text, scored by `length_target` three ways,
+interleaved call by call so the machine's drift hits all three alike: in this process (the function alone), in
+the trusted reward process built-ins run in (grpo_core.reward_process), and in the bubblewrap sandbox as a
+tenant's upload (grpo_core.sandbox). p50 and p99 over --calls calls; the sandbox's start-up is timed apart.
+
+Per step: SmolLM2-135M-Instruct, G=8, 64 new tokens, one prompt per step, LoRA r=8, beta 0.04 (make bench's
+setting). Two trainers in one process, one scoring with the built-in `length_target`, the other with the same
+function uploaded; their steps alternate (ABAB...), after one untimed warm-up step each (which also starts each
+trainer's reward process or sandbox). The overhead is the difference of the medians over the built-in's median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# The tenant's version of the built-in length_target (grpo_core/rewards.py), as a user would upload it.
+UPLOADED_LENGTH_TARGET = """
+def reward(prompt, completion, target=200, **fields):
+    return max(0.0, 1.0 - abs(len(completion) - target) / target)
+"""
+TARGET = 200
+STORY_PROMPT = "Write a long story about a robot who learns to paint. Describe every color it discovers."
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def per_call(calls: int, group_size: int) -> None:
+    from grpo_core.config import RewardSpec
+    from grpo_core.reward_process import RewardProcess
+    from grpo_core.rewards import resolve_rewards, score_batch
+    from grpo_core.sandbox import RewardSandbox
+
+    completion = "The robot dipped its brush in cobalt and the canvas answered with a sky. " * 4  # ~64 tokens
+    completions = [completion[: 250 + 10 * i] for i in range(group_size)]
+    rows = [{"prompt": STORY_PROMPT}] * group_size
+    prompts = [STORY_PROMPT] * group_size
+    specs = [RewardSpec("length_target", params={"target": TARGET})]
+    [(fn, params, _weight)] = resolve_rewards(specs)
+    timings: dict[str, list[float]] = {"in process": [], "reward process": [], "sandbox": []}
+    with (
+        RewardProcess(specs, timeout_seconds=60) as trusted,
+        RewardSandbox(UPLOADED_LENGTH_TARGET, timeout_seconds=60) as sandbox,
+    ):
+        started = time.perf_counter()
+        trusted.score(0, completions, rows)
+        trusted_start = time.perf_counter() - started
+        started = time.perf_counter()
+        sandbox.start()
+        sandbox_start = time.perf_counter() - started
+        expected = score_batch(fn, params, completions, rows)[0]
+        for _ in range(calls):
+            started = time.perf_counter()
+            score_batch(fn, params, completions, rows)
+            timings["in process"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            trusted.score(0, completions, rows)
+            timings["reward process"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            scored = sandbox.score(prompts, completions, rows)
+            timings["sandbox"].append(time.perf_counter() - started)
+        got = [value for value, _error in scored.results]
+        assert got == expected, f"the sandbox scored {got}, in process {expected}"
+    print(f"per call: G={group_size} completions, {calls} calls each, interleaved")
+    print(f"{'':22s}{'p50 ms':>10s}{'p99 ms':>10s}")
+    for name, values in timings.items():
+        print(f"{name:22s}{1000 * percentile(values, 50):10.3f}{1000 * percentile(values, 99):10.3f}")
+    print(f"start-up: reward process {trusted_start:.3f} s, sandbox {sandbox_start:.3f} s (once per job)")
+
+
+def per_step(steps: int) -> None:
+    from grpo_core import GRPOConfig, GRPOTrainer, LoraSettings, RewardSpec
+    from grpo_core.scoring import RewardScorer
+    from grpo_core.trainer import grpo_step
+
+    config = GRPOConfig(
+        group_size=8,
+        max_new_tokens=64,
+        beta=0.04,
+        seed=0,
+        max_steps=steps + 1,
+        checkpoint_every=0,
+        lora=LoraSettings(r=8, alpha=16, dropout=0.0, target_modules=("q_proj", "v_proj")),
+    )
+    uploaded_id = "rwd_" + "0" * 32
+    arms = {
+        "built-in": ([RewardSpec("length_target", params={"target": TARGET})], {}),
+        "uploaded": ([RewardSpec(uploaded_id, params={"target": TARGET})], {uploaded_id: UPLOADED_LENGTH_TARGET}),
+    }
+    rows = [{"prompt": STORY_PROMPT}]
+    trainers, scorers = {}, {}
+    for name, (specs, sources) in arms.items():
+        trainer = GRPOTrainer(
+            base_model="smollm2-135m-instruct",
+            train_rows=rows,
+            rewards=specs,
+            config=config,
+            output_dir=".",
+            tenant_rewards=sources,
+        )
+        trainer.setup()
+        trainers[name] = trainer
+        scorers[name] = RewardScorer(specs, timeout_seconds=60, tenant_sources=sources)
+    seconds: dict[str, list[float]] = {name: [] for name in arms}
+    try:
+        for step in range(steps + 1):
+            for name, trainer in trainers.items():
+                started = time.perf_counter()
+                grpo_step(
+                    trainer.model, trainer.tokenizer, trainer.optimizer, trainer.scheduler, rows, trainer.rewards,
+                    config, scorer=scorers[name],
+                )  # fmt: skip
+                if step:  # the first step of each is a warm-up (and starts its reward process or sandbox)
+                    seconds[name].append(time.perf_counter() - started)
+    finally:
+        for scorer in scorers.values():
+            scorer.close()
+    print(f"per step: SmolLM2-135M-Instruct, G=8, 64 new tokens, {steps} timed steps each, alternating")
+    for name in arms:
+        print(f"{name:10s} steps " + " ".join(f"{s:.2f}s" for s in seconds[name]))
+    built_in, uploaded = statistics.median(seconds["built-in"]), statistics.median(seconds["uploaded"])
+    print(
+        f"median step: built-in {built_in:.3f} s, uploaded {uploaded:.3f} s, "
+        f"overhead {100 * (uploaded - built_in) / built_in:+.1f}% (noise between two identical arms is ~±5%)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per trainer")
+    parser.add_argument("--calls-only", action="store_true")
+    args = parser.parse_args()
+    per_call(args.calls, args.group_size)
+    if not args.calls_only:
+        print()
+        per_step(args.steps)
+
+
+if __name__ == "__main__":
+    main()
