@@ -15,6 +15,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api.schemas import MAX_INT
+from grpo_core.sandbox import SandboxLimits
 
 
 class Settings(BaseSettings):
@@ -180,6 +181,23 @@ class Settings(BaseSettings):
     @property
     def reward_package_dirs(self) -> list[str]:
         return [path for path in self.reward_packages.split(":") if path]
+
+    def sandbox_limits(self) -> SandboxLimits:
+        """The GRPO_REWARD_* settings as the limits of a reward sandbox (the API's checks and the worker's jobs)."""
+        return SandboxLimits(
+            timeout_seconds=self.reward_timeout_seconds,
+            start_timeout_seconds=self.reward_start_timeout_seconds,
+            memory_mb=self.reward_memory_mb,
+            cpu_seconds=self.reward_cpu_seconds,
+            max_processes=self.reward_max_processes,
+            max_open_files=self.reward_max_open_files,
+            max_file_mb=self.reward_max_file_mb,
+            max_tmp_mb=self.reward_tmp_mb,
+            output_chars=self.reward_output_chars,
+            extra_paths=tuple(self.reward_package_dirs),
+            allow_unsandboxed=self.reward_allow_unsandboxed,
+            max_restarts=self.reward_max_restarts,
+        )
 
     @property
     def artifacts_dir(self) -> Path:

@@ -38,11 +38,11 @@ from api.db import session_scope
 from api.models import TERMINAL_STATUSES, Job, RewardCode, utcnow
 from api.queue import enqueue_job
 from api.services import jobs as jobs_service
-from api.settings import Settings, get_settings
+from api.settings import get_settings
 from grpo_core import GRPOConfig, GRPOTrainer, RewardSpec, TrainerCallback, load_jsonl
 from grpo_core.checkpoint import Checkpoint
 from grpo_core.rewards import is_tenant_reward
-from grpo_core.sandbox import SandboxLimits, SandboxUnavailable
+from grpo_core.sandbox import SandboxUnavailable
 from worker import leases, writes
 from worker.leases import LeaseLost
 
@@ -172,24 +172,6 @@ def _stopped_early(job_id: str, owner: str) -> str:
     return "queued"
 
 
-def sandbox_limits(settings: Settings) -> SandboxLimits:
-    """The service's GRPO_REWARD_* settings as the limits of a job's reward sandboxes."""
-    return SandboxLimits(
-        timeout_seconds=settings.reward_timeout_seconds,
-        start_timeout_seconds=settings.reward_start_timeout_seconds,
-        memory_mb=settings.reward_memory_mb,
-        cpu_seconds=settings.reward_cpu_seconds,
-        max_processes=settings.reward_max_processes,
-        max_open_files=settings.reward_max_open_files,
-        max_file_mb=settings.reward_max_file_mb,
-        max_tmp_mb=settings.reward_tmp_mb,
-        output_chars=settings.reward_output_chars,
-        extra_paths=tuple(settings.reward_package_dirs),
-        allow_unsandboxed=settings.reward_allow_unsandboxed,
-        max_restarts=settings.reward_max_restarts,
-    )
-
-
 def run_job(job_id: str) -> str:
     """Train job `job_id` to the end, resuming from its last checkpoint if an earlier attempt died. Returns the
     outcome: a job status ("queued" when this worker shut down first), "missing", or "busy" when another worker
@@ -250,7 +232,7 @@ def run_job(job_id: str) -> str:
             cache_dir=settings.model_cache,
             reward_timeout_seconds=settings.reward_timeout_seconds,
             tenant_rewards=tenant_rewards,
-            sandbox_limits=sandbox_limits(settings),
+            sandbox_limits=settings.sandbox_limits(),
             max_reward_failure_fraction=settings.reward_max_failure_fraction,
             sample_groups_per_step=settings.sample_groups_per_step,
         )

@@ -123,29 +123,12 @@ def check_source(source: str) -> CheckResult:
     # Not check_reward_source: that one starts its sandbox without the operator's packages and limits, and an upload
     # that imports one of GRPO_REWARD_PACKAGES must load here as it will in a job.
     try:
-        with RewardSandbox(source, **sandbox_options(settings)) as sandbox:
+        with RewardSandbox.from_limits(source, settings.sandbox_limits()) as sandbox:
             return sandbox.start()
     except RewardSourceError as error:
         raise InvalidInput(f"the reward source was refused: {error}") from None
     except SandboxUnavailable as error:
         raise Unavailable(f"reward code cannot be checked on this server: {error}") from None
-
-
-def sandbox_options(settings: Settings) -> dict[str, Any]:
-    """RewardSandbox's keyword arguments from the operator's settings."""
-    return {
-        "timeout_seconds": settings.reward_timeout_seconds,
-        "start_timeout_seconds": settings.reward_start_timeout_seconds,
-        "memory_mb": settings.reward_memory_mb,
-        "cpu_seconds": settings.reward_cpu_seconds,
-        "max_processes": settings.reward_max_processes,
-        "max_open_files": settings.reward_max_open_files,
-        "max_file_mb": settings.reward_max_file_mb,
-        "max_tmp_mb": settings.reward_tmp_mb,
-        "output_chars": settings.reward_output_chars,
-        "extra_paths": settings.reward_package_dirs,
-        "allow_unsandboxed": settings.reward_allow_unsandboxed,
-    }
 
 
 def ensure_room(session: Session, *, tenant_id: str) -> None:
@@ -364,13 +347,10 @@ def _sandbox_scores(
     settings: Settings,
 ) -> tuple[Scores, str, str | None]:
     """The upload's scores in a fresh sandbox, what it printed (loading, then scoring) and its shape."""
-    # The sandbox's score() takes no params: they reach `reward` as keyword arguments through each row (in the
-    # batch shape each becomes a list with one value per completion).
-    merged = [{**row, **params} for row in rows]
     try:
-        with RewardSandbox(code.source, **sandbox_options(settings)) as sandbox:
+        with RewardSandbox.from_limits(code.source, settings.sandbox_limits(), name=code.id) as sandbox:
             loaded = sandbox.start()
-            scores = sandbox.score(prompts, completions, merged)
+            scores = sandbox.score(prompts, completions, rows, dict(params))
     except RewardSourceError as error:
         raise InvalidInput(f"reward {code.id!r} no longer loads: {error}") from None
     except SandboxUnavailable as error:
@@ -386,25 +366,13 @@ def _builtin_scores(
     settings: Settings,
 ) -> list[tuple[float | None, str | None]]:
     """A built-in's or plugin's scores, in the reward process a job scores it in (a plugin may hang)."""
-    failed = "the reward raised an error or returned a value that is not a finite number"
     spec = RewardSpec(fn.name, 1.0, dict(params))
     with RewardProcess([spec], timeout_seconds=settings.reward_timeout_seconds) as process:
         try:
-            values, errors = process.score(0, completions, rows)
+            values, errors = process.score_items(0, completions, rows)
         except RewardFailure as error:  # timed out, or the process died or could not start
             return [(None, str(error))] * len(completions)
-        if not errors:
-            return [(value, None) for value in values]
-        # The batch call counts its failures without saying which: score those items one by one to tell.
-        results: list[tuple[float | None, str | None]] = []
-        for completion, row in zip(completions, rows, strict=True):
-            try:
-                (value,), error_count = process.score(0, [completion], [row])
-            except RewardFailure as error:
-                results.append((None, str(error)))
-                continue
-            results.append((None, failed) if error_count else (value, None))
-        return results
+    return [(None, error) if error is not None else (value, None) for value, error in zip(values, errors, strict=True)]
 
 
 # --- samples --------------------------------------------------------------------------------------------------------

@@ -237,7 +237,8 @@ def test_a_dry_run_of_an_upload_gives_each_score_or_error_and_the_printed_output
     chat = [{"role": "user", "content": "hi"}]
     items = [{"prompt": chat, "completion": "abc", "fields": {"answer": 1}}, {"prompt": "x", "completion": ""}]
     body = service.post(f"/v1/rewards/{batch}/test", headers=alice, json={"items": items}).json()
-    assert [r["score"] for r in body["results"]] == [3.0, 0.0] and body["shape"] == "batch"
+    # TRL's convention: a chat prompt's completion comes as [{"role": "assistant", "content": ...}] (length 1).
+    assert [r["score"] for r in body["results"]] == [1.0, 0.0] and body["shape"] == "batch"
     assert body["output"].strip() == "prompt types ['list', 'str'] columns ['answer']"
 
 
