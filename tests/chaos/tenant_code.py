@@ -81,9 +81,11 @@ def reward(prompt, completion, dataset_file, **fields):
     + """
 def reward(prompt, completion, worker_pid, **fields):
     reached = []
-    for pid in (os.getppid(), 1, worker_pid, "self"):
+    # Its parent inside the sandbox (bubblewrap's init, started with an empty environment), pid 1, and the worker's
+    # pid as the host numbers it (another pid namespace: not there).
+    for pid in (os.getppid(), 1, worker_pid):
         _read(f"/proc/{pid}/environ", reached)
-    print("own environment:", dict(os.environ))
+    print("own environment:", dict(os.environ))  # its own: PATH, HOME, LANG, PYTHONDONTWRITEBYTECODE
     return float(sum(reached))
 """,
     "read_shadow": PROBE_HELPERS
