@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api.schemas import MAX_INT
@@ -165,6 +165,15 @@ class Settings(BaseSettings):
         description="Largest prompt, in tokens, as bounded from its UTF-8 bytes with the chat template (conservative)",
     )
     max_dataset_rows: int = Field(1_000_000, ge=1, le=MAX_INT, description="Most rows in an uploaded dataset")
+
+    @field_validator("reward_packages")
+    @classmethod
+    def _package_folders_exist(cls, value: str) -> str:
+        # Checked at start-up: bubblewrap cannot bind a missing folder, and every reward check would fail obscurely.
+        missing = [path for path in value.split(":") if path and not Path(path).is_dir()]
+        if missing:
+            raise ValueError(f"GRPO_REWARD_PACKAGES names folders that do not exist: {', '.join(missing)}")
+        return value
 
     @property
     def resolved_database_url(self) -> str:

@@ -129,7 +129,7 @@ def _python() -> str:
     return os.path.realpath(sys.executable)
 
 
-def _ro_binds(extra_paths: Sequence[str] = ()) -> list[str]:
+def _ro_binds() -> list[str]:
     """Read-only binds of what a stdlib-only interpreter needs, and tmpfs over every site-packages in them."""
     args: list[str] = []
     for top in ("/usr", "/lib", "/lib64", "/bin"):
@@ -149,8 +149,6 @@ def _ro_binds(extra_paths: Sequence[str] = ()) -> list[str]:
     for path in sorted(hidden):
         if os.path.isdir(path):
             args += ["--tmpfs", path]
-    for path in extra_paths:
-        args += ["--ro-bind", path, path]
     return args
 
 
@@ -467,8 +465,11 @@ class RewardSandbox:
                 for name, value in _ENV.items():
                     command += ["--setenv", name, value]
                 command += ["--uid", str(_SANDBOX_UID), "--gid", str(_SANDBOX_UID)]
-                command += [*_ro_binds(self.extra_paths), "--ro-bind", str(_CHILD), _CHILD_INSIDE]
+                command += [*_ro_binds(), "--ro-bind", str(_CHILD), _CHILD_INSIDE]
                 command += ["--proc", "/proc", "--dev", "/dev", "--size", str(self.tmp_bytes), "--tmpfs", "/tmp"]
+                # The operator's package folders last: a later mount hides an earlier one (a folder under /tmp).
+                for path in self.extra_paths:
+                    command += ["--ro-bind", path, path]
                 # bwrap's root (and /dev) are writable tmpfs: make them read-only so /tmp is the one writable place.
                 command += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/tmp"]
                 pass_fds = [child_end.fileno()]

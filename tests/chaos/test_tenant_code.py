@@ -24,6 +24,7 @@ import pytest
 
 from tests.chaos.harness import Client, adapter_weights, figure, service
 from tests.chaos.tenant_code import SOURCES
+from tests.chaos.test_hostile_rewards import seconds_running
 
 pytestmark = pytest.mark.chaos
 
@@ -201,6 +202,7 @@ def test_hostile_tenant_code_reaches_nothing_and_ends_as_the_failure_rule_says(t
                 job=job["status"],
                 error=repr((job["error"] or "")[:160]),
                 upload_s=f"{upload_seconds[case]:.1f}",
+                job_s=f"{seconds_running(job):.1f}",
             )
             if reached_bytes or leaked or connections:
                 problems.append(f"{case}: reached {reached_bytes} bytes, {connections} connections, canary {leaked}")

@@ -490,3 +490,29 @@ def test_a_killed_parent_takes_its_sandbox_down():
     while _sandboxed_pids() - before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _sandboxed_pids() - before == set()
+
+
+def test_an_operators_package_folder_is_importable_and_read_only(tmp_path):
+    # What GRPO_REWARD_PACKAGES names: a folder such as `pip install --target DIR sympy` makes.
+    package = tmp_path / "packages" / "gradelib"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("def grade(text):\n    return float(text.strip() == '42')\n")
+    source = """
+import gradelib
+def reward(prompt, completion, **fields):
+    try:
+        with open(gradelib.__file__, "a") as handle:
+            handle.write("# tampered")
+        print("wrote")
+    except OSError as error:
+        print("read-only:", type(error).__name__)
+    return gradelib.grade(completion)
+"""
+    with RewardSandbox(source, timeout_seconds=20, extra_paths=[str(tmp_path / "packages")]) as sandbox:
+        scores = sandbox.score(["p", "p"], ["42", "41"], [{}, {}])
+    assert scores.results == [(1.0, None), (0.0, None)]
+    assert "read-only: OSError" in scores.output and "wrote" not in scores.output
+    assert "tampered" not in (package / "__init__.py").read_text()
+    # Without the folder the same source is refused at the check, naming the import.
+    refused = check_reward_source(source, timeout_seconds=20)
+    assert not refused.ok and "gradelib" in refused.error
