@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test chaos lint demo bench bench-scaling bench-ablations bench-parity bench-learning bench-api clean
+.PHONY: install test chaos lint demo bench bench-scaling bench-ablations bench-parity bench-learning bench-api bench-sandbox clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,9 @@ bench-learning: install
 	$(BIN)/python benchmarks/learning.py --seeds 0 1 2 --steps 60
 
 # Needs wrk (Debian: apt-get install wrk). Our API against minimal_app.py under load, then its start-up and memory.
+bench-sandbox: install
+	$(BIN)/python benchmarks/reward_sandbox.py
+
 bench-api: install
 	$(BIN)/python benchmarks/api_load.py
 	$(BIN)/python benchmarks/api_startup.py

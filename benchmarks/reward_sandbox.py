@@ -2,12 +2,15 @@
 function uploaded as tenant code.
 
     .venv/bin/python benchmarks/reward_sandbox.py              # both parts (make bench-sandbox)
-    .venv/bin/python benchmarks/reward_sandbox.py --calls-only # per-call overhead alone (seconds, no model)
+    .venv/bin/python benchmarks/reward_sandbox.py --calls-only # per-call overhead and dry runs (no model)
 
 Per call: one batch of G=8 completions of 64 tokens' worth of text, scored by `length_target` three ways,
 interleaved call by call so the machine's drift hits all three alike: in this process (the function alone), in
 the trusted reward process built-ins run in (grpo_core.reward_process), and in the bubblewrap sandbox as a
 tenant's upload (grpo_core.sandbox). p50 and p99 over --calls calls; the sandbox's start-up is timed apart.
+
+Dry run: POST /v1/rewards/{id}/test with 3 items through a real `grpo api` process, against a sandbox started
+and given the same 3 items directly, alternating.
 
 Per step: SmolLM2-135M-Instruct, G=8, 64 new tokens, one prompt per step, LoRA r=8, beta 0.04 (make bench's
 setting). Two trainers in one process, one scoring with the built-in `length_target`, the other with the same
@@ -139,14 +142,77 @@ def per_step(steps: int) -> None:
     )
 
 
+def dry_run(repeats: int) -> None:
+    """POST /v1/rewards/{id}/test with 3 items through a real API process, beside the sandbox's own start-up plus
+    the same 3 calls made directly: what the API adds to a dry run."""
+    import os
+    import socket
+    import subprocess
+    import tempfile
+
+    import httpx
+
+    from grpo_core.sandbox import RewardSandbox
+
+    items = [
+        {"prompt": STORY_PROMPT, "completion": "x" * n, "fields": {}} for n in (150, 200, 260)
+    ]  # three completions around the target
+    with tempfile.TemporaryDirectory() as data_dir, socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        env = {**os.environ, "GRPO_DATA_DIR": data_dir}
+        env.pop("GRPO_DATABASE_URL", None)
+        cli = [sys.executable, "-m", "api.cli"]
+        subprocess.run([*cli, "migrate"], env=env, check=True, capture_output=True)
+        key = subprocess.run([*cli, "keys", "create", "--tenant", "bench"], env=env, check=True, capture_output=True,
+                             text=True).stdout.strip()  # fmt: skip
+        api = subprocess.Popen([*cli, "api", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"})
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if client.get("/healthz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "the API did not start"
+                time.sleep(0.2)
+            files = {"file": ("length.py", UPLOADED_LENGTH_TARGET.encode())}
+            reward_id = client.post("/v1/rewards", files=files).raise_for_status().json()["id"]
+            api_seconds, direct_seconds = [], []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                answer = client.post(f"/v1/rewards/{reward_id}/test", json={"items": items}).raise_for_status().json()
+                api_seconds.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                with RewardSandbox(UPLOADED_LENGTH_TARGET, timeout_seconds=60) as sandbox:
+                    sandbox.start()
+                    direct = sandbox.score([i["prompt"] for i in items], [i["completion"] for i in items], [{}] * 3)
+                direct_seconds.append(time.perf_counter() - started)
+            assert [r["score"] for r in answer["results"]] == [value for value, _error in direct.results]
+        finally:
+            api.terminate()
+            api.wait()
+    print(f"dry run of 3 items, {repeats} times each, alternating")
+    print(f"{'':34s}{'p50 ms':>10s}{'p99 ms':>10s}")
+    for name, values in (("POST /v1/rewards/{id}/test", api_seconds), ("sandbox start + 3 calls", direct_seconds)):
+        print(f"{name:34s}{1000 * percentile(values, 50):10.1f}{1000 * percentile(values, 99):10.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=4, help="timed steps per trainer")
     parser.add_argument("--calls-only", action="store_true")
+    parser.add_argument("--dry-runs", type=int, default=20, help="dry runs through the API (and direct) to time")
     args = parser.parse_args()
     per_call(args.calls, args.group_size)
+    print()
+    dry_run(args.dry_runs)
     if not args.calls_only:
         print()
         per_step(args.steps)
