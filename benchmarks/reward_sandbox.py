@@ -138,7 +138,7 @@ def per_step(steps: int) -> None:
     built_in, uploaded = statistics.median(seconds["built-in"]), statistics.median(seconds["uploaded"])
     print(
         f"median step: built-in {built_in:.3f} s, uploaded {uploaded:.3f} s, "
-        f"overhead {100 * (uploaded - built_in) / built_in:+.1f}% (noise between two identical arms is ~±5%)"
+        f"difference {100 * (uploaded - built_in) / built_in:+.1f}% of the built-in's step"
     )
 
 
