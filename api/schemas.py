@@ -188,7 +188,11 @@ class RewardTestResult(BaseModel):
 
 
 def _json_bytes(value: Any) -> int:
-    return len(json.dumps(value, ensure_ascii=False).encode())
+    """Size as JSON; ValueError for NaN or Infinity, which JSON (and PostgreSQL's json type) cannot carry."""
+    try:
+        return len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode())
+    except ValueError:
+        raise ValueError("holds NaN or Infinity, which JSON cannot carry: use finite numbers") from None
 
 
 class SamplePublic(BaseModel):

@@ -328,7 +328,7 @@ class RewardSandbox:
         reply = self._receive(self.start_timeout_seconds)
         if isinstance(reply, str):
             self.close()
-            raise RewardSourceError(f"loading the reward failed: {reply}")
+            raise RewardSourceError(f"loading the reward failed: {reply.replace('; it will be restarted', '')}")
         if not reply.get("ok"):
             self.close()
             raise RewardSourceError(str(reply.get("error"))[:2000])

@@ -86,8 +86,8 @@ def _error(error):
 def _shape(fn):
     """(shape, keyword names it accepts or None for any, keyword names it requires) or raises ValueError naming
     the problem."""
-    if not callable(fn):
-        raise ValueError(f"`reward` must be a function, got {type(fn).__name__}")
+    if not inspect.isfunction(fn):  # a class or a callable object would answer with an instance, not a number
+        raise ValueError(f"`reward` must be a function (def or lambda), got {type(fn).__name__}")
     if inspect.iscoroutinefunction(fn):
         raise ValueError("`reward` must be a plain function, not `async def`")
     try:

@@ -235,7 +235,10 @@ def params_problems(
     it accepts and not a name the service passes itself (prompt, a field of a row: `taken`); and every keyword it
     requires comes from a param or a field every row has (`fields`). None: not checked. `source` names a field in
     the messages (one field, a field of every row)."""
-    size = len(json.dumps(params, ensure_ascii=False).encode())
+    try:
+        size = len(json.dumps(params, ensure_ascii=False, allow_nan=False).encode())
+    except ValueError:
+        return [f"{subject}: params hold NaN or Infinity, which JSON cannot carry: use finite numbers"]
     if size > PARAMS_BYTES:
         return [f"{subject}: params are {size} bytes as JSON; the limit is {PARAMS_BYTES}"]
     problems = []

@@ -3,6 +3,7 @@
 specs that name an upload, dry runs of uploads and built-ins, the per-tenant cap on checks, and stored samples."""
 
 import hashlib
+import json
 import threading
 
 import httpx
@@ -88,6 +89,11 @@ BAD_SOURCES = [
     (b"# caf\xe9\ndef reward(prompt, completion):\n    return 0.0\n", "not UTF-8: byte 0xe9 at offset 5"),
     (b"def reward(prompt, completion):\n    return 0.0\n\x00", "NUL character at offset"),
     ("#" * (MAX_SOURCE_BYTES + 1), f"{MAX_SOURCE_BYTES + 1} bytes; the limit is {MAX_SOURCE_BYTES} bytes (256 KiB)"),
+    (
+        "class reward:\n    def __init__(self, prompt, completion):\n        pass\n",
+        "must be a function (def or lambda)",
+    ),
+    ("import os\nos._exit(3)\n", "the reward process died (exit code 3)"),
 ]
 
 
@@ -95,7 +101,19 @@ BAD_SOURCES = [
 @pytest.mark.parametrize(
     ("source", "message"),
     BAD_SOURCES,
-    ids=["syntax", "no reward", "signature", "async", "import", "exit", "not utf-8", "nul", "oversize"],
+    ids=[
+        "syntax",
+        "no reward",
+        "signature",
+        "async",
+        "import",
+        "exit",
+        "not utf-8",
+        "nul",
+        "oversize",
+        "class",
+        "_exit",
+    ],
 )
 def test_a_bad_upload_is_a_422_naming_the_problem_and_nothing_is_stored(service, alice, source, message):
     response = upload_reward(service, alice, source)
@@ -204,6 +222,10 @@ def test_a_job_naming_an_upload_gets_its_params_and_required_names_checked(servi
     assert "params are 20028 bytes as JSON; the limit is 16384" in listed[1]
     assert "param 'not-a-name' is not a Python identifier" in listed[2]
     assert "reward 'numeric_answer': param tolerance" in listed[3] and len(listed) == 4
+    # NaN is not JSON (PostgreSQL's json type refuses it): named, never stored.
+    nan_spec = json.dumps(job_spec(dataset_id, rewards=[{"name": anything, "params": {"x": float("nan")}}]))
+    response = service.post("/v1/jobs", headers={**alice, "Content-Type": "application/json"}, content=nan_spec)
+    assert response.status_code == 422 and "NaN or Infinity" in response.text, response.text
     assert queued_messages() == 0
 
     ok = [{"name": reward, "params": {"threshold": 2}}, {"name": anything, "params": {"anything": [1, 2]}}]
