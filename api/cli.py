@@ -24,11 +24,24 @@ def _use_data_dir(data_dir: Path | None) -> None:
         get_settings.cache_clear()
 
 
+def worker_hardware(setting: str) -> str:
+    """cpu or gpu for GRPO_WORKER_HARDWARE; auto asks the NVIDIA driver (no torch import: `grpo serve` and the
+    API process stay light), which lists one folder per GPU it drives."""
+    if setting != "auto":
+        return setting
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return "gpu" if gpus.is_dir() and any(gpus.iterdir()) else "cpu"
+
+
 def worker_command(settings) -> list[str]:
     # Solo pool: the job runs in the worker process itself, one at a time; no forking of a process holding torch.
+    # Queues by hardware class (api/queue.py): a CPU worker never takes a GPU job.
+    from api.queue import worker_queues
+
+    queues = ",".join(worker_queues(worker_hardware(settings.worker_hardware), settings.queue))
     return [
         sys.executable, "-m", "celery", "-A", "worker.app", "worker",
-        "--pool", "solo", "--concurrency", "1", "--queues", settings.queue,
+        "--pool", "solo", "--concurrency", "1", "--queues", queues,
         "--without-gossip", "--without-mingle", "--loglevel", "INFO",
     ]  # fmt: skip
 

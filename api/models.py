@@ -87,6 +87,7 @@ class Job(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     base_model: Mapped[str] = mapped_column(String(200))
+    hardware: Mapped[str] = mapped_column(String(20), default="cpu")  # the queue it goes to (api/queue.py)
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
     eval_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))
     rewards: Mapped[list[Any]] = mapped_column()

@@ -59,9 +59,22 @@ def get_celery() -> Celery:
     return app
 
 
-def enqueue_job(job_id: str) -> None:
-    """Send "run job X" to the broker. Call only after the job row is committed."""
-    get_celery().send_task(RUN_JOB_TASK, args=[job_id], queue=get_settings().queue)
+def queue_for(hardware: str, queue: str | None = None) -> str:
+    """The Celery queue of a hardware class: jobs that need no GPU on GRPO_QUEUE, GPU jobs on GRPO_QUEUE-gpu.
+    A CPU worker consumes the first only, so it never takes a GPU job; a GPU worker consumes both."""
+    queue = queue or get_settings().queue
+    return queue if hardware == "cpu" else f"{queue}-{hardware}"
+
+
+def worker_queues(hardware: str, queue: str | None = None) -> list[str]:
+    """The queues a worker of this hardware class consumes (see queue_for)."""
+    cpu = queue_for("cpu", queue)
+    return [queue_for("gpu", queue), cpu] if hardware == "gpu" else [cpu]
+
+
+def enqueue_job(job_id: str, hardware: str) -> None:
+    """Send "run job X" to its hardware class's queue. Call only after the job row is committed."""
+    get_celery().send_task(RUN_JOB_TASK, args=[job_id], queue=queue_for(hardware))
 
 
 def broker_reachable() -> bool:

@@ -293,9 +293,18 @@ Hyperparameters = create_model(
 )
 
 
+HARDWARE_CLASSES = ("cpu", "gpu")
+Hardware = Literal["cpu", "gpu"]
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     base_model: str = Field(description="A model name from GET /v1/models", examples=["tiny-random-llama"])
+    hardware: Hardware | None = Field(
+        None,
+        description="The workers that may run the job: `gpu` (a GPU worker) or `cpu` (any worker: GPU workers take "
+        "these too). Default: the model's (GET /v1/models), else cpu",
+    )
     dataset_id: str
     eval_dataset_id: str | None = Field(None, description="Held-out prompts for evaluation (never trained on)")
     rewards: list[RewardRef] = Field(min_length=1, max_length=16)
@@ -326,6 +335,7 @@ class JobPublic(BaseModel):
     id: str
     status: JobStatus
     base_model: str
+    hardware: str = Field(description="The workers that may run it: cpu (any) or gpu")
     dataset_id: str
     eval_dataset_id: str | None
     rewards: list[StoredRewardRef]

@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from api.schemas import MAX_INT
+from api.schemas import HARDWARE_CLASSES, MAX_INT
 from grpo_core.sandbox import SandboxLimits
 
 
@@ -26,7 +26,21 @@ class Settings(BaseSettings):
     )
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/grpo.db")
     broker_url: str | None = Field(None, description="Celery broker URL; default filesystem:// under <data_dir>/broker")
-    queue: str = Field("grpo", description="Celery queue the API sends jobs to and workers consume")
+    queue: str = Field(
+        "grpo",
+        description="Celery queue name: jobs that need no GPU go to it, GPU jobs to <queue>-gpu (api/queue.py)",
+    )
+    hardware_classes: str = Field(
+        "cpu,gpu",
+        description="Hardware classes the operator's workers serve (comma-separated, of cpu and gpu): a job asking "
+        "for another is refused at submit",
+    )
+    worker_hardware: str = Field(
+        "auto",
+        pattern="^(auto|cpu|gpu)$",
+        description="What this worker serves: gpu (GPU jobs and jobs that need none), cpu (only jobs that need no "
+        "GPU), or auto (gpu when an NVIDIA driver reports a GPU, else cpu)",
+    )
     max_upload_mb: float = Field(50.0, gt=0, description="Largest dataset upload, in MiB (413 past it)")
     max_body_kb: int = Field(256, gt=0, description="Largest JSON request body, in KiB")
     sqlite_busy_timeout_ms: int = Field(30_000, description="How long a SQLite writer waits for the lock")
@@ -174,6 +188,18 @@ class Settings(BaseSettings):
         if missing:
             raise ValueError(f"GRPO_REWARD_PACKAGES names folders that do not exist: {', '.join(missing)}")
         return value
+
+    @field_validator("hardware_classes")
+    @classmethod
+    def _known_hardware(cls, value: str) -> str:
+        unknown = [name for name in value.split(",") if name.strip() not in HARDWARE_CLASSES]
+        if unknown or not value.strip():
+            raise ValueError(f"GRPO_HARDWARE_CLASSES: give some of {', '.join(HARDWARE_CLASSES)}, got {value!r}")
+        return value
+
+    @property
+    def served_hardware(self) -> list[str]:
+        return [name.strip() for name in self.hardware_classes.split(",")]
 
     @property
     def resolved_database_url(self) -> str:

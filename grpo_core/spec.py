@@ -24,6 +24,8 @@ class BaseModelSpec:
     """UTF-8 bytes the chat template adds once per prompt (its default system turn, the generation prompt)."""
     message_template_bytes: int
     """UTF-8 bytes the chat template adds per message besides the role and the content."""
+    hardware: str = "cpu"
+    """Where its jobs run unless they say: "cpu" (any worker) or "gpu" (only a GPU worker)."""
 
     def prompt_token_bound(self, prompt_bytes: int, messages: int) -> int:
         """An upper bound on the tokens of a rendered prompt whose messages hold `prompt_bytes` UTF-8 bytes of roles

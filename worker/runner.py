@@ -164,8 +164,9 @@ def _stopped_early(job_id: str, owner: str) -> str:
             attempt=job.attempt - 1,
             enqueued_at=utcnow(),
         )
+        hardware = job.hardware
     try:
-        enqueue_job(job_id)  # after the commit, like every send
+        enqueue_job(job_id, hardware)  # after the commit, like every send
     except Exception:  # the broker is away: the job is queued in the database, and a reconciler sends it later
         log.warning("job %s: broker unreachable; left queued for the reconciler", job_id, exc_info=True)
     log.info("job %s: this worker is shutting down; checkpointed and queued again", job_id)
@@ -190,7 +191,7 @@ def run_job(job_id: str) -> str:
             return "cancelled"
         if shutting_down.is_set():
             # Taken in this worker's last poll of the broker, after it was told to stop: left for the next worker.
-            enqueue_job(job_id)
+            enqueue_job(job_id, job.hardware)
             return "queued"
         attempt = leases.claim_job(
             session,

@@ -39,6 +39,12 @@ def validate_job_spec(session: Session, *, tenant_id: str, spec: JobCreate) -> G
         except NotFound as error:
             problems.append(f"{key}: {error}")
     fields = set.intersection(*(set(d.fields) for _, d in datasets)) if datasets else None
+    served = get_settings().served_hardware
+    if model is not None and job_hardware(spec) not in served:
+        problems.append(
+            f"hardware {job_hardware(spec)!r}: this service's workers serve {', '.join(served)} "
+            "(GRPO_HARDWARE_CLASSES); the job would wait for ever"
+        )
     config = None
     try:
         config = GRPOConfig.from_dict(spec.hyperparameters.model_dump())
@@ -192,6 +198,14 @@ def _reward_problems(
     return problems
 
 
+def job_hardware(spec: JobCreate) -> str:
+    """The hardware class a job asks for: its own `hardware`, else its model's, else cpu."""
+    if spec.hardware is not None:
+        return spec.hardware
+    model = BASE_MODELS.get(spec.base_model)
+    return model.hardware if model is not None else "cpu"
+
+
 def create_job(session: Session, *, tenant_id: str, spec: JobCreate, idempotency_key: str | None) -> tuple[Job, bool]:
     """Validate and insert a queued job; returns (job, created). The same Idempotency-Key from the same tenant
     with the same spec returns the job it made the first time; with another spec it is a 409 (as payment APIs
@@ -205,6 +219,7 @@ def create_job(session: Session, *, tenant_id: str, spec: JobCreate, idempotency
         tenant_id=tenant_id,
         idempotency_key=idempotency_key,
         base_model=spec.base_model,
+        hardware=job_hardware(spec),
         dataset_id=spec.dataset_id,
         eval_dataset_id=spec.eval_dataset_id,
         rewards=[r.model_dump() for r in spec.rewards],
@@ -236,6 +251,7 @@ def _replayed(job: Job, spec: JobCreate, idempotency_key: str) -> Job:
         hyperparameters = spec.hyperparameters.model_dump()  # invalid now, so unlike the stored (valid) ones
     requested = {
         "base_model": spec.base_model,
+        "hardware": job_hardware(spec),
         "dataset_id": spec.dataset_id,
         "eval_dataset_id": spec.eval_dataset_id,
         "rewards": [reward.model_dump() for reward in spec.rewards],
@@ -326,6 +342,7 @@ def job_public(job: Job) -> JobPublic:
         id=job.id,
         status=job.status,  # type: ignore[arg-type]
         base_model=job.base_model,
+        hardware=job.hardware,
         dataset_id=job.dataset_id,
         eval_dataset_id=job.eval_dataset_id,
         rewards=[StoredRewardRef(**r) for r in job.rewards],
