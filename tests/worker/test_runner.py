@@ -120,7 +120,9 @@ def test_an_expired_lease_is_queued_again_and_the_rerun_resumes_from_the_checkpo
     from worker import reconciler
 
     sent = []
-    monkeypatch.setattr(reconciler, "enqueue_job", sent.append)  # the broker is not what this test is about
+    monkeypatch.setattr(
+        reconciler, "enqueue_job", lambda job_id, hardware: sent.append(job_id)
+    )  # the broker is not what this test is about
     tenant_id, dataset_id = tenant_and_dataset
     job_id = make_job(tenant_id, dataset_id, max_steps=4)
     straight_id = make_job(tenant_id, dataset_id, max_steps=4)
@@ -139,7 +141,7 @@ def test_an_expired_lease_is_queued_again_and_the_rerun_resumes_from_the_checkpo
     with pytest.raises(SystemExit):
         run_job(job_id)
     monkeypatch.undo()
-    monkeypatch.setattr(reconciler, "enqueue_job", sent.append)
+    monkeypatch.setattr(reconciler, "enqueue_job", lambda job_id, hardware: sent.append(job_id))
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert job.status == "running" and job.step == 3
@@ -164,7 +166,7 @@ def test_an_expired_lease_is_queued_again_and_the_rerun_resumes_from_the_checkpo
 def test_a_job_that_keeps_losing_its_worker_fails_after_max_attempts(tenant_and_dataset, monkeypatch):
     from worker import reconciler
 
-    monkeypatch.setattr(reconciler, "enqueue_job", lambda job_id: None)
+    monkeypatch.setattr(reconciler, "enqueue_job", lambda job_id, hardware: None)
     job_id = make_job(*tenant_and_dataset)
     for attempt in (1, 2, 3):
         with session_scope() as session:
@@ -184,7 +186,7 @@ def test_a_queued_job_whose_message_is_old_is_sent_again_once(tenant_and_dataset
     from worker import reconciler
 
     sent = []
-    monkeypatch.setattr(reconciler, "enqueue_job", sent.append)
+    monkeypatch.setattr(reconciler, "enqueue_job", lambda job_id, hardware: sent.append(job_id))
     job_id = make_job(*tenant_and_dataset)
     assert reconciler.reconcile_once() == []  # just sent: leave it
     with session_scope() as session:
@@ -209,7 +211,7 @@ def sent(monkeypatch):
     from worker import runner
 
     sent: list[str] = []
-    monkeypatch.setattr(runner, "enqueue_job", sent.append)
+    monkeypatch.setattr(runner, "enqueue_job", lambda job_id, hardware: sent.append(job_id))
     return sent
 
 
