@@ -9,6 +9,7 @@ facts below must be what the real model says; tests check both.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ _LLAMA_LINEARS = ("down_proj", "gate_proj", "k_proj", "lm_head", "o_proj", "q_pr
 # SmolLM2's chat template: "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging
 # Face<|im_end|>\n" when no system turn is given, "<|im_start|>{role}\n{content}<|im_end|>\n" per message, and
 # "<|im_start|>assistant\n" to open the answer (measured with the tokenizer in tests/grpo_core/test_spec.py).
-_SMOLLM2_TEMPLATE = {"prompt_template_bytes": 120, "message_template_bytes": 24}
+_SMOLLM2_TEMPLATE: dict[str, Any] = {"prompt_template_bytes": 120, "message_template_bytes": 24}
 
 BASE_MODELS: dict[str, BaseModelSpec] = {
     "smollm2-135m-instruct": BaseModelSpec(
