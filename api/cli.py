@@ -4,7 +4,7 @@ grpo serve [--data-dir DIR] [--port N]   API + one supervised Celery worker, SQL
 grpo api / grpo worker                   the parts alone, for the scaled-out layout (PostgreSQL, Redis)
 grpo migrate                             apply database migrations
 grpo keys create --tenant NAME           print a new API key (once; only its hash is stored)
-grpo train CONFIG.yaml [--resume]        run a job locally without the service
+grpo train CONFIG.yaml [--resume] [--device auto|cpu|cuda|cuda:N]   run a job locally without the service
 """
 
 from __future__ import annotations
@@ -55,13 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     train = commands.add_parser("train", help="run a training job from a YAML config, locally")
     train.add_argument("config", type=Path)
     train.add_argument("--resume", action="store_true")
+    train.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     _use_data_dir(getattr(args, "sub_data_dir", None) or args.data_dir)
 
     if args.command == "train":
         from grpo_core.cli import main as train_main
 
-        return train_main(["train", str(args.config), *(["--resume"] if args.resume else [])])
+        resume = ["--resume"] if args.resume else []
+        return train_main(["train", str(args.config), *resume, "--device", args.device])
     if args.command == "serve":
         from api.serve import serve
         from api.settings import get_settings
