@@ -10,7 +10,10 @@ from worker.runner import run_job, shutting_down
 
 app = get_celery()
 # A worker told to train on a GPU it does not have would fail every job it takes: it refuses to start instead.
-resolve_device(get_settings().device)
+try:
+    resolve_device(get_settings().device)
+except ValueError as error:
+    raise SystemExit(f"grpo worker: GRPO_DEVICE={get_settings().device}: {error}") from None
 _reconciler: Reconciler | None = None
 
 
