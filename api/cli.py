@@ -4,7 +4,7 @@ grpo serve [--data-dir DIR] [--port N]   API + one supervised Celery worker, SQL
 grpo api / grpo worker                   the parts alone, for the scaled-out layout (PostgreSQL, Redis)
 grpo migrate                             apply database migrations
 grpo keys create --tenant NAME           print a new API key (once; only its hash is stored)
-grpo train CONFIG.yaml [--resume]        run a job locally without the service
+grpo train CONFIG.yaml [--resume] [--device auto|cpu|cuda|cuda:N]   run a job locally without the service
 """
 
 from __future__ import annotations
@@ -24,11 +24,13 @@ def _use_data_dir(data_dir: Path | None) -> None:
         get_settings.cache_clear()
 
 
-def worker_hardware(setting: str) -> str:
-    """cpu or gpu for GRPO_WORKER_HARDWARE; auto asks the NVIDIA driver (no torch import: `grpo serve` and the
-    API process stay light), which lists one folder per GPU it drives."""
+def worker_hardware(setting: str, device: str = "auto") -> str:
+    """cpu or gpu for GRPO_WORKER_HARDWARE. auto follows GRPO_DEVICE (cpu, or cuda...), and where that is auto too
+    asks the NVIDIA driver (no torch import: `grpo serve` stays light), which lists one folder per GPU it drives."""
     if setting != "auto":
         return setting
+    if device != "auto":
+        return "cpu" if device == "cpu" else "gpu"
     gpus = Path("/proc/driver/nvidia/gpus")
     return "gpu" if gpus.is_dir() and any(gpus.iterdir()) else "cpu"
 
@@ -38,7 +40,7 @@ def worker_command(settings) -> list[str]:
     # Queues by hardware class (api/queue.py): a CPU worker never takes a GPU job.
     from api.queue import worker_queues
 
-    queues = ",".join(worker_queues(worker_hardware(settings.worker_hardware), settings.queue))
+    queues = ",".join(worker_queues(worker_hardware(settings.worker_hardware, settings.device), settings.queue))
     return [
         sys.executable, "-m", "celery", "-A", "worker.app", "worker",
         "--pool", "solo", "--concurrency", "1", "--queues", queues,
@@ -68,13 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     train = commands.add_parser("train", help="run a training job from a YAML config, locally")
     train.add_argument("config", type=Path)
     train.add_argument("--resume", action="store_true")
+    train.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     _use_data_dir(getattr(args, "sub_data_dir", None) or args.data_dir)
 
     if args.command == "train":
         from grpo_core.cli import main as train_main
 
-        return train_main(["train", str(args.config), *(["--resume"] if args.resume else [])])
+        resume = ["--resume"] if args.resume else []
+        return train_main(["train", str(args.config), *resume, "--device", args.device])
     if args.command == "serve":
         from api.serve import serve
         from api.settings import get_settings

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api.schemas import HARDWARE_CLASSES, MAX_INT
+from grpo_core.device import DEVICE_FORMS, check_device_name
 from grpo_core.sandbox import SandboxLimits
 
 
@@ -144,6 +145,11 @@ class Settings(BaseSettings):
         description="How long an API process trusts a key it has checked before asking the database again (0: every call)",
     )
     model_cache: Path | None = Field(None, description="Converted base models; default ~/.cache/grpo-service/models")
+    device: str = Field(
+        "auto",
+        description=f"Where a worker trains: {DEVICE_FORMS}. auto is the first CUDA GPU when torch sees one, else "
+        "the CPU; a named GPU that is not there fails the worker's jobs saying so",
+    )
 
     # Operator limits on a job spec: one request must not be able to take a shared worker's memory or time. Each is
     # an upper bound (a refusal names the field, the value, the limit and the setting's variable, GRPO_<NAME>); none
@@ -200,6 +206,15 @@ class Settings(BaseSettings):
     @property
     def served_hardware(self) -> list[str]:
         return [name.strip() for name in self.hardware_classes.split(",")]
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, value: str) -> str:
+        # Only the form is checked here: the API never loads torch. Whether the GPU is there, the worker finds out.
+        try:
+            return check_device_name(value)
+        except ValueError as error:
+            raise ValueError(f"GRPO_DEVICE: {error}") from None
 
     @property
     def resolved_database_url(self) -> str:

@@ -2,8 +2,9 @@
 the same reward code and the same hyperparameters. Used by speed.py and parity.py; needs the `bench` extra.
 
 Settings that TRL defaults differently from us and that would change the work are set explicitly: fp32 (TRL
-defaults to bf16), no gradient checkpointing (TRL defaults to on), constant learning rate, top_k off, one
-optimisation pass per generation batch.
+defaults to bf16; bf16=True asks for it, as our dtype auto does on a GPU), no gradient checkpointing (TRL defaults
+to on), constant learning rate, top_k off, one optimisation pass per generation batch. vllm=True generates with
+vLLM inside the trainer's process (TRL's colocate mode: one process, sharing the GPU).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def build_trl_trainer(
     config: GRPOConfig,
     output_dir: str,
     callbacks: Sequence[Any] = (),
+    *,
+    bf16: bool = False,
+    vllm: bool = False,
 ):
     """A TRL GRPOTrainer over `rows` (each with a `prompt` already rendered by our chat template)."""
     from datasets import Dataset
@@ -54,6 +58,8 @@ def build_trl_trainer(
 
     model_dir = resolve_model_dir(model_name, None)
     tokenizer = load_tokenizer(model_name, None)
+    # Colocated vLLM takes a fixed share of the GPU for its weights and KV cache, beside the training model.
+    vllm_args = {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3} if vllm else {}
     args = TRLConfig(
         output_dir=output_dir,
         per_device_train_batch_size=config.group_size * config.prompts_per_step,
@@ -73,16 +79,17 @@ def build_trl_trainer(
         num_iterations=config.num_iterations,
         max_steps=config.max_steps,
         seed=config.seed,
-        bf16=False,
+        bf16=bf16,
         fp16=False,
         use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=False,
-        model_init_kwargs={"dtype": torch.float32},
+        model_init_kwargs={"dtype": torch.bfloat16 if bf16 else torch.float32},
         logging_steps=1,
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        **vllm_args,
     )
     return TRLTrainer(
         model=str(model_dir),

@@ -2,7 +2,7 @@
 
 checkpoints/step-000030/
     adapter_config.json, adapter_model.safetensors   the PEFT adapter (PeftModel.from_pretrained loads the folder)
-    trainer_state.pt                                 optimizer, scheduler, RNG states, step, the run's settings
+    trainer_state.pt                                 optimizer, scheduler, RNG states (a GPU's too), step, settings
     manifest.json                                    sha256 and size of every other file, written last
 
 Written into a hidden temp folder, each file fsynced, then renamed into place: a crash mid-write leaves the
@@ -45,14 +45,25 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def capture_rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+def capture_rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Every random stream a step draws from: torch's CPU generator, Python's, numpy's, and on a CUDA `device`
+    that device's generator (sampling draws there). Other GPUs are left alone: touching them would start a CUDA
+    context on each."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
-def restore_rng_state(state: dict[str, Any]) -> None:
+def restore_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Put back what capture_rng_state took. The CUDA state goes to `device` when both are there: a checkpoint
+    saved on a CPU (or before CUDA states were saved) leaves a GPU's generator as seeded, and a GPU checkpoint
+    resumed on a CPU has no generator to restore it to."""
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
+    if device is not None and device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def save_checkpoint(root: Path, step: int, model, trainer_state: dict[str, Any]) -> Checkpoint:
@@ -133,4 +144,5 @@ def remove_partial_checkpoints(root: Path) -> int:
 
 def load_trainer_state(checkpoint: Checkpoint) -> dict[str, Any]:
     # weights_only=False: the file holds Python RNG tuples and numpy state; it is one we wrote ourselves.
-    return torch.load(checkpoint.path / TRAINER_STATE, weights_only=False)
+    # map_location: a GPU run's optimizer state loads on any machine; load_state_dict moves it to the parameters.
+    return torch.load(checkpoint.path / TRAINER_STATE, weights_only=False, map_location="cpu")

@@ -12,6 +12,7 @@ A config file:
 
 Relative paths are read relative to the config file. Rewards score in a child process, as in the service: a
 reward call longer than --reward-timeout seconds (default 60) is killed and ends the run with an error naming it.
+--device picks where it trains (auto: the GPU when torch sees one, else the CPU; cpu, cuda, cuda:N).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import yaml
 from grpo_core.checkpoint import Checkpoint
 from grpo_core.config import GRPOConfig, RewardSpec
 from grpo_core.data import DatasetError, arithmetic_task, load_jsonl
+from grpo_core.device import check_device_name
 from grpo_core.models import ModelLoadError
 from grpo_core.reward_process import RewardFailure
 from grpo_core.rewards import RewardSpecError
@@ -97,7 +99,7 @@ class ProgressBar(TrainerCallback):
         self.bar.write(f"warning: {message}")
 
 
-def train_command(config_path: Path, resume: bool, reward_timeout_seconds: float = 60.0) -> int:
+def train_command(config_path: Path, resume: bool, reward_timeout_seconds: float = 60.0, device: str = "auto") -> int:
     from grpo_core.checkpoint import latest_checkpoint
 
     spec = yaml.safe_load(config_path.read_text()) or {}
@@ -127,6 +129,7 @@ def train_command(config_path: Path, resume: bool, reward_timeout_seconds: float
             ProgressBar(config.max_steps, resume_step),
         ],
         reward_timeout_seconds=reward_timeout_seconds,
+        device=device,
     )
     result = trainer.train(resume=resume)
     print(
@@ -148,9 +151,15 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help="longest one reward function may take on one batch before the run fails (default 60)",
     )
+    train.add_argument(
+        "--device",
+        type=_device_name,
+        default="auto",
+        help="where to train: auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N",
+    )
     args = parser.parse_args(argv)
     try:
-        return train_command(args.config, args.resume, args.reward_timeout)
+        return train_command(args.config, args.resume, args.reward_timeout, args.device)
     except (ValueError, OSError, ModelLoadError, DatasetError, RewardSpecError, TypeError) as error:
         # ResumeMismatch is a ValueError: it names the settings that differ from the checkpoint's.
         print(f"grpo: error: {error}", file=sys.stderr)
@@ -166,6 +175,13 @@ def _positive_seconds(text: str) -> float:
     if not (value > 0 and value != float("inf")):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
     return value
+
+
+def _device_name(text: str) -> str:
+    try:
+        return check_device_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Any
 from grpo_core.spec import LOSS_TYPES, REWARD_SCALINGS
 
 LR_SCHEDULES = ("constant", "cosine")
+DTYPES = ("auto", "bfloat16", "float32")
 
 # Each field's range lives in its metadata (ge, gt, le, lt, min_length, choices; `why` explains a bound): the
 # checks below and the API's pydantic model (api/schemas.py) both read it, so they cannot disagree. Upper bounds on
@@ -91,6 +92,10 @@ class GRPOConfig:
     """Advantage normalisation: group (divide by the group's std), batch, or none (Dr. GRPO)."""
     seed: int = 0
     """Seeds LoRA initialisation, data order and sampling: the same seed repeats a run exactly on CPU."""
+    dtype: str = field(default="auto", metadata={"choices": DTYPES})
+    """Precision of the base model's weights and activations: auto (bfloat16 on a CUDA GPU that supports it,
+    float32 on a CPU), float32, or bfloat16. The LoRA weights and the optimizer's state stay float32 either way.
+    Resolved once per run; a checkpoint resumes only in the dtype it was trained in."""
     checkpoint_every: int = field(default=10, metadata={"ge": 0})
     """Save a resumable checkpoint every this many steps (and at the end); 0 saves only the final one."""
     eval_every: int = field(default=0, metadata={"ge": 0})
@@ -120,7 +125,8 @@ class GRPOConfig:
         what is trained, so a run resumed across them would not be the run that was saved. When to checkpoint and
         evaluate may change; so may max_steps under a constant schedule (nothing before it depends on it)."""
         neutral = set(RESUMABLE_CHANGES) | ({"max_steps"} if self.lr_schedule == "constant" else set())
-        mine, theirs = _flatten(self.to_dict()), _flatten(saved)
+        # A field the saved config lacks did not exist when it was written: that run had its default.
+        mine, theirs = _flatten(self.to_dict()), {**_flatten(GRPOConfig().to_dict()), **_flatten(saved)}
         return sorted(
             key for key in mine.keys() | theirs.keys() if key not in neutral and mine.get(key) != theirs.get(key)
         )

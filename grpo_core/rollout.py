@@ -44,13 +44,15 @@ def score_completions(
     scorer: RewardScorer | None = None,
     *,
     max_failures: int | None = None,
+    device: torch.device | str = "cpu",
 ) -> Scores:
     """Score completion i against rows[i] with every reward; a failed item scores 0 and is counted, with why.
 
     Each reward function scores the whole batch: with `scorer` (what the trainer does: built-ins in a child process
     under its time limit, RewardTimeout when one hangs; tenant rewards in their sandboxes), or in this process when
-    scorer is None (built-ins only). max_failures is passed to the scorer (see RewardScorer.score)."""
-    per_function = torch.zeros(len(completions), len(rewards))
+    scorer is None (built-ins only). max_failures is passed to the scorer (see RewardScorer.score). The score
+    tensors are made on `device` (the model's, so the advantages computed from them are there too)."""
+    per_function = torch.zeros(len(completions), len(rewards), device=device)
     messages: list[list[str | None]] = []
     outputs: list[str] = []
     for j, (fn, params, _weight) in enumerate(rewards):
@@ -62,10 +64,10 @@ def score_completions(
             raise ValueError(f"reward {fn.name!r} is a tenant's code: it scores only with a RewardScorer (sandboxed)")
         else:
             values, errors = score_items(fn, params, completions, rows)
-        per_function[:, j] = torch.tensor(values, dtype=per_function.dtype)
+        per_function[:, j] = torch.tensor(values, dtype=per_function.dtype, device=device)
         messages.append(errors)
         outputs.append(output)
-    weights = torch.tensor([weight for _fn, _params, weight in rewards])
+    weights = torch.tensor([weight for _fn, _params, weight in rewards], device=device)
     counts = [sum(error is not None for error in errors) for errors in messages]
     return Scores(per_function @ weights, per_function, sum(counts), counts, messages, outputs)
 
@@ -73,9 +75,10 @@ def score_completions(
 def decode_completions(tokenizer, batch: SampleBatch) -> list[str]:
     """The text of each completion up to its first EOS, without special tokens."""
     lengths = batch.completion_mask.sum(dim=1).tolist()
+    # One copy to the host (from a GPU), not one per row.
     return [
         tokenizer.decode(ids[:length], skip_special_tokens=True)
-        for ids, length in zip(batch.completion_ids, lengths, strict=True)
+        for ids, length in zip(batch.completion_ids.tolist(), lengths, strict=True)
     ]
 
 
@@ -115,7 +118,14 @@ def sample_and_score(
     )
     completions = decode_completions(tokenizer, batch)
     grouped_rows = [row for row in rows for _ in range(group_size)]
-    scores = score_completions(completions, grouped_rows, rewards, scorer, max_failures=max_reward_failures)
+    scores = score_completions(
+        completions,
+        grouped_rows,
+        rewards,
+        scorer,
+        max_failures=max_reward_failures,
+        device=batch.completion_ids.device,
+    )
     return ScoredSamples(batch, completions, scores)
 
 

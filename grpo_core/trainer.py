@@ -40,6 +40,7 @@ from grpo_core.checkpoint import (
 )
 from grpo_core.config import GRPOConfig, LoraSettings, RewardSpec
 from grpo_core.data import dataset_fields, reward_prompt, rows_for_step
+from grpo_core.device import deterministic_kernels, dtype_name, forked_rng, resolve_device, resolve_dtype
 from grpo_core.models import load_base_model
 from grpo_core.packed_linear import pack_frozen_linears
 from grpo_core.reward_process import RewardFailure
@@ -121,13 +122,20 @@ def peft_lora_config(lora: LoraSettings):
 
 
 def add_lora(model, lora: LoraSettings, seed: int):
-    """Wrap `model` in a fresh LoRA adapter; only the adapter weights train. The LoRA A matrices are initialised
-    from `seed`, so the same seed starts from the same adapter. On a CPU the frozen base linears then compute with
-    oneDNN-packed copies of their weights (grpo_core/packed_linear.py)."""
+    """Wrap `model` in a fresh LoRA adapter; only the adapter weights train, in float32 whatever the base's dtype.
+    The LoRA A matrices are initialised from `seed`, so the same seed starts from the same adapter. On a CPU the
+    frozen float32 base linears then compute with oneDNN-packed copies of their weights
+    (grpo_core/packed_linear.py)."""
     from peft import get_peft_model
 
     torch.manual_seed(seed)
     policy = get_peft_model(model, peft_lora_config(lora))
+    # A bfloat16 base keeps float32 adapter weights, so AdamW's state is float32 too: bfloat16's 8-bit mantissa
+    # rounds an update smaller than 1/256 of a weight to nothing, and AdamW's steps are about learning_rate in
+    # size. peft computes the LoRA branch in the adapter's dtype and casts the result back to the base's.
+    for param in policy.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
     # The base weights stay frozen from here on, so on a CPU their products can use a packed copy (faster).
     pack_frozen_linears(policy)
     return policy
@@ -381,10 +389,10 @@ def evaluate(
     check_stop: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Mean reward on held-out rows: sampled (eval_samples_per_prompt each, at the training temperature) and
-    greedy. Runs on its own RNG stream, so evaluating never changes what training samples next. scorer and
-    check_stop as for grpo_step."""
+    greedy. Runs on its own RNG streams (the CPU's and the model's GPU's), so evaluating never changes what
+    training samples next. scorer and check_stop as for grpo_step."""
     results = {}
-    with torch.random.fork_rng(devices=[]):
+    with forked_rng(model.device):
         torch.manual_seed(config.seed + 1)
         for name, greedy, samples in (("sampled", False, config.eval_samples_per_prompt), ("greedy", True, 1)):
             scored = sample_and_score(
@@ -418,6 +426,10 @@ class GRPOTrainer:
 
     max_reward_failure_fraction: a step where more than this fraction of the samples failed for one reward ends
     the run (TooManyRewardFailures). sample_groups_per_step: how many groups of each step go to on_samples.
+
+    device: where the run computes (grpo_core.device.resolve_device: auto, cpu, cuda, cuda:N); the base model is
+    loaded in config.dtype resolved for it, and every tensor a step makes lives there. A device that is not there
+    raises ValueError here, before any model is loaded.
     """
 
     def __init__(
@@ -436,9 +448,12 @@ class GRPOTrainer:
         sandbox_limits: SandboxLimits | None = None,
         max_reward_failure_fraction: float = 0.5,
         sample_groups_per_step: int = 2,
+        device: str | torch.device = "auto",
     ):
         if not train_rows:
             raise ValueError("the training dataset is empty")
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
         self.reward_specs = list(rewards)
         self.tenant_rewards = dict(tenant_rewards or {})
         fields = dataset_fields([*train_rows, *eval_rows])
@@ -466,10 +481,11 @@ class GRPOTrainer:
         self.scheduler: Any = None
 
     def setup(self) -> None:
-        reuse_freed_memory()
-        torch.manual_seed(self.config.seed)
-        base, self.tokenizer = load_base_model(self.base_model, self.cache_dir)
-        self.model = add_lora(base, self.config.lora, self.config.seed)
+        if self.device.type == "cpu":
+            reuse_freed_memory()  # a CPU run's activations come from malloc; a GPU's do not
+        torch.manual_seed(self.config.seed)  # seeds every CUDA device's generator too
+        base, self.tokenizer = load_base_model(self.base_model, self.cache_dir, dtype=self.dtype)
+        self.model = add_lora(base.to(self.device), self.config.lora, self.config.seed)
         self.optimizer, self.scheduler = make_optimizer(self.model, self.config)
 
     def _run_settings(self) -> dict[str, Any]:
@@ -477,6 +493,8 @@ class GRPOTrainer:
         return {
             "base_model": self.base_model,
             "rewards": [{"name": s.name, "weight": s.weight, "params": dict(s.params)} for s in self.reward_specs],
+            # dtype "auto" is float32 on a CPU and bfloat16 on most GPUs: what was trained is the resolved one.
+            "dtype": dtype_name(self.dtype),
         }
 
     def _warn(self, message: str) -> None:
@@ -503,7 +521,10 @@ class GRPOTrainer:
         state = load_trainer_state(checkpoint)
         differences = self.config.training_differences(state["config"])
         saved_run = state.get("run", {})
+        # Checkpoints from before the dtype was recorded were all trained in float32.
+        saved_run = {"dtype": "float32", **saved_run}
         differences += [key for key, value in self._run_settings().items() if saved_run.get(key, value) != value]
+        differences = list(dict.fromkeys(differences))  # dtype can differ both as asked and as resolved
         if differences:
             raise ResumeMismatch(
                 f"cannot resume from the checkpoint at step {checkpoint.step}: it was saved with other "
@@ -512,7 +533,7 @@ class GRPOTrainer:
         set_peft_model_state_dict(self.model, load_file(checkpoint.path / "adapter_model.safetensors"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        restore_rng_state(state["rng"])
+        restore_rng_state(state["rng"], self.device)
         return state["step"]
 
     def _save(self, step: int) -> Checkpoint:
@@ -520,7 +541,7 @@ class GRPOTrainer:
             "step": step,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": capture_rng_state(),
+            "rng": capture_rng_state(self.device),
             "config": self.config.to_dict(),
             "run": self._run_settings(),
         }
@@ -556,7 +577,10 @@ class GRPOTrainer:
         A stop (should_stop between steps, stop_requested within one) ends the run early with a checkpoint of the
         last finished step. A built-in reward that hangs raises RewardTimeout, a reward failing on too many samples
         TooManyRewardFailures, a tenant reward's sandbox that keeps dying SandboxRestartsExhausted; a non-finite loss or gradient norm raises
-        NonFiniteUpdate naming the step; neither saves a checkpoint of the failed step."""
+        NonFiniteUpdate naming the step; neither saves a checkpoint of the failed step.
+
+        On a CUDA device the run uses torch's deterministic algorithms (grpo_core.device.deterministic_kernels):
+        slower kernels for attention's backward, the price of a bit-exact resume."""
         if self.model is None:
             self.setup()
         remove_partial_checkpoints(self.checkpoint_dir)
@@ -569,7 +593,7 @@ class GRPOTrainer:
             limits=self.sandbox_limits,
             check_stop=self._check_stop,
         )
-        with scorer:
+        with scorer, deterministic_kernels(self.device):
             step, checkpoint, stopped_early = self._run_steps(step, checkpoint, scorer)
             if checkpoint is None or checkpoint.step != step:
                 checkpoint = self._save(step)
@@ -616,7 +640,7 @@ class GRPOTrainer:
         would have."""
         indices = rows_for_step(len(self.train_rows), step, self.config.prompts_per_step, self.config.seed)
         rows = [self.train_rows[i] for i in indices]
-        rng_before = capture_rng_state()
+        rng_before = capture_rng_state(self.device)
         try:
             metrics, rollout = grpo_step(
                 self.model,
@@ -631,7 +655,7 @@ class GRPOTrainer:
                 max_reward_failure_fraction=self.max_reward_failure_fraction,
             )
         except StepAbandoned:
-            restore_rng_state(rng_before)
+            restore_rng_state(rng_before, self.device)
             raise
         except (NonFiniteUpdate, TooManyRewardFailures) as error:
             raise type(error)(f"step {step + 1}: {error}") from None

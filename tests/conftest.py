@@ -12,3 +12,17 @@ def tiny_model_dir():
     from grpo_core.models import resolve_model_dir
 
     return resolve_model_dir("tiny-random-llama")
+
+
+def pytest_collection_modifyitems(config, items):
+    # `gpu` tests need a CUDA device (make gpu-check runs them); elsewhere they are reported as skipped.
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in gpu_items:
+        item.add_marker(skip)

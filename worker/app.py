@@ -4,10 +4,16 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from api.queue import RUN_JOB_TASK, get_celery
 from api.settings import get_settings
+from grpo_core.device import resolve_device
 from worker.reconciler import Reconciler
 from worker.runner import run_job, shutting_down
 
 app = get_celery()
+# A worker told to train on a GPU it does not have would fail every job it takes: it refuses to start instead.
+try:
+    resolve_device(get_settings().device)
+except ValueError as error:
+    raise SystemExit(f"grpo worker: GRPO_DEVICE={get_settings().device}: {error}") from None
 _reconciler: Reconciler | None = None
 
 

@@ -19,7 +19,8 @@ batch for TRL's shape) longer than GRPO_REWARD_TIMEOUT_SECONDS, or one that kill
 samples and the sandbox restarts; the job fails when the sandbox dies GRPO_REWARD_MAX_RESTARTS calls in a row
 without scoring, when more than GRPO_REWARD_MAX_FAILURE_FRACTION of one step's samples fail for one reward
 (built-ins too), or at once when this worker cannot sandbox (unless GRPO_REWARD_ALLOW_UNSANDBOXED). Each step
-stores its first GRPO_SAMPLE_GROUPS_PER_STEP groups of samples and what tenant rewards printed.
+stores its first GRPO_SAMPLE_GROUPS_PER_STEP groups of samples and what tenant rewards printed. Jobs train on
+GRPO_DEVICE (a CUDA GPU when there is one, by default), in the dtype their hyperparameters ask for.
 """
 
 from __future__ import annotations
@@ -236,6 +237,7 @@ def run_job(job_id: str) -> str:
             sandbox_limits=settings.sandbox_limits(),
             max_reward_failure_fraction=settings.reward_max_failure_fraction,
             sample_groups_per_step=settings.sample_groups_per_step,
+            device=settings.device,
         )
         result = trainer.train(resume=True)
         if result.stopped_early:

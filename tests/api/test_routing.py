@@ -52,3 +52,5 @@ def test_a_cpu_worker_consumes_only_the_cpu_queue_and_a_gpu_worker_both(monkeypa
     assert queues("gpu") == "q-gpu,q"
     assert worker_hardware("cpu") == "cpu" and worker_hardware("gpu") == "gpu"
     assert worker_hardware("auto") in {"cpu", "gpu"}
+    # auto follows GRPO_DEVICE where that is set: a worker told to train on the CPU never takes a GPU job.
+    assert worker_hardware("auto", "cpu") == "cpu" and worker_hardware("auto", "cuda:1") == "gpu"

@@ -37,7 +37,7 @@ def test_train_writes_metrics_and_loadable_checkpoints_and_resumes(tmp_path):
     (tmp_path / "prompts.jsonl").write_text('{"prompt": "What is 2 + 2?", "answer": 4}\n')
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(CONFIG))
 
-    done = run_grpo("train", "job.yaml", cwd=tmp_path)
+    done = run_grpo("train", "job.yaml", "--device", "cpu", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "3/3" in done.stderr and "reward=" in done.stderr and "kl=" in done.stderr  # the tqdm bar
     records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
@@ -73,8 +73,15 @@ def test_bad_config_is_a_clear_error_not_a_traceback(tmp_path):
     done = run_grpo("train", "job.yaml", cwd=tmp_path)
     assert done.returncode == 2 and "unknown reward 'os:system'" in done.stderr
 
-    (tmp_path / "prompts.jsonl").unlink()
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(CONFIG))
+    done = run_grpo("train", "job.yaml", "--device", "gpu", cwd=tmp_path)
+    assert done.returncode == 2 and "device must be auto, cpu, cuda or cuda:N, got 'gpu'" in done.stderr
+    if not torch.cuda.is_available():
+        done = run_grpo("train", "job.yaml", "--device", "cuda", cwd=tmp_path)
+        assert done.returncode == 2 and "torch sees no CUDA device" in done.stderr and "Traceback" not in done.stderr
+        assert not (tmp_path / "out" / "checkpoints").exists()
+
+    (tmp_path / "prompts.jsonl").unlink()
     done = run_grpo("train", "job.yaml", cwd=tmp_path)
     assert done.returncode == 2 and "No such file or directory" in done.stderr and "prompts.jsonl" in done.stderr
 

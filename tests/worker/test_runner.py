@@ -497,3 +497,48 @@ def test_a_job_with_a_tenant_reward_fails_where_no_sandbox_can_run(tenant_and_da
         error = session.get(Job, job_id).error
     assert "cannot sandbox tenant reward code" in error and "not run unsandboxed" in error and "not installed" in error
     assert any("cannot sandbox" in record.getMessage() for record in caplog.records)
+
+
+def test_grpo_device_takes_the_documented_forms_and_refuses_others(monkeypatch):
+    from pydantic import ValidationError
+
+    from api.settings import Settings
+
+    monkeypatch.setenv("GRPO_DEVICE", "CUDA:1")
+    assert Settings().device == "cuda:1"
+    monkeypatch.setenv("GRPO_DEVICE", "gpu")
+    with pytest.raises(ValidationError, match=r"GRPO_DEVICE: device must be auto, cpu, cuda or cuda:N, got 'gpu'"):
+        Settings()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_a_worker_told_to_use_a_gpu_it_lacks_fails_the_job_saying_so(tenant_and_dataset, monkeypatch):
+    # The worker process refuses to start with such a setting (worker/app.py); a job reached all the same fails
+    # with the reason, before any model is loaded.
+    job_id = make_job(*tenant_and_dataset)
+    monkeypatch.setenv("GRPO_DEVICE", "cuda")
+    clear_service_caches()
+    assert run_job(job_id) == "failed"
+    with session_scope() as session:
+        error = session.get(Job, job_id).error
+    assert "device 'cuda': torch sees no CUDA device" in error
+    assert counts(job_id) == (0, [])
+
+
+def test_a_job_trains_on_the_device_grpo_device_names(tenant_and_dataset, monkeypatch):
+    import grpo_core
+
+    seen = []
+    real = grpo_core.GRPOTrainer
+
+    class Spy(real):
+        def setup(self):
+            seen.append(self.device)
+            super().setup()
+
+    monkeypatch.setattr("worker.runner.GRPOTrainer", Spy)
+    monkeypatch.setenv("GRPO_DEVICE", "cpu")
+    clear_service_caches()
+    job_id = make_job(*tenant_and_dataset, max_steps=1)
+    assert run_job(job_id) == "succeeded"
+    assert [str(device) for device in seen] == ["cpu"]
