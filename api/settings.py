@@ -130,6 +130,11 @@ class Settings(BaseSettings):
         description="How long an API process trusts a key it has checked before asking the database again (0: every call)",
     )
     model_cache: Path | None = Field(None, description="Converted base models; default ~/.cache/grpo-service/models")
+    models_file: Path | None = Field(
+        None,
+        description="YAML file of the operator's own base models (grpo_core/catalog.py; `grpo models add` writes it), "
+        "besides the built-in ones. The API, the workers and `grpo models` all read it: give them the same file",
+    )
 
     # Operator limits on a job spec: one request must not be able to take a shared worker's memory or time. Each is
     # an upper bound (a refusal names the field, the value, the limit and the setting's variable, GRPO_<NAME>); none
