@@ -111,7 +111,11 @@ def _entry_problems(name: Any, entry: Any) -> list[str]:
         return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value)
 
     check("source", isinstance(entry.get("source"), str), "a folder path or a hub id")
-    check("description", isinstance(entry.get("description"), str) and entry.get("description"), "a non-empty string")
+    check(
+        "description",
+        bool(isinstance(entry.get("description"), str) and entry.get("description")),
+        "a non-empty string",
+    )
     check("context_length", is_int(entry.get("context_length"), 1), "a positive integer")
     check("parameters", is_int(entry.get("parameters"), 1), "a positive integer")
     check("prompt_template_bytes", is_int(entry.get("prompt_template_bytes"), 0), "an integer >= 0")
@@ -119,7 +123,7 @@ def _entry_problems(name: Any, entry: Any) -> list[str]:
     check("has_chat_template", isinstance(entry.get("has_chat_template"), bool), "true or false")
     check("linear_modules", is_names(entry.get("linear_modules")), "a non-empty list of names")
     check("target_modules", is_names(entry.get("target_modules")), "a non-empty list of names")
-    check("chat_template", isinstance(entry.get("chat_template"), str) and entry.get("chat_template"), "a string")
+    check("chat_template", bool(isinstance(entry.get("chat_template"), str) and entry.get("chat_template")), "a string")
     if is_names(entry.get("linear_modules")) and is_names(entry.get("target_modules")):
         unknown = [m for m in entry["target_modules"] if m not in entry["linear_modules"]]
         if unknown:

@@ -54,7 +54,7 @@ _LLAMA_LINEARS = ("down_proj", "gate_proj", "k_proj", "lm_head", "o_proj", "q_pr
 # SmolLM2's chat template: "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging
 # Face<|im_end|>\n" when no system turn is given, "<|im_start|>{role}\n{content}<|im_end|>\n" per message, and
 # "<|im_start|>assistant\n" to open the answer (measured with the tokenizer in tests/grpo_core/test_spec.py).
-_SMOLLM2_TEMPLATE = {"prompt_template_bytes": 120, "message_template_bytes": 24}
+_SMOLLM2_PROMPT_BYTES, _SMOLLM2_MESSAGE_BYTES = 120, 24
 
 BASE_MODELS: dict[str, BaseModelSpec] = {
     "smollm2-135m-instruct": BaseModelSpec(
@@ -63,7 +63,8 @@ BASE_MODELS: dict[str, BaseModelSpec] = {
         linear_modules=_LLAMA_LINEARS,
         parameters=134_515_008,
         has_chat_template=True,
-        **_SMOLLM2_TEMPLATE,
+        prompt_template_bytes=_SMOLLM2_PROMPT_BYTES,
+        message_template_bytes=_SMOLLM2_MESSAGE_BYTES,
     ),
     "gemma3-270m": BaseModelSpec(
         description="Gemma 3 270M (Google), pretrained base model without a chat template, from the "
@@ -81,9 +82,10 @@ BASE_MODELS: dict[str, BaseModelSpec] = {
         "smoke runs",
         context_length=1024,
         linear_modules=_LLAMA_LINEARS,
-        parameters=0,
+        parameters=1_591_456,
         has_chat_template=True,
-        **_SMOLLM2_TEMPLATE,
+        prompt_template_bytes=_SMOLLM2_PROMPT_BYTES,
+        message_template_bytes=_SMOLLM2_MESSAGE_BYTES,
     ),
 }
 """Catalog name -> what a spec is checked against; `grpo_core.models` knows how to build each."""

@@ -267,7 +267,7 @@ def test_a_missing_file_field_is_a_clear_error(service, alice):
 
 def test_catalog_endpoints(service, alice):
     models = {m["name"] for m in service.get("/v1/models", headers=alice).json()["data"]}
-    assert models == {"smollm2-135m-instruct", "tiny-random-llama"}
+    assert models == {"smollm2-135m-instruct", "gemma3-270m", "tiny-random-llama"}
     rewards = {r["name"]: r for r in service.get("/v1/rewards", headers=alice).json()["data"]}
     assert {"numeric_answer", "exact_match", "regex_match", "format_tags", "length_target"} <= set(rewards)
     assert rewards["numeric_answer"]["fields"] == ["answer"]
