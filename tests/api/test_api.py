@@ -218,7 +218,10 @@ def test_another_tenants_ids_answer_404_like_missing_ones(service, alice, bob, d
             "hyperparameters.epsilon: Input should be less than 1, got 1.5",
         ),
         ({"hyperparameters": {"max_step": 3}}, "hyperparameters.max_step: Extra inputs are not permitted, got 3"),
-        ({"base_model": "gpt-9"}, "unknown base_model 'gpt-9'; valid: gemma3-270m, smollm2-135m-instruct, tiny-random-llama"),
+        (
+            {"base_model": "gpt-9"},
+            "unknown base_model 'gpt-9'; valid: gemma3-270m, smollm2-135m-instruct, tiny-random-llama",
+        ),
         ({"rewards": [{"name": "regex_match", "params": {}}]}, "param pattern: Field required"),
         ({"rewards": []}, "rewards"),
         ({"dataset_id": "ds_" + "1" * 32}, "not found"),
