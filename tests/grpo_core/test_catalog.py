@@ -204,3 +204,25 @@ def test_a_registered_folder_missing_on_the_worker_is_a_clear_error(tmp_path):
         ModelLoadError, match=r"registered at .*checkpoints/mine, which is not a folder on this machine"
     ):
         resolve_model_dir("mine", models_file=models_file)
+
+
+def test_the_trainer_trains_a_registered_model_by_name(tmp_path, no_template_dir):
+    from grpo_core.config import GRPOConfig, LoraSettings, RewardSpec
+    from grpo_core.trainer import GRPOTrainer
+
+    models_file = tmp_path / "models.yaml"
+    template = tmp_path / "template.jinja"
+    template.write_text("{% for m in messages %}{{ m.content }}|{% endfor %}=> ")
+    command = ["models", "add", "mine", str(no_template_dir), "--chat-template", str(template)]
+    assert grpo([*command, "--models-file", str(models_file)]) == 0
+    config = GRPOConfig(group_size=2, max_new_tokens=4, max_steps=1, lora=LoraSettings(r=2))
+    trainer = GRPOTrainer(
+        base_model="mine",
+        train_rows=[{"prompt": "2+2?", "answer": 4}],
+        rewards=[RewardSpec("length_target", params={"target": 10})],
+        config=config,
+        output_dir=tmp_path / "run",
+        models_file=models_file,
+    )
+    assert trainer.train().final_step == 1
+    assert render_prompt({"prompt": "2+2?"}, trainer.tokenizer) == "2+2?|=> "
