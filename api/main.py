@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.limits import REWARD_BODY_BYTES, BodySizeLimit, TenantSlots
 from api.routes import catalog, datasets, health, jobs, rewards
 from api.services import InvalidInput, NotFound, Unavailable
+from api.services.catalog import model_catalog
 from api.settings import get_settings
 from grpo_core.config import json_repr
 
@@ -90,6 +91,7 @@ async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
     # Without torch the app still holds ~95k long-lived objects after start-up (FastAPI, pydantic, SQLAlchemy,
     # Celery's modules), and every full collection walks them all: a metrics page makes enough objects to set one
     # off, and that pause showed as its p99 (benchmarks/README.md, the API). Frozen, they are never walked again.
+    model_catalog()  # a bad models file stops the API here, naming its problems
     gc.freeze()
     yield
 

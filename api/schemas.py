@@ -67,6 +67,12 @@ class ModelPublic(BaseModel):
     description: str
     context_length: int = Field(description="Longest prompt plus completion, in tokens")
     linear_modules: list[str] = Field(description="What lora.target_modules may name")
+    parameters: int = Field(description="Number of parameters (tied weights counted once)")
+    has_chat_template: bool = Field(
+        description="Whether prompts are rendered with a chat template; without one the prompt text is used as it is"
+    )
+    default_target_modules: list[str] = Field(description="lora.target_modules of a job that names none")
+    builtin: bool = Field(description="Ships with the service (false: registered by the operator)")
 
 
 class ModelsPublic(BaseModel):

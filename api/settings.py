@@ -150,6 +150,11 @@ class Settings(BaseSettings):
         description=f"Where a worker trains: {DEVICE_FORMS}. auto is the first CUDA GPU when torch sees one, else "
         "the CPU; a named GPU that is not there fails the worker's jobs saying so",
     )
+    models_file: Path | None = Field(
+        None,
+        description="YAML file of the operator's own base models (grpo_core/catalog.py; `grpo models add` writes it), "
+        "besides the built-in ones. The API, the workers and `grpo models` all read it: give them the same file",
+    )
 
     # Operator limits on a job spec: one request must not be able to take a shared worker's memory or time. Each is
     # an upper bound (a refusal names the field, the value, the limit and the setting's variable, GRPO_<NAME>); none

@@ -2,7 +2,7 @@
 
 A config file:
 
-    base_model: tiny-random-llama          # a catalog name, a local checkpoint folder, or a hub id
+    base_model: tiny-random-llama          # a catalog name ($GRPO_MODELS_FILE's too), a local checkpoint folder, or a hub id
     dataset: prompts.jsonl                 # a JSONL file, or builtin:arithmetic (the demo task's train split)
     eval_dataset: builtin:arithmetic-eval  # optional held-out split
     output_dir: runs/demo

@@ -217,11 +217,17 @@ def summarize_dataset(rows: Sequence[Mapping[str, Any]]) -> DatasetSummary:
 
 def render_prompt(row: Mapping[str, Any], tokenizer) -> str:
     """The text the model continues: the chat template applied to `messages`, or to `prompt` as a user turn.
-    A tokenizer without a chat template gets the raw prompt."""
+    A tokenizer without a chat template gets the prompt as it is (a chat row's contents joined by newlines),
+    after the BOS token when the tokenizer adds one: the sampler tokenizes without special tokens (a template
+    writes its own), and a model such as Gemma trained with a BOS in front of every text degrades without it."""
     messages = prompt_messages(row)
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "\n".join(message["content"] for message in messages)
+    text = "\n".join(message["content"] for message in messages)
+    bos_id = tokenizer.bos_token_id
+    if bos_id is not None and tokenizer("", add_special_tokens=True)["input_ids"][:1] == [bos_id]:
+        return tokenizer.bos_token + text
+    return text
 
 
 def epoch_order(num_rows: int, seed: int, epoch: int) -> list[int]:

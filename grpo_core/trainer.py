@@ -443,6 +443,7 @@ class GRPOTrainer:
         eval_rows: Sequence[Mapping[str, Any]] = (),
         callbacks: Sequence[TrainerCallback] = (),
         cache_dir: str | Path | None = None,
+        models_file: str | Path | None = None,
         reward_timeout_seconds: float = 60.0,
         tenant_rewards: Mapping[str, str] | None = None,
         sandbox_limits: SandboxLimits | None = None,
@@ -473,6 +474,7 @@ class GRPOTrainer:
         self.checkpoint_dir = self.output_dir / "checkpoints"
         self.callbacks = list(callbacks)
         self.cache_dir = cache_dir
+        self.models_file = models_file
         self.reward_timeout_seconds = reward_timeout_seconds
         # Built by setup(): kept out of __init__ so a bad spec is refused before any model is loaded.
         self.model: Any = None
@@ -484,7 +486,9 @@ class GRPOTrainer:
         if self.device.type == "cpu":
             reuse_freed_memory()  # a CPU run's activations come from malloc; a GPU's do not
         torch.manual_seed(self.config.seed)  # seeds every CUDA device's generator too
-        base, self.tokenizer = load_base_model(self.base_model, self.cache_dir, dtype=self.dtype)
+        base, self.tokenizer = load_base_model(
+            self.base_model, self.cache_dir, dtype=self.dtype, models_file=self.models_file
+        )
         self.model = add_lora(base.to(self.device), self.config.lora, self.config.seed)
         self.optimizer, self.scheduler = make_optimizer(self.model, self.config)
 

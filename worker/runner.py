@@ -232,6 +232,7 @@ def run_job(job_id: str) -> str:
             output_dir=artifacts.job_dir(job_id),
             callbacks=[DatabaseReporter(job_id, owner, heartbeat, group_size=spec["config"].group_size)],
             cache_dir=settings.model_cache,
+            models_file=settings.models_file,
             reward_timeout_seconds=settings.reward_timeout_seconds,
             tenant_rewards=tenant_rewards,
             sandbox_limits=settings.sandbox_limits(),

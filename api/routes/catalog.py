@@ -2,14 +2,15 @@ from fastapi import APIRouter
 
 from api.deps import TenantDep
 from api.schemas import ModelPublic, ModelsPublic, error_responses
-from grpo_core.spec import BASE_MODELS
+from api.services.catalog import model_catalog
+from grpo_core.catalog import default_target_modules
 
 router = APIRouter(prefix="/v1", tags=["catalog"], responses=error_responses(401, 413))
 
 
 @router.get("/models", response_model=ModelsPublic)
 def list_models(tenant_id: TenantDep) -> ModelsPublic:
-    """Base models the workers can load, by the name a job spec uses."""
+    """Base models the workers can load, by the name a job spec uses: the built-in ones and the operator's own."""
     return ModelsPublic(
         data=[
             ModelPublic(
@@ -17,7 +18,11 @@ def list_models(tenant_id: TenantDep) -> ModelsPublic:
                 description=model.description,
                 context_length=model.context_length,
                 linear_modules=list(model.linear_modules),
+                parameters=model.parameters,
+                has_chat_template=model.has_chat_template,
+                default_target_modules=list(default_target_modules(model)),
+                builtin=model.source is None,
             )
-            for name, model in BASE_MODELS.items()
+            for name, model in model_catalog().items()
         ]
     )

@@ -3,6 +3,7 @@ event that records it (the worker records its outcomes through set_status too)."
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from sqlalchemy import bindparam, func, select, update
@@ -16,19 +17,22 @@ from api.services import InvalidInput, NotFound
 from api.services import datasets as datasets_service
 from api.services import progress as progress_service
 from api.services import rewards as rewards_service
+from api.services.catalog import model_catalog
 from api.settings import Settings, get_settings
+from grpo_core.catalog import default_target_modules
 from grpo_core.config import GRPOConfig, RewardSpec
 from grpo_core.rewards import RewardFunction, RewardSpecError, is_tenant_reward, resolve_rewards
-from grpo_core.spec import BASE_MODELS, BaseModelSpec
+from grpo_core.spec import BaseModelSpec
 
 
 def validate_job_spec(session: Session, *, tenant_id: str, spec: JobCreate) -> GRPOConfig:
     """Check a spec against the catalog, the datasets, the ranges, the operator's limits and the reward registry
     before anything is queued, so what is accepted runs. Raises InvalidInput listing every problem."""
     problems: list[str] = []
-    model = BASE_MODELS.get(spec.base_model)
+    catalog = model_catalog()
+    model = catalog.get(spec.base_model)
     if model is None:
-        problems.append(f"unknown base_model {spec.base_model!r}; valid: {', '.join(sorted(BASE_MODELS))}")
+        problems.append(f"unknown base_model {spec.base_model!r}; valid: {', '.join(sorted(catalog))}")
     datasets: list[tuple[str, Dataset]] = []
     for key in ("dataset_id", "eval_dataset_id"):
         dataset_id = getattr(spec, key)
@@ -50,6 +54,12 @@ def validate_job_spec(session: Session, *, tenant_id: str, spec: JobCreate) -> G
         config = GRPOConfig.from_dict(spec.hyperparameters.model_dump())
     except (ValueError, TypeError) as error:
         problems.append(str(error))
+    lora = spec.hyperparameters.lora
+    if config is not None and model is not None and (lora is None or "target_modules" not in lora.model_fields_set):
+        # The model's own default LoRA targets (a models-file entry may name others than the attention projections).
+        config = dataclasses.replace(
+            config, lora=dataclasses.replace(config.lora, target_modules=default_target_modules(model))
+        )
     if config is not None:
         problems += _limit_problems(config, get_settings())
         if model is not None:
@@ -202,7 +212,7 @@ def job_hardware(spec: JobCreate) -> str:
     """The hardware class a job asks for: its own `hardware`, else its model's, else cpu."""
     if spec.hardware is not None:
         return spec.hardware
-    model = BASE_MODELS.get(spec.base_model)
+    model = model_catalog().get(spec.base_model)
     return model.hardware if model is not None else "cpu"
 
 

@@ -218,7 +218,10 @@ def test_another_tenants_ids_answer_404_like_missing_ones(service, alice, bob, d
             "hyperparameters.epsilon: Input should be less than 1, got 1.5",
         ),
         ({"hyperparameters": {"max_step": 3}}, "hyperparameters.max_step: Extra inputs are not permitted, got 3"),
-        ({"base_model": "gpt-9"}, "unknown base_model 'gpt-9'; valid: smollm2-135m-instruct, tiny-random-llama"),
+        (
+            {"base_model": "gpt-9"},
+            "unknown base_model 'gpt-9'; valid: gemma3-270m, smollm2-135m-instruct, tiny-random-llama",
+        ),
         ({"rewards": [{"name": "regex_match", "params": {}}]}, "param pattern: Field required"),
         ({"rewards": []}, "rewards"),
         ({"dataset_id": "ds_" + "1" * 32}, "not found"),
@@ -267,7 +270,7 @@ def test_a_missing_file_field_is_a_clear_error(service, alice):
 
 def test_catalog_endpoints(service, alice):
     models = {m["name"] for m in service.get("/v1/models", headers=alice).json()["data"]}
-    assert models == {"smollm2-135m-instruct", "tiny-random-llama"}
+    assert models == {"smollm2-135m-instruct", "gemma3-270m", "tiny-random-llama"}
     rewards = {r["name"]: r for r in service.get("/v1/rewards", headers=alice).json()["data"]}
     assert {"numeric_answer", "exact_match", "regex_match", "format_tags", "length_target"} <= set(rewards)
     assert rewards["numeric_answer"]["fields"] == ["answer"]

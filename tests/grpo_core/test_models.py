@@ -40,3 +40,17 @@ def test_smollm2_converts_to_a_plain_trainable_checkpoint():
     ids = ids["input_ids"] if not torch.is_tensor(ids) else ids
     out = model.generate(ids, max_new_tokens=24, do_sample=False)
     assert "5" in tokenizer.decode(out[0, ids.shape[1] :])
+
+
+@pytest.mark.slow
+def test_gemma3_is_assembled_from_its_chunks_and_converts_to_a_plain_checkpoint():
+    model, tokenizer = load_base_model("gemma3-270m")
+    assert type(model).__name__ == "Gemma3ForCausalLM" and tokenizer.chat_template is None
+    assert getattr(model, "hf_quantizer", None) is None and not hasattr(model.config, "quantization_config")
+    folder = resolve_model_dir("gemma3-270m")
+    assert not list(folder.glob("*.gguf")), "the assembled GGUF file is deleted once converted"
+    # A base model continues text; the tokenizer puts <bos> first, as Gemma was trained.
+    ids = tokenizer("Monday, Tuesday, Wednesday,", return_tensors="pt").input_ids
+    assert ids[0, 0] == tokenizer.bos_token_id
+    out = model.generate(ids, max_new_tokens=3, do_sample=False)
+    assert tokenizer.decode(out[0, ids.shape[1] :]).startswith(" Thursday")
