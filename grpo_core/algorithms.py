@@ -61,19 +61,6 @@ def register_loss_aggregation(name: str, *, normaliser: LossNormaliser):
     return decorate
 
 
-def _sequence_count(mask: torch.Tensor, max_completion_length: int) -> torch.Tensor:
-    return mask.new_tensor(float(mask.shape[0]))
-
-
-def _token_count(mask: torch.Tensor, max_completion_length: int) -> torch.Tensor:
-    # At least 1: a step whose every completion is empty has a loss of 0, not NaN.
-    return mask.sum().clamp(min=1.0)
-
-
-def _sequences_times_max_length(mask: torch.Tensor, max_completion_length: int) -> torch.Tensor:
-    return mask.new_tensor(float(mask.shape[0] * max_completion_length))
-
-
 # --- advantages -------------------------------------------------------------------------------------------------
 
 
@@ -126,6 +113,19 @@ def zero_std_group_fraction(rewards: torch.Tensor, group_size: int) -> float:
 # per-chunk means, weighting a chunk of short answers like one of long answers.
 
 
+def _sequence_count(mask: torch.Tensor, max_completion_length: int) -> torch.Tensor:
+    return mask.new_tensor(float(mask.shape[0]))
+
+
+def _token_count(mask: torch.Tensor, max_completion_length: int) -> torch.Tensor:
+    # At least 1: a step whose every completion is empty has a loss of 0, not NaN.
+    return mask.sum().clamp(min=1.0)
+
+
+def _sequences_times_max_length(mask: torch.Tensor, max_completion_length: int) -> torch.Tensor:
+    return mask.new_tensor(float(mask.shape[0] * max_completion_length))
+
+
 @register_loss_aggregation("grpo", normaliser=_sequence_count)
 def _sum_of_sequence_means(token_loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over each sequence's tokens, summed over sequences; over the step's sequence count, the GRPO paper's
@@ -142,7 +142,8 @@ def _token_sum(token_loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 @register_loss_aggregation("dapo", normaliser=_token_count)
 def _dapo_token_sum(token_loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """DAPO: sum over completion tokens; over the token count of the whole generation batch (every completion of
-    the step, on every process), where bnpo's normaliser is the batch given. On one process they are equal."""
+    the step). The same as bnpo here, where every loss_type normalises over the whole step; TRL's bnpo divides each
+    micro batch by its own tokens instead, which makes its gradient depend on the micro batch size."""
     return (token_loss * mask).sum()
 
 
@@ -310,6 +311,10 @@ def compute_policy_loss(
             (kl.detach() * mask).sum() if kl is not None else mask.new_zeros(()),
         ]
         # One transfer for all of them (one device sync on a GPU, not eight).
-        values = torch.stack([value.float() for value in sums]).tolist()
-    stats = LossStats(*values[:7], kl_sum=values[7] if kl is not None else None)
+        loss_value, tokens, low, high, ratio_sum, ratio_min, ratio_max, kl_sum = torch.stack(
+            [value.float() for value in sums]
+        ).tolist()
+    stats = LossStats(
+        loss_value, tokens, low, high, ratio_sum, ratio_min, ratio_max, kl_sum if kl is not None else None
+    )
     return PolicyLossOutput(loss=loss, stats=stats)

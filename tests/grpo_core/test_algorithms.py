@@ -71,9 +71,8 @@ def reference_loss(cur, old, ref, adv, mask, eps_low, eps_high, beta, loss_type,
     if loss_type == "grpo":
         return sum(sum(token[i]) / mask[i].sum() for i in range(n)) / n
     total = sum(sum(row) for row in token)
-    # bnpo divides by the tokens of the batch it is given; dapo by the tokens of the whole generation batch (all
-    # of a step's completions). The two differ only when a step's completions are split into several loss calls;
-    # here the batch given is the whole generation batch, so both normalisers are mask.sum().
+    # bnpo and dapo divide by the tokens of the whole step (all of its completions, even when the loss is taken in
+    # micro batches); here the batch given is the whole step, so both normalisers are mask.sum().
     if loss_type in ("bnpo", "dapo"):
         return total / mask.sum()
     return total / (n * max_len)
