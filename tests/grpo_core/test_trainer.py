@@ -299,18 +299,29 @@ def test_an_update_in_micro_batches_has_the_one_pass_gradients_loss_and_metrics(
     from grpo_core.trainer import make_optimizer, update_policy
 
     # 2 prompts x G=5 = 10 completions: micro batches of 3 (3, 3, 3, 1) and of 4 (4, 4, 2) cut the groups.
-    # Two updates, so the second clips against the sampling policy's log-probs, and a KL term.
+    # Two updates, so the second clips against the sampling policy's log-probs, and a KL term. AdamW's first steps
+    # move each weight by about the learning rate whatever its gradient's size, so float rounding in a gradient of
+    # 1e-6 can move a weight by 1e-4 x the learning rate: the adapters are compared after steps of 1e-3.
     config = tiny_config(
-        group_size=5, prompts_per_step=2, beta=0.1, num_iterations=2, loss_type=loss_type, learning_rate=1e-2
+        group_size=5, prompts_per_step=2, beta=0.1, num_iterations=2, loss_type=loss_type, learning_rate=1e-3
     )
     rewards = resolve_rewards(LENGTH_REWARD, dataset_fields(MIXED_ROWS))
     sampler, tokenizer = lora_policy()
     torch.manual_seed(0)
     rollout = collect_rollout(sampler, tokenizer, MIXED_ROWS, rewards, config)
-    lengths = rollout.batch.completion_mask.sum(dim=1)
-    assert not rollout.batch.prompt_mask.all() and lengths.min() < lengths.max(), "padding on both sides must count"
-    # Random advantages: every completion weighs in, whatever the reward made of these few samples.
-    rollout = dataclasses.replace(rollout, advantages=torch.randn(10, generator=torch.Generator().manual_seed(2)))
+    assert not rollout.batch.prompt_mask.all(), "the prompts must be left-padded"
+    # Completions of every length (random weights seldom write EOS) and random advantages, so that the loss types
+    # differ and every completion weighs in, whatever the reward made of these few samples.
+    lengths = torch.tensor([1, 8, 3, 2, 8, 5, 1, 4, 8, 2])
+    mask = (torch.arange(rollout.batch.completion_ids.shape[1]) < lengths.unsqueeze(1)).long()
+    batch = dataclasses.replace(rollout.batch, completion_mask=mask * rollout.batch.completion_mask)
+    rollout = dataclasses.replace(
+        rollout,
+        samples=dataclasses.replace(rollout.samples, batch=batch),
+        advantages=torch.randn(10, generator=torch.Generator().manual_seed(2)),
+        old_logprobs=sampling_policy_logprobs(sampler, batch, 1.0),
+        ref_logprobs=reference_logprobs(sampler, batch, 1.0),
+    )
 
     results = {}
     for micro_batch_size in (0, 3, 4):
@@ -348,7 +359,8 @@ def test_an_update_in_micro_batches_has_the_one_pass_gradients_loss_and_metrics(
 
 def test_a_run_in_micro_batches_trains_the_adapter_of_a_run_in_one_pass(tmp_path):
     # 2 prompts x G=4 in micro batches of 3 (3, 3, 2); dapo, the loss whose normaliser is the whole step's tokens.
-    config = tiny_config(beta=0.1, num_iterations=2, loss_type="dapo", learning_rate=1e-2, max_steps=3)
+    # The default learning rate: see the test above for why AdamW's steps are kept small here.
+    config = tiny_config(beta=0.1, num_iterations=2, loss_type="dapo", max_steps=3)
     one_pass = make_trainer(tmp_path / "one", config).train()
     chunked = make_trainer(tmp_path / "micro", dataclasses.replace(config, micro_batch_size=3)).train()
     a = load_file(one_pass.adapter_dir / "adapter_model.safetensors")
