@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/speed.py              # side by side with TRL at the default setting (make bench)
     .venv/bin/python benchmarks/speed.py --scaling    # ours alone: G, max_new_tokens and prompt length swept
+    .venv/bin/python benchmarks/speed.py --memory     # ours alone: peak RSS of G=64 in micro batches of 8 vs G=8
 
 Default setting: SmolLM2-135M-Instruct in fp32, LoRA r=8 on q_proj and v_proj, one prompt x G=8 completions x 64
 new tokens per step, beta 0.04, no gradient checkpointing. Each trainer runs in its own process (so peak RSS is
@@ -61,6 +62,7 @@ class Setting:
     lora_r: int = 8
     seed: int = 0
     steps: int = 4  # timed steps per process, after one warm-up step
+    micro_batch_size: int = 0
 
 
 def grpo_config(setting: Setting, max_steps: int):
@@ -73,6 +75,7 @@ def grpo_config(setting: Setting, max_steps: int):
         seed=setting.seed,
         max_steps=max_steps,
         checkpoint_every=0,
+        micro_batch_size=setting.micro_batch_size,
         lora=LoraSettings(r=setting.lora_r, alpha=2 * setting.lora_r, dropout=0.0, target_modules=("q_proj", "v_proj")),
     )
 
@@ -138,8 +141,49 @@ def run_trl(setting: Setting) -> dict:
     return {"seconds": timer.seconds[1:], "lengths": lengths[1:], "prompt_tokens": rows[0]["prompt_tokens"]}
 
 
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_ours_memory(setting: Setting) -> dict:
+    """Our trainer's peak RSS after each phase: setup (the model's share), sampling and scoring, the reference
+    pass, the update; the first step is the one measured (each later step reuses the memory the first freed)."""
+    from grpo_core import GRPOTrainer, RewardSpec
+    from grpo_core.algorithms import compute_group_advantages
+    from grpo_core.rollout import Rollout, reference_logprobs, sample_and_score
+    from grpo_core.trainer import update_policy
+
+    config = grpo_config(setting, max_steps=setting.steps + 1)
+    specs = [RewardSpec(name, params=params) for name, params in REWARDS]
+    trainer = GRPOTrainer(
+        base_model=setting.model, train_rows=[{"prompt": STORY_PROMPT}], rewards=specs, config=config, output_dir="."
+    )
+    trainer.setup()
+    phases = {"setup": peak_rss_mb()}
+    rows = [benchmark_row(setting, trainer.tokenizer)]
+    seconds, lengths = [], []
+    for _ in range(setting.steps + 1):
+        started = time.perf_counter()
+        # collect_rollout's pieces, one at a time (num_iterations is 1: no sampling-policy pass).
+        samples = sample_and_score(
+            trainer.model, trainer.tokenizer, rows, trainer.rewards, config, group_size=config.group_size
+        )
+        phases.setdefault("sampling", peak_rss_mb())
+        advantages = compute_group_advantages(samples.scores.rewards, config.group_size, config.scale_rewards)
+        ref = reference_logprobs(trainer.model, samples.batch, config.temperature, config.micro_batch_size)
+        phases.setdefault("reference pass", peak_rss_mb())
+        rollout = Rollout(samples, advantages, None, ref, sampling_seconds=0.0)
+        update_policy(trainer.model, trainer.optimizer, trainer.scheduler, rollout, config)
+        phases.setdefault("update", peak_rss_mb())
+        seconds.append(time.perf_counter() - started)
+        lengths.append(samples.batch.completion_mask.sum(dim=1).float().mean().item())
+    prompt_tokens = rendered_row(rows[0], trainer.tokenizer)["prompt_tokens"]
+    return {"seconds": seconds[1:], "lengths": lengths[1:], "prompt_tokens": prompt_tokens, "phases": phases}
+
+
 def child_main(trainer: str, setting: Setting) -> None:
-    result = run_ours(setting) if trainer == "ours" else run_trl(setting)
+    runners = {"ours": run_ours, "trl": run_trl, "ours-memory": run_ours_memory}
+    result = runners[trainer](setting)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -338,6 +382,36 @@ def scaling(base: Setting) -> None:
             )
 
 
+def memory(base: Setting) -> None:
+    """Peak RSS of today's default step (G=8 in one pass) beside G=64 in micro batches of 8, and G=64 in one pass."""
+    from grpo_core.models import resolve_model_dir
+
+    resolve_model_dir(base.model)
+    settings = [
+        ("G=8, one pass", Setting(**{**asdict(base), "group_size": 8, "micro_batch_size": 0})),
+        ("G=64, micro batch 8", Setting(**{**asdict(base), "group_size": 64, "micro_batch_size": 8})),
+        ("G=64, one pass", Setting(**{**asdict(base), "group_size": 64, "micro_batch_size": 0})),
+    ]
+    print(
+        f"ours alone, {base.model} fp32, {base.max_new_tokens} new tokens, beta {base.beta}; peak RSS (MB) of the "
+        "process after each phase of its first step"
+    )
+    print(
+        f"{'setting':22s} {'setup':>7s} {'sampling':>9s} {'ref pass':>9s} {'update':>7s} {'peak':>7s} "
+        f"{'s/step':>7s} {'mean len':>9s}"
+    )
+    for label, setting in settings:
+        result = run_child("ours-memory", setting)
+        phases = result["phases"]
+        summary = summarise([result], setting.group_size)
+        print(
+            f"{label:22s} {phases['setup']:>7.0f} {phases['sampling']:>9.0f} {phases['reference pass']:>9.0f} "
+            f"{phases['update']:>7.0f} {result['peak_rss_mb']:>7.0f} {summary.seconds_per_step:>7.2f} "
+            f"{summary.mean_length:>9.1f}",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--group-size", type=int, default=Setting.group_size)
@@ -349,7 +423,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=Setting.steps, help="timed steps per process")
     parser.add_argument("--rounds", type=int, default=2, help="processes per trainer, alternating")
     parser.add_argument("--scaling", action="store_true", help="sweep G, max_new_tokens and prompt length (ours)")
-    parser.add_argument("--child", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--memory", action="store_true", help="peak RSS of G=64 in micro batches of 8 beside G=8 in one pass (ours)"
+    )
+    parser.add_argument("--child", choices=["ours", "trl", "ours-memory"], help=argparse.SUPPRESS)
     parser.add_argument("--setting", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -366,6 +443,8 @@ def main() -> None:
     )
     if args.scaling:
         scaling(setting)
+    elif args.memory:
+        memory(setting)
     else:
         side_by_side(setting, args.rounds)
 

@@ -17,6 +17,7 @@ _EXPORTS = {
     "compute_group_advantages": "algorithms",
     "compute_policy_loss": "algorithms",
     "k3_kl": "algorithms",
+    "loss_normaliser": "algorithms",
     "GRPOConfig": "config",
     "LoraSettings": "config",
     "RewardSpec": "config",

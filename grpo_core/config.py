@@ -59,6 +59,12 @@ class GRPOConfig:
     """G: completions sampled per prompt; their mean and std are the baseline."""
     prompts_per_step: int = field(default=1, metadata={"ge": 1})
     """P: prompts per training step, so each step samples P x G completions."""
+    micro_batch_size: int = field(default=0, metadata={"ge": 0})
+    """Completions per forward/backward chunk: the log-prob passes and each update run over this many completions
+    at a time, accumulating the gradient, so their memory stays that of micro_batch_size completions however large
+    P x G grows (sampling still holds all P x G at once). 0 runs the whole step in one pass. Loss, gradient and
+    metrics are the one-pass ones for every loss_type (dapo and dr_grpo normalise over the whole step), up to
+    float rounding, so a resumed run may change it: lowering it is how a step that ran out of memory fits."""
     max_steps: int = field(default=60, metadata={"ge": 1})
     """Training steps (one sampling round each)."""
     num_iterations: int = field(default=1, metadata={"ge": 1})
@@ -264,8 +270,11 @@ def json_repr(value: Any) -> str:
         return repr(value)[:80]
 
 
-# Fields a resumed run may change: they decide when to save and evaluate, not what is trained.
-RESUMABLE_CHANGES = frozenset({"checkpoint_every", "eval_every", "eval_samples_per_prompt"})
+# Fields a resumed run may change: they decide when to save and evaluate, or (micro_batch_size) how a step is cut
+# to fit in memory, not what is trained. A micro batch changes only the order in which the gradient's terms are
+# summed (about 1e-7 relative in float32), and a job that ran out of memory must be able to resume with a smaller
+# one; a checkpoint saved before the field existed ran its steps in one pass, which is micro_batch_size 0.
+RESUMABLE_CHANGES = frozenset({"checkpoint_every", "eval_every", "eval_samples_per_prompt", "micro_batch_size"})
 
 
 def _flatten(config: dict[str, Any]) -> dict[str, Any]:

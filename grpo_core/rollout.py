@@ -21,7 +21,7 @@ from grpo_core.algorithms import compute_group_advantages
 from grpo_core.config import GRPOConfig
 from grpo_core.data import render_prompt
 from grpo_core.rewards import RewardFunction, is_tenant_reward, score_items
-from grpo_core.sampling import SampleBatch, completion_logprobs, sample_groups
+from grpo_core.sampling import SampleBatch, completion_logprobs, micro_batches, sample_groups
 from grpo_core.scoring import RewardScorer
 
 ResolvedRewards = Sequence[tuple[RewardFunction, Any, float]]
@@ -140,16 +140,27 @@ def without_dropout(model) -> Iterator[None]:
         model.train(was_training)
 
 
-def reference_logprobs(model, batch: SampleBatch, temperature: float) -> torch.Tensor:
+def logprobs_in_chunks(model, batch: SampleBatch, temperature: float, micro_batch_size: int = 0) -> torch.Tensor:
+    """completion_logprobs [N, T] without a gradient, micro_batch_size completions per pass (0: one pass), so a
+    pass holds the [micro_batch_size, T, V] logits, not [N, T, V]."""
+    return torch.cat(
+        [
+            completion_logprobs(model, batch.select(rows), temperature)
+            for rows in micro_batches(batch.completion_ids.shape[0], micro_batch_size)
+        ]
+    )
+
+
+def reference_logprobs(model, batch: SampleBatch, temperature: float, micro_batch_size: int = 0) -> torch.Tensor:
     """Log-probs [N, T] under the reference policy: the same weights with the LoRA adapter switched off."""
     with torch.no_grad(), without_dropout(model), model.disable_adapter():
-        return completion_logprobs(model, batch, temperature)
+        return logprobs_in_chunks(model, batch, temperature, micro_batch_size)
 
 
-def sampling_policy_logprobs(model, batch: SampleBatch, temperature: float) -> torch.Tensor:
+def sampling_policy_logprobs(model, batch: SampleBatch, temperature: float, micro_batch_size: int = 0) -> torch.Tensor:
     """Log-probs [N, T] under the policy as it sampled, before any update: what later updates clip against."""
     with torch.no_grad(), without_dropout(model):
-        return completion_logprobs(model, batch, temperature)
+        return logprobs_in_chunks(model, batch, temperature, micro_batch_size)
 
 
 @dataclass(frozen=True)
@@ -194,6 +205,9 @@ def collect_rollout(
     sampled = time.perf_counter()
     advantages = compute_group_advantages(samples.scores.rewards, config.group_size, config.scale_rewards)
     # With one update per sample the sampling policy is the current one: its log-probs need no extra pass.
-    old = sampling_policy_logprobs(model, samples.batch, config.temperature) if config.num_iterations > 1 else None
-    ref = reference_logprobs(model, samples.batch, config.temperature) if config.beta > 0 else None
+    old, ref = None, None
+    if config.num_iterations > 1:
+        old = sampling_policy_logprobs(model, samples.batch, config.temperature, config.micro_batch_size)
+    if config.beta > 0:
+        ref = reference_logprobs(model, samples.batch, config.temperature, config.micro_batch_size)
     return Rollout(samples, advantages, old, ref, sampling_seconds=sampled - started)

@@ -5,6 +5,7 @@ Shapes: P prompts, G = group_size, N = P x G completions, L = padded prompt leng
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,6 +31,27 @@ class SampleBatch:
     @property
     def attention_mask(self) -> torch.Tensor:
         return torch.cat([self.prompt_mask, self.completion_mask], dim=1)
+
+    def select(self, rows: slice) -> SampleBatch:
+        """Completions rows.start .. rows.stop - 1 as a batch of their own (a micro batch), padded as they are here.
+        Its group_size is the largest whose blocks of rows still share one prompt, even when the slice cuts a group
+        (so the log-prob passes still run each prompt once per block)."""
+        start, stop, _ = rows.indices(self.completion_ids.shape[0])
+        return SampleBatch(
+            prompt_ids=self.prompt_ids[start:stop],
+            prompt_mask=self.prompt_mask[start:stop],
+            completion_ids=self.completion_ids[start:stop],
+            completion_mask=self.completion_mask[start:stop],
+            truncated=self.truncated[start:stop],
+            group_size=math.gcd(self.group_size, start, stop - start),
+        )
+
+
+def micro_batches(completions: int, micro_batch_size: int) -> list[slice]:
+    """The rows of each chunk when `completions` rows are processed micro_batch_size at a time (0: all at once);
+    the last chunk holds the remainder."""
+    size = micro_batch_size or completions
+    return [slice(start, min(start + size, completions)) for start in range(0, completions, size)]
 
 
 def completion_mask_from_eos(

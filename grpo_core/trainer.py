@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from grpo_core.algorithms import compute_policy_loss, zero_std_group_fraction
+from grpo_core.algorithms import LossStats, compute_policy_loss, loss_normaliser, zero_std_group_fraction
 from grpo_core.checkpoint import (
     Checkpoint,
     capture_rng_state,
@@ -46,7 +46,7 @@ from grpo_core.packed_linear import pack_frozen_linears
 from grpo_core.reward_process import RewardFailure
 from grpo_core.rewards import is_tenant_reward, resolve_rewards
 from grpo_core.rollout import ResolvedRewards, Rollout, Scores, collect_rollout, sample_and_score, without_dropout
-from grpo_core.sampling import completion_logprobs
+from grpo_core.sampling import completion_logprobs, micro_batches
 from grpo_core.sandbox import SandboxLimits, SandboxUnavailable, sandbox_available
 from grpo_core.scoring import RewardScorer
 
@@ -187,6 +187,10 @@ def update_policy(model, optimizer, scheduler, rollout: Rollout, config: GRPOCon
     """config.num_iterations clipped updates on one rollout, the scheduler stepped after each. Returns each
     update's metrics: the loss's (loss, clip fractions, ratio, kl), grad_norm, and the learning rate it used.
 
+    Each update runs config.micro_batch_size completions at a time (0: all at once), each chunk's backward adding
+    to the gradient before the one optimizer step. A chunk's loss is its share of the step's: its token losses
+    over the loss_type's normaliser of the whole step, so gradient, loss and metrics are the one-pass ones.
+
     The update passes run without dropout, like the sampling, old and reference passes: the ratio and the KL
     compare the policy with itself, so the ratio is exactly 1 before the first update (TRL's disable_dropout).
 
@@ -197,30 +201,36 @@ def update_policy(model, optimizer, scheduler, rollout: Rollout, config: GRPOCon
     With num_iterations > 1 the updates before it were applied to the model in memory, likewise never saved."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
+    batch = rollout.batch
+    normaliser = loss_normaliser(batch.completion_mask, config.loss_type, config.max_new_tokens)
+    chunks = micro_batches(batch.completion_ids.shape[0], config.micro_batch_size)
     updates: list[dict[str, float]] = []
     with without_dropout(model):
         for _ in range(config.num_iterations):
-            logprobs = completion_logprobs(model, rollout.batch, config.temperature)
-            output = compute_policy_loss(
-                logprobs,
-                rollout.old_logprobs,
-                rollout.ref_logprobs,
-                rollout.advantages,
-                rollout.batch.completion_mask,
-                epsilon=config.epsilon,
-                epsilon_high=config.epsilon_high,
-                beta=config.beta,
-                loss_type=config.loss_type,
-                max_completion_length=config.max_new_tokens,
-            )
             optimizer.zero_grad(set_to_none=True)
-            output.loss.backward()
+            stats: LossStats | None = None
+            for rows in chunks:
+                output = compute_policy_loss(
+                    completion_logprobs(model, batch.select(rows), config.temperature),
+                    None if rollout.old_logprobs is None else rollout.old_logprobs[rows],
+                    None if rollout.ref_logprobs is None else rollout.ref_logprobs[rows],
+                    rollout.advantages[rows],
+                    batch.completion_mask[rows],
+                    epsilon=config.epsilon,
+                    epsilon_high=config.epsilon_high,
+                    beta=config.beta,
+                    loss_type=config.loss_type,
+                    max_completion_length=config.max_new_tokens,
+                    normaliser=normaliser,
+                )
+                output.loss.backward()
+                stats = output.stats if stats is None else stats + output.stats
+            assert stats is not None  # a rollout has at least one completion
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm).item()
-            loss = output.loss.item()
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            if not (math.isfinite(stats.loss) and math.isfinite(grad_norm)):
                 optimizer.zero_grad(set_to_none=True)
                 where = f" in update {len(updates) + 1} of {config.num_iterations}" if config.num_iterations > 1 else ""
-                raise NonFiniteUpdate(f"loss is {loss} (grad norm {grad_norm}){where}; nothing was applied")
+                raise NonFiniteUpdate(f"loss is {stats.loss} (grad norm {grad_norm}){where}; nothing was applied")
             learning_rate = optimizer.param_groups[0]["lr"]
             optimizer.step()
             # Finite gradients can still give non-finite weights: AdamW's decay multiplies by 1 - lr x weight_decay.
@@ -230,7 +240,7 @@ def update_policy(model, optimizer, scheduler, rollout: Rollout, config: GRPOCon
                     f"weight_decay {config.weight_decay:g}); the run stops, and no checkpoint holds them"
                 )
             scheduler.step()
-            updates.append({**output.metrics, "grad_norm": grad_norm, "learning_rate": learning_rate})
+            updates.append({**stats.metrics(), "grad_norm": grad_norm, "learning_rate": learning_rate})
     return updates
 
 

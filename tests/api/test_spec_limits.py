@@ -167,6 +167,21 @@ def test_a_prompt_past_the_operator_limits_is_refused(service, alice, limits):
     assert any("tokens per step, above the operator's limit of 8000 (GRPO_MAX_TOKENS_PER_STEP)" in e for e in errors)
 
 
+def test_a_micro_batch_is_stored_with_the_job_and_does_not_lift_the_per_step_token_limit(service, alice, limits):
+    hyperparameters = {"group_size": 8, "prompts_per_step": 2, "micro_batch_size": 1}
+    # Sampling holds every completion of the step at once, whatever the micro batch of the log-prob passes: 16 x
+    # (at most 548 prompt tokens + 48) is still above the 8000 tokens a step may hold.
+    long_prompts = upload(service, alice, jsonl([{"prompt": "é" * 200, "answer": 1}])).json()["id"]
+    assert refused(service, alice, job_spec(long_prompts, hyperparameters=hyperparameters)) == [
+        "hyperparameters: group_size x prompts_per_step x (longest prompt + max_new_tokens) is 9536 tokens per step, "
+        "above the operator's limit of 8000 (GRPO_MAX_TOKENS_PER_STEP)"
+    ]
+    dataset = upload(service, alice, jsonl(ROWS)).json()["id"]
+    response = service.post("/v1/jobs", headers=alice, json=job_spec(dataset, hyperparameters=hyperparameters))
+    assert response.status_code == 201, response.text
+    assert response.json()["hyperparameters"]["micro_batch_size"] == 1
+
+
 REWARD_CASES = [
     (
         [{"name": "numeric_answer", "params": {"tolerance": float("inf")}}],

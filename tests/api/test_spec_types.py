@@ -19,6 +19,8 @@ WRONG_TYPES = [
     ({"seed": None}, "hyperparameters.seed: Input should be a valid integer, got null"),
     ({"seed": 1e30}, "hyperparameters.seed: Input should be a valid integer, got 1e+30"),
     ({"max_steps": 10**20}, "hyperparameters.max_steps: Input should be less than or equal to 2147483647"),
+    ({"micro_batch_size": 2.5}, "hyperparameters.micro_batch_size: Input should be a valid integer, got 2.5"),
+    ({"micro_batch_size": -1}, "hyperparameters.micro_batch_size: Input should be greater than or equal to 0"),
     ({"loss_type": ["grpo"]}, "hyperparameters.loss_type: Input should be 'bnpo', 'dapo', 'dr_grpo' or 'grpo'"),
     ({"dtype": "float16"}, "hyperparameters.dtype: Input should be 'auto', 'bfloat16' or 'float32'"),
     ({"learning_rate": float("inf")}, "hyperparameters.learning_rate: Input should be a finite number, got Infinity"),

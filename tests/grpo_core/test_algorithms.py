@@ -3,7 +3,14 @@ import math
 import pytest
 import torch
 
-from grpo_core.algorithms import aggregate_token_losses, compute_group_advantages, compute_policy_loss, k3_kl
+from grpo_core.algorithms import (
+    aggregate_token_losses,
+    compute_group_advantages,
+    compute_policy_loss,
+    k3_kl,
+    loss_normaliser,
+)
+from grpo_core.sampling import micro_batches
 
 
 def test_advantages_of_two_right_two_wrong_are_plus_minus_0866():
@@ -64,9 +71,8 @@ def reference_loss(cur, old, ref, adv, mask, eps_low, eps_high, beta, loss_type,
     if loss_type == "grpo":
         return sum(sum(token[i]) / mask[i].sum() for i in range(n)) / n
     total = sum(sum(row) for row in token)
-    # bnpo divides by the tokens of the batch it is given; dapo by the tokens of the whole generation batch (all
-    # of a step's completions). The two differ only when a step's completions are split into several loss calls;
-    # here the batch given is the whole generation batch, so both normalisers are mask.sum().
+    # bnpo and dapo divide by the tokens of the whole step (all of its completions, even when the loss is taken in
+    # micro batches); here the batch given is the whole step, so both normalisers are mask.sum().
     if loss_type in ("bnpo", "dapo"):
         return total / mask.sum()
     return total / (n * max_len)
@@ -144,3 +150,104 @@ def test_unknown_loss_type_lists_valid_names():
 def test_empty_mask_gives_finite_loss():
     out = compute_policy_loss(torch.zeros(2, 2, requires_grad=True), None, None, torch.ones(2), torch.zeros(2, 2))
     assert math.isfinite(out.loss.item())
+
+
+# --- micro batches: a step computed in chunks of completions ----------------------------------------------------
+
+# Token losses of 3 completions (9 marks padding, which must not count) with max_new_tokens 4.
+CHUNK_LOSS = torch.tensor([[1.0, 2.0, 9.0], [3.0, 9.0, 9.0], [4.0, 5.0, 6.0]])
+CHUNK_MASK = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.float32)
+
+
+@pytest.mark.parametrize(
+    ("loss_type", "normaliser", "first_two", "last_one"),
+    [
+        # sequence means 1.5, 3 and 5 over 3 sequences
+        ("grpo", 3.0, (1.5 + 3.0) / 3, 5.0 / 3),
+        # 21 over the step's 6 tokens; a chunk's own token mean would give 6 / 3 + 15 / 3 = 7
+        ("bnpo", 6.0, 6.0 / 6, 15.0 / 6),
+        ("dapo", 6.0, 6.0 / 6, 15.0 / 6),
+        # over 3 sequences x max_new_tokens 4
+        ("dr_grpo", 12.0, 6.0 / 12, 15.0 / 12),
+    ],
+)
+def test_a_chunk_contributes_its_partial_sum_over_the_whole_steps_normaliser(
+    loss_type, normaliser, first_two, last_one
+):
+    assert loss_normaliser(CHUNK_MASK, loss_type, 4).item() == normaliser
+    whole = aggregate_token_losses(CHUNK_LOSS, CHUNK_MASK, loss_type, 4)
+    head = aggregate_token_losses(CHUNK_LOSS[:2], CHUNK_MASK[:2], loss_type, 4, normaliser=normaliser)
+    tail = aggregate_token_losses(CHUNK_LOSS[2:], CHUNK_MASK[2:], loss_type, 4, normaliser=normaliser)
+    assert head.item() == pytest.approx(first_two) and tail.item() == pytest.approx(last_one)
+    assert (head + tail).item() == pytest.approx(whole.item(), rel=1e-6)
+
+
+def test_an_empty_step_normalises_by_one_token_not_zero():
+    assert loss_normaliser(torch.zeros(2, 3), "dapo", 3).item() == 1.0
+
+
+def test_micro_batches_cover_every_row_once_the_last_holding_the_rest():
+    assert micro_batches(10, 3) == [slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 10)]
+    assert micro_batches(8, 0) == [slice(0, 8)]
+    assert micro_batches(4, 8) == [slice(0, 4)]
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dapo", "dr_grpo"])
+@pytest.mark.parametrize("micro_batch_size", [3, 4])
+def test_chunks_add_up_to_the_one_pass_loss_gradient_and_metrics(loss_type, micro_batch_size):
+    # N = 10 completions in chunks of 3 (3, 3, 3, 1) or 4 (4, 4, 2), sequences of every length, ratios on both
+    # sides of the band, and a KL term.
+    generator = torch.Generator().manual_seed(1)
+    n, t = 10, 6
+    old = -torch.rand(n, t, generator=generator) * 2
+    ref = -torch.rand(n, t, generator=generator) * 2
+    start = old + torch.randn(n, t, generator=generator) * 0.4
+    advantages = torch.randn(n, generator=generator)
+    lengths = torch.tensor([1, 6, 3, 2, 6, 5, 1, 4, 6, 2])
+    mask = (torch.arange(t) < lengths.unsqueeze(1)).float()
+    options = dict(epsilon=0.2, epsilon_high=0.28, beta=0.1, loss_type=loss_type, max_completion_length=8)
+
+    whole = start.clone().requires_grad_(True)
+    one_pass = compute_policy_loss(whole, old, ref, advantages, mask, **options)
+    one_pass.loss.backward()
+
+    chunked = start.clone().requires_grad_(True)
+    normaliser = loss_normaliser(mask, loss_type, 8)
+    stats = None
+    for rows in micro_batches(n, micro_batch_size):
+        out = compute_policy_loss(
+            chunked[rows], old[rows], ref[rows], advantages[rows], mask[rows], normaliser=normaliser, **options
+        )
+        out.loss.backward()
+        stats = out.stats if stats is None else stats + out.stats
+
+    torch.testing.assert_close(chunked.grad, whole.grad, rtol=0, atol=1e-6)
+    metrics, expected = stats.metrics(), one_pass.metrics
+    assert (
+        set(metrics)
+        == set(expected)
+        == {
+            "loss",
+            "kl",
+            "clip_fraction_low",
+            "clip_fraction_high",
+            "ratio_mean",
+            "ratio_min",
+            "ratio_max",
+        }
+    )
+    assert metrics == pytest.approx(expected, rel=1e-6, abs=1e-7)
+    assert 0 < expected["clip_fraction_low"] < 1 and 0 < expected["clip_fraction_high"] < 1
+    assert expected["ratio_min"] < 0.8 and expected["ratio_max"] > 1.28
+
+
+def test_a_chunk_with_no_completion_tokens_leaves_the_metrics_of_the_others():
+    cur = torch.log(torch.tensor([[1.5, 0.5], [1.0, 1.0]]))
+    mask = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    options = dict(loss_type="bnpo", normaliser=loss_normaliser(mask, "bnpo", 2))
+    first = compute_policy_loss(cur[:1], torch.zeros(1, 2), None, torch.tensor([1.0]), mask[:1], **options)
+    empty = compute_policy_loss(cur[1:], torch.zeros(1, 2), None, torch.tensor([1.0]), mask[1:], **options)
+    assert empty.metrics["ratio_min"] == 1.0 and empty.metrics["loss"] == 0.0
+    combined = (first.stats + empty.stats).metrics()
+    assert combined == first.metrics
+    assert combined["ratio_min"] == pytest.approx(0.5) and combined["ratio_max"] == pytest.approx(1.5)

@@ -1,5 +1,7 @@
 """Trainer tests on tiny-random-llama: they run real sampling, scoring and updates on CPU in seconds."""
 
+import dataclasses
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -253,10 +255,118 @@ def test_resume_refuses_a_checkpoint_saved_with_settings_that_change_training(tm
     with pytest.raises(ResumeMismatch, match=r"learning_rate, lora\.r"):
         make_trainer(tmp_path, changed).train(resume=True)
     # When to evaluate and checkpoint, and (with a constant schedule) how long to train, may change.
+    # ... and so may the micro batch: it changes only how the step is cut to fit in memory.
     recorder = Recorder()
-    same_training = tiny_config(max_steps=3, checkpoint_every=2, eval_every=5)
+    same_training = tiny_config(max_steps=3, checkpoint_every=2, eval_every=5, micro_batch_size=3)
     make_trainer(tmp_path, same_training, [recorder]).train(resume=True)
     assert [step for step, _ in recorder.steps] == [3]
+
+
+def test_a_checkpoint_saved_before_micro_batches_existed_resumes_with_any():
+    saved = tiny_config().to_dict()
+    del saved["micro_batch_size"]
+    assert tiny_config(micro_batch_size=2).training_differences(saved) == []
+    assert tiny_config(micro_batch_size=2, group_size=8).training_differences(saved) == ["group_size"]
+
+
+# --- micro batches ----------------------------------------------------------------------------------------------
+
+# Prompts of different lengths, so the batch is left-padded and a micro batch keeps that padding.
+MIXED_ROWS = [{"prompt": "Hi"}, {"prompt": "Write a long story about a robot who learns to paint, in many colours."}]
+
+
+def lora_policy():
+    """tiny-random-llama with a LoRA adapter whose B is random, not zero, so every LoRA weight gets a gradient.
+    Two calls give two identical policies."""
+    from grpo_core.models import load_base_model
+    from grpo_core.trainer import add_lora
+
+    model, tokenizer = load_base_model("tiny-random-llama")
+    policy = add_lora(model, LoraSettings(r=4, alpha=8), seed=0)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    return policy, tokenizer
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dapo", "dr_grpo"])
+def test_an_update_in_micro_batches_has_the_one_pass_gradients_loss_and_metrics(loss_type):
+    from grpo_core.data import dataset_fields
+    from grpo_core.rewards import resolve_rewards
+    from grpo_core.rollout import collect_rollout, reference_logprobs, sampling_policy_logprobs
+    from grpo_core.trainer import make_optimizer, update_policy
+
+    # 2 prompts x G=5 = 10 completions: micro batches of 3 (3, 3, 3, 1) and of 4 (4, 4, 2) cut the groups.
+    # Two updates, so the second clips against the sampling policy's log-probs, and a KL term. AdamW's first steps
+    # move each weight by about the learning rate whatever its gradient's size, so float rounding in a gradient of
+    # 1e-6 can move a weight by 1e-4 x the learning rate: the adapters are compared after steps of 1e-3.
+    config = tiny_config(
+        group_size=5, prompts_per_step=2, beta=0.1, num_iterations=2, loss_type=loss_type, learning_rate=1e-3
+    )
+    rewards = resolve_rewards(LENGTH_REWARD, dataset_fields(MIXED_ROWS))
+    sampler, tokenizer = lora_policy()
+    torch.manual_seed(0)
+    rollout = collect_rollout(sampler, tokenizer, MIXED_ROWS, rewards, config)
+    assert not rollout.batch.prompt_mask.all(), "the prompts must be left-padded"
+    # Completions of every length (random weights seldom write EOS) and random advantages, so that the loss types
+    # differ and every completion weighs in, whatever the reward made of these few samples.
+    lengths = torch.tensor([1, 8, 3, 2, 8, 5, 1, 4, 8, 2])
+    mask = (torch.arange(rollout.batch.completion_ids.shape[1]) < lengths.unsqueeze(1)).long()
+    batch = dataclasses.replace(rollout.batch, completion_mask=mask * rollout.batch.completion_mask)
+    rollout = dataclasses.replace(
+        rollout,
+        samples=dataclasses.replace(rollout.samples, batch=batch),
+        advantages=torch.randn(10, generator=torch.Generator().manual_seed(2)),
+        old_logprobs=sampling_policy_logprobs(sampler, batch, 1.0),
+        ref_logprobs=reference_logprobs(sampler, batch, 1.0),
+    )
+
+    results = {}
+    for micro_batch_size in (0, 3, 4):
+        policy, _ = lora_policy()
+        # The sampling-policy and reference passes in micro batches give the one-pass log-probs.
+        with torch.no_grad():
+            old = sampling_policy_logprobs(policy, rollout.batch, 1.0, micro_batch_size)
+            ref = reference_logprobs(policy, rollout.batch, 1.0, micro_batch_size)
+        torch.testing.assert_close(old, rollout.old_logprobs, rtol=0, atol=1e-6)
+        torch.testing.assert_close(ref, rollout.ref_logprobs, rtol=0, atol=1e-6)
+
+        chunked = dataclasses.replace(config, micro_batch_size=micro_batch_size)
+        optimizer, scheduler = make_optimizer(policy, chunked)
+        updates = update_policy(policy, optimizer, scheduler, rollout, chunked)
+        lora = {name: param for name, param in policy.named_parameters() if param.requires_grad}
+        # The gradient left in .grad is the second update's (clipped by the same norm in both).
+        results[micro_batch_size] = (
+            updates,
+            {name: param.grad.clone() for name, param in lora.items()},
+            {name: param.detach().clone() for name, param in lora.items()},
+        )
+
+    one_pass_updates, one_pass_grads, one_pass_weights = results[0]
+    assert all(grad.abs().max() > 1e-4 for grad in one_pass_grads.values()), "every LoRA weight must get a gradient"
+    assert one_pass_updates[1]["ratio_max"] > 1.0 or one_pass_updates[1]["ratio_min"] < 1.0
+    for micro_batch_size in (3, 4):
+        updates, grads, weights = results[micro_batch_size]
+        for name in one_pass_grads:
+            torch.testing.assert_close(grads[name], one_pass_grads[name], rtol=0, atol=1e-6, msg=name)
+            torch.testing.assert_close(weights[name], one_pass_weights[name], rtol=0, atol=1e-6, msg=name)
+        for chunked_metrics, one_pass_metrics in zip(updates, one_pass_updates, strict=True):
+            assert chunked_metrics.keys() == one_pass_metrics.keys()
+            assert chunked_metrics == pytest.approx(one_pass_metrics, rel=1e-5, abs=1e-6)
+
+
+def test_a_run_in_micro_batches_trains_the_adapter_of_a_run_in_one_pass(tmp_path):
+    # 2 prompts x G=4 in micro batches of 3 (3, 3, 2); dapo, the loss whose normaliser is the whole step's tokens.
+    # The default learning rate: see the test above for why AdamW's steps are kept small here.
+    config = tiny_config(beta=0.1, num_iterations=2, loss_type="dapo", max_steps=3)
+    one_pass = make_trainer(tmp_path / "one", config).train()
+    chunked = make_trainer(tmp_path / "micro", dataclasses.replace(config, micro_batch_size=3)).train()
+    a = load_file(one_pass.adapter_dir / "adapter_model.safetensors")
+    b = load_file(chunked.adapter_dir / "adapter_model.safetensors")
+    assert any(tensor.abs().max() > 0 for name, tensor in a.items() if "lora_B" in name), "it must have trained"
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
 
 
 class StopWithinStep(Recorder):
