@@ -37,12 +37,21 @@ def worker_hardware(setting: str, device: str = "auto") -> str:
     return "gpu" if gpus.is_dir() and any(gpus.iterdir()) else "cpu"
 
 
-def worker_command(settings) -> list[str]:
+def gpu_count() -> int:
+    """GPUs the NVIDIA driver drives on this machine (one folder each), without importing torch; 0 without one."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return sum(1 for _ in gpus.iterdir()) if gpus.is_dir() else 0
+
+
+def worker_command(settings, gpus: int | None = None) -> list[str]:
     # Solo pool: the job runs in the worker process itself, one at a time; no forking of a process holding torch.
-    # Queues by hardware class (api/queue.py): a CPU worker never takes a GPU job.
+    # Queues by hardware class (api/queue.py): a CPU worker never takes a GPU job, nor a GPU worker a job needing
+    # more GPUs than it has (gpus: the driver's count unless given).
     from api.queue import worker_queues
 
-    queues = ",".join(worker_queues(worker_hardware(settings.worker_hardware, settings.device), settings.queue))
+    hardware = worker_hardware(settings.worker_hardware, settings.device)
+    gpus = gpu_count() if gpus is None else gpus
+    queues = ",".join(worker_queues(hardware, settings.queue, gpus))
     return [
         sys.executable, "-m", "celery", "-A", "worker.app", "worker",
         "--pool", "solo", "--concurrency", "1", "--queues", queues,

@@ -92,6 +92,12 @@ class Job(Base):
     eval_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))
     rewards: Mapped[list[Any]] = mapped_column()
     hyperparameters: Mapped[dict[str, Any]] = mapped_column()
+
+    @property
+    def processes(self) -> int:
+        """Processes the job trains on (its hyperparameters' `processes`; jobs from before it had one)."""
+        return int(self.hyperparameters.get("processes", 1))
+
     status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
     step: Mapped[int] = mapped_column(Integer, default=0)
     max_steps: Mapped[int] = mapped_column(Integer)

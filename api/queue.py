@@ -59,22 +59,30 @@ def get_celery() -> Celery:
     return app
 
 
-def queue_for(hardware: str, queue: str | None = None) -> str:
-    """The Celery queue of a hardware class: jobs that need no GPU on GRPO_QUEUE, GPU jobs on GRPO_QUEUE-gpu.
-    A CPU worker consumes the first only, so it never takes a GPU job; a GPU worker consumes both."""
+def queue_for(hardware: str, queue: str | None = None, processes: int = 1) -> str:
+    """The Celery queue of a hardware class: jobs that need no GPU on GRPO_QUEUE, GPU jobs on GRPO_QUEUE-gpu, and
+    GPU jobs on N > 1 processes (one GPU each) on GRPO_QUEUE-gpu-xN. A CPU worker consumes the first only, so it
+    never takes a GPU job; a GPU worker with N GPUs consumes the GPU queues up to xN and the CPU one. A CPU job on
+    several processes stays on the CPU queue: any worker can run its gloo ranks."""
     queue = queue or get_settings().queue
-    return queue if hardware == "cpu" else f"{queue}-{hardware}"
+    if hardware == "cpu":
+        return queue
+    return f"{queue}-{hardware}" if processes == 1 else f"{queue}-{hardware}-x{processes}"
 
 
-def worker_queues(hardware: str, queue: str | None = None) -> list[str]:
-    """The queues a worker of this hardware class consumes (see queue_for)."""
+def worker_queues(hardware: str, queue: str | None = None, gpus: int = 1) -> list[str]:
+    """The queues a worker of this hardware class, with `gpus` GPUs when it is a GPU worker, consumes (see
+    queue_for): the jobs it has the GPUs for."""
     cpu = queue_for("cpu", queue)
-    return [queue_for("gpu", queue), cpu] if hardware == "gpu" else [cpu]
+    if hardware != "gpu":
+        return [cpu]
+    return [queue_for("gpu", queue, processes) for processes in range(1, max(1, gpus) + 1)] + [cpu]
 
 
-def enqueue_job(job_id: str, hardware: str) -> None:
-    """Send "run job X" to its hardware class's queue. Call only after the job row is committed."""
-    get_celery().send_task(RUN_JOB_TASK, args=[job_id], queue=queue_for(hardware))
+def enqueue_job(job_id: str, hardware: str, processes: int = 1) -> None:
+    """Send "run job X" to the queue of its hardware class and process count. Call only after the job row is
+    committed."""
+    get_celery().send_task(RUN_JOB_TASK, args=[job_id], queue=queue_for(hardware, processes=processes))
 
 
 def broker_reachable() -> bool:

@@ -181,6 +181,12 @@ class Settings(BaseSettings):
     max_num_iterations: int = Field(16, ge=1, le=MAX_INT, description="Largest num_iterations")
     max_eval_samples_per_prompt: int = Field(64, ge=1, le=MAX_INT, description="Largest eval_samples_per_prompt")
     max_steps: int = Field(100_000, ge=1, le=MAX_INT, description="Largest max_steps")
+    max_processes_per_job: int = Field(
+        8,
+        ge=1,
+        le=MAX_INT,
+        description="Largest processes: ranks one job trains on (GPUs on a GPU worker, CPU processes on a CPU one)",
+    )
     max_lora_rank: int = Field(256, ge=1, le=MAX_INT, description="Largest lora.r")
     max_new_tokens: int = Field(1024, ge=1, le=MAX_INT, description="Largest max_new_tokens")
     max_prompt_tokens: int = Field(

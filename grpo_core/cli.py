@@ -13,6 +13,8 @@ A config file:
 Relative paths are read relative to the config file. Rewards score in a child process, as in the service: a
 reward call longer than --reward-timeout seconds (default 60) is killed and ends the run with an error naming it.
 --device picks where it trains (auto: the GPU when torch sees one, else the CPU; cpu, cuda, cuda:N).
+hyperparameters.processes above 1 trains on that many processes started here (one GPU each on a GPU, gloo ranks
+on the CPU; grpo_core/distributed.py); rank 0 writes the metrics and the progress bar.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from typing import Any
 
 import yaml
 
-from grpo_core.checkpoint import Checkpoint
+from grpo_core.checkpoint import Checkpoint, list_checkpoints
 from grpo_core.config import GRPOConfig, RewardSpec
 from grpo_core.data import DatasetError, arithmetic_task, load_jsonl
-from grpo_core.device import check_device_name
+from grpo_core.device import check_device_name, resolve_device
+from grpo_core.distributed import LOCAL, RankFailed, run_ranks
 from grpo_core.models import ModelLoadError
 from grpo_core.reward_process import RewardFailure
 from grpo_core.rewards import RewardSpecError
@@ -117,25 +120,50 @@ def train_command(config_path: Path, resume: bool, reward_timeout_seconds: float
     (output_dir / "config.json").write_text(
         json.dumps({**spec, "hyperparameters": config.to_dict()}, indent=2, default=str)
     )
-    trainer = GRPOTrainer(
+    if config.processes > 1:
+        # The ranks run in processes of their own; this one waits for them (rank 0 writes metrics and progress).
+        args = (spec, base, config, output_dir, resume, resume_step, reward_timeout_seconds)
+        try:
+            run_ranks(_train_rank, args, config.processes, device=resolve_device(device))
+        except RankFailed as error:
+            print(f"grpo: training stopped: {error}", file=sys.stderr)
+            return 1
+        adapter_dir = list_checkpoints(output_dir / "checkpoints")[-1].path
+        print(f"done: adapter in {adapter_dir}; metrics in {output_dir / 'metrics.jsonl'}")
+        return 0
+    callbacks = [JsonlMetricsWriter(output_dir / "metrics.jsonl", resume), ProgressBar(config.max_steps, resume_step)]
+    trainer = _trainer(spec, base, config, output_dir, callbacks, reward_timeout_seconds, device)
+    result = trainer.train(resume=resume)
+    print(
+        f"done: {result.final_step} steps; adapter in {result.adapter_dir}; metrics in {output_dir / 'metrics.jsonl'}"
+    )
+    return 0
+
+
+def _trainer(spec, base, config, output_dir, callbacks, reward_timeout_seconds, device, world=LOCAL) -> GRPOTrainer:
+    return GRPOTrainer(
         base_model=spec["base_model"],
         train_rows=load_dataset(spec["dataset"], base),
         eval_rows=load_dataset(spec["eval_dataset"], base) if spec.get("eval_dataset") else (),
         rewards=[RewardSpec(**reward) for reward in spec["rewards"]],
         config=config,
         output_dir=output_dir,
-        callbacks=[
-            JsonlMetricsWriter(output_dir / "metrics.jsonl", resume),
-            ProgressBar(config.max_steps, resume_step),
-        ],
+        callbacks=callbacks,
         reward_timeout_seconds=reward_timeout_seconds,
         device=device,
+        world=world,
     )
-    result = trainer.train(resume=resume)
-    print(
-        f"done: {result.final_step} steps; adapter in {result.adapter_dir}; metrics in {output_dir / 'metrics.jsonl'}"
-    )
-    return 0
+
+
+def _train_rank(world, device, spec, base, config, output_dir, resume, resume_step, reward_timeout_seconds) -> None:
+    """One rank of `grpo train` on several processes (spawned by run_ranks); rank 0 writes metrics and progress."""
+    callbacks: list = []
+    if world.is_main:
+        callbacks = [
+            JsonlMetricsWriter(output_dir / "metrics.jsonl", resume),
+            ProgressBar(config.max_steps, resume_step),
+        ]
+    _trainer(spec, base, config, output_dir, callbacks, reward_timeout_seconds, device, world).train(resume=resume)
 
 
 def main(argv: list[str] | None = None) -> int:

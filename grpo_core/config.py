@@ -65,6 +65,11 @@ class GRPOConfig:
     P x G grows (sampling still holds all P x G at once). 0 runs the whole step in one pass. Loss, gradient and
     metrics are the one-pass ones for every loss_type (dapo and dr_grpo normalise over the whole step), up to
     float rounding, so a resumed run may change it: lowering it is how a step that ran out of memory fits."""
+    processes: int = field(default=1, metadata={"ge": 1})
+    """Processes the job trains on, data-parallel over torch.distributed (one GPU each on a GPU worker, gloo ranks
+    on a CPU one; grpo_core/distributed.py). Each step's prompts are dealt among them, so it must not exceed
+    prompts_per_step. What is trained is the one-process run's, up to float rounding (the gradient is summed across
+    processes), so a resumed run may change it."""
     max_steps: int = field(default=60, metadata={"ge": 1})
     """Training steps (one sampling round each)."""
     num_iterations: int = field(default=1, metadata={"ge": 1})
@@ -122,9 +127,15 @@ class GRPOConfig:
         type_problems = _type_problems(self)
         if type_problems:
             return type_problems
-        return [
+        problems = [
             problem for name, spec, value in _declared_fields(self) if (problem := range_problem(name, spec, value))
         ]
+        if not problems and self.processes > self.prompts_per_step:
+            problems.append(
+                f"processes ({self.processes}) must not exceed prompts_per_step ({self.prompts_per_step}): each "
+                "process takes whole prompts of every step"
+            )
+        return problems
 
     def training_differences(self, saved: dict[str, Any]) -> list[str]:
         """The fields in which `saved` (another config's to_dict()) differs from this one in a way that changes
@@ -274,7 +285,10 @@ def json_repr(value: Any) -> str:
 # to fit in memory, not what is trained. A micro batch changes only the order in which the gradient's terms are
 # summed (about 1e-7 relative in float32), and a job that ran out of memory must be able to resume with a smaller
 # one; a checkpoint saved before the field existed ran its steps in one pass, which is micro_batch_size 0.
-RESUMABLE_CHANGES = frozenset({"checkpoint_every", "eval_every", "eval_samples_per_prompt", "micro_batch_size"})
+# processes likewise only changes where the gradient's terms are summed; a checkpoint from before it ran on one.
+RESUMABLE_CHANGES = frozenset(
+    {"checkpoint_every", "eval_every", "eval_samples_per_prompt", "micro_batch_size", "processes"}
+)
 
 
 def _flatten(config: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import torch
 from grpo_core.algorithms import compute_group_advantages
 from grpo_core.config import GRPOConfig
 from grpo_core.data import render_prompt
+from grpo_core.distributed import LOCAL, World
 from grpo_core.rewards import RewardFunction, is_tenant_reward, score_items
 from grpo_core.sampling import SampleBatch, completion_logprobs, micro_batches, sample_groups
 from grpo_core.scoring import RewardScorer
@@ -101,10 +102,11 @@ def sample_and_score(
     scorer: RewardScorer | None = None,
     check_stop: Callable[[], None] | None = None,
     max_reward_failures: int | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> ScoredSamples:
     """Sample group_size completions for each row's prompt at the config's temperature and top_p (or greedily),
     and score each against its row (with `scorer` and max_reward_failures, see score_completions). check_stop is
-    called before each decoded token and raises to abandon the sampling."""
+    called before each decoded token and raises to abandon the sampling. seeds: one per row, see sample_groups."""
     batch = sample_groups(
         model,
         tokenizer,
@@ -115,6 +117,7 @@ def sample_and_score(
         top_p=config.top_p,
         greedy=greedy,
         check_stop=check_stop,
+        seeds=seeds,
     )
     completions = decode_completions(tokenizer, batch)
     grouped_rows = [row for row in rows for _ in range(group_size)]
@@ -186,10 +189,15 @@ def collect_rollout(
     scorer: RewardScorer | None = None,
     check_stop: Callable[[], None] | None = None,
     max_reward_failures: int | None = None,
+    seeds: Sequence[int] | None = None,
+    world: World = LOCAL,
 ) -> Rollout:
     """Sample config.group_size completions for each of `rows`, score them (with `scorer` and max_reward_failures,
     see score_completions), compute advantages, and take the log-probs the update compares against. Changes no weight, so check_stop
-    (called before each decoded token and at each poll while rewards score) may raise to abandon it anywhere."""
+    (called before each decoded token and at each poll while rewards score) may raise to abandon it anywhere.
+
+    seeds: one per row (see sample_groups). world: when the step's rows are dealt across ranks, `rows` are this
+    rank's; the advantages are computed over the whole step's rewards (gathered), as one process would."""
     started = time.perf_counter()
     samples = sample_and_score(
         model,
@@ -201,9 +209,13 @@ def collect_rollout(
         scorer=scorer,
         check_stop=check_stop,
         max_reward_failures=max_reward_failures,
+        seeds=seeds,
     )
     sampled = time.perf_counter()
-    advantages = compute_group_advantages(samples.scores.rewards, config.group_size, config.scale_rewards)
+    local_rewards = samples.scores.rewards
+    step_advantages = compute_group_advantages(world.gather(local_rewards), config.group_size, config.scale_rewards)
+    start = world.offset(local_rewards.shape[0])
+    advantages = step_advantages[start : start + local_rewards.shape[0]]
     # With one update per sample the sampling policy is the current one: its log-probs need no extra pass.
     old, ref = None, None
     if config.num_iterations > 1:
@@ -211,3 +223,32 @@ def collect_rollout(
     if config.beta > 0:
         ref = reference_logprobs(model, samples.batch, config.temperature, config.micro_batch_size)
     return Rollout(samples, advantages, old, ref, sampling_seconds=sampled - started)
+
+
+def gather_scores(world: World, scores: Scores) -> Scores:
+    """The whole step's Scores from each rank's (rows in rank order, so in step order): what one process scoring
+    every completion would hold. Every rank gets the same, so decisions taken from it (too many reward failures)
+    agree."""
+    if world.size == 1:
+        return scores
+    device = scores.rewards.device
+    local = Scores(
+        scores.rewards.cpu(),
+        scores.per_function.cpu(),
+        scores.errors,
+        scores.function_errors,
+        scores.error_messages,
+        scores.outputs,
+    )
+    parts = world.gather_objects(local)
+    return Scores(
+        rewards=torch.cat([part.rewards for part in parts]).to(device),
+        per_function=torch.cat([part.per_function for part in parts]).to(device),
+        errors=sum(part.errors for part in parts),
+        function_errors=[sum(counts) for counts in zip(*(part.function_errors for part in parts), strict=True)],
+        error_messages=[
+            [message for messages in per_rank for message in messages]
+            for per_rank in zip(*(part.error_messages for part in parts), strict=True)
+        ],
+        outputs=["".join(outputs) for outputs in zip(*(part.outputs for part in parts), strict=True)],
+    )

@@ -5,8 +5,9 @@ Shapes: P prompts, G = group_size, N = P x G completions, L = padded prompt leng
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +46,14 @@ class SampleBatch:
             truncated=self.truncated[start:stop],
             group_size=math.gcd(self.group_size, start, stop - start),
         )
+
+
+def prompt_seed(seed: int, step: int, prompt: int) -> int:
+    """The seed of the random stream prompt `prompt` (its index within the step's prompts) of 0-based step `step`
+    samples from (sample_groups' seeds). A function of the three only, so a resumed run re-creates every stream from
+    the step counter, and a prompt samples the same whichever rank of a job takes it."""
+    digest = hashlib.blake2b(f"{seed}/{step}/{prompt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 def micro_batches(completions: int, micro_batch_size: int) -> list[slice]:
@@ -106,8 +115,11 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
 
 
-def next_tokens(logits: torch.Tensor, *, temperature: float, top_p: float, greedy: bool) -> torch.Tensor:
-    """One token per row of logits [R, V]: the argmax, or a draw from softmax(logits / temperature) cut to top_p."""
+def next_tokens(
+    logits: torch.Tensor, *, temperature: float, top_p: float, greedy: bool, uniform: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One token per row of logits [R, V]: the argmax, or a draw from softmax(logits / temperature) cut to top_p.
+    uniform: [R, 1] draws in [0, 1) to sample with (default: fresh ones from torch's global generator)."""
     if greedy:
         return logits.argmax(dim=-1)
     logits = logits.float() if temperature == 1.0 else logits.float() / temperature
@@ -121,7 +133,9 @@ def next_tokens(logits: torch.Tensor, *, temperature: float, top_p: float, greed
     # instead, a cost that shows in every decode step on a CPU (benchmarks/README.md: ablations).
     cdf = probs.cumsum(dim=-1)
     total = cdf[:, -1:]
-    u = torch.minimum(torch.rand_like(total) * total, torch.nextafter(total, torch.zeros_like(total)))
+    if uniform is None:
+        uniform = torch.rand_like(total)
+    u = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))
     tokens = torch.searchsorted(cdf, u, right=True).squeeze(-1)
     return tokens if order is None else order.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
@@ -138,6 +152,7 @@ def sample_groups(
     top_p: float = 1.0,
     greedy: bool = False,
     check_stop: Callable[[], None] | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> SampleBatch:
     """Sample group_size completions for each prompt with the KV cache, stopping when every one has hit EOS.
 
@@ -149,19 +164,24 @@ def sample_groups(
     check_stop, when given, is called before each decoded token; it raises to abandon the sampling (a cancelled
     job stops within one token's forward pass, not at the end of the step). The model's mode and weights are
     restored either way.
+
+    seeds: one per prompt. Prompt i's G rows then draw from a generator of their own seeded with seeds[i] (G
+    uniforms per decoded token, finished rows included), so what a prompt samples depends on its seed and the
+    policy only, not on the other prompts of the batch or their number: a step dealt across ranks samples what
+    one process sampling all its prompts would. None: every row draws from torch's global generator.
     """
     was_training = model.training
     try:
         with adapter_merged(model):
             return _sample(
-                model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p, greedy, check_stop
+                model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p, greedy, check_stop, seeds
             )
     finally:
         model.train(was_training)
 
 
 def _sample(
-    model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p, greedy, check_stop
+    model, tokenizer, prompts, group_size, max_new_tokens, temperature, top_p, greedy, check_stop, seeds
 ) -> SampleBatch:
     model.eval()
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -191,11 +211,19 @@ def _sample(
     completion_ids = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
     eos = torch.tensor(eos_ids, device=device)
+    generators = None
+    if seeds is not None:
+        if len(seeds) != len(prompts):
+            raise ValueError(f"seeds must give one seed per prompt: {len(seeds)} seeds for {len(prompts)} prompts")
+        generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
     length = 0
     for t in range(max_new_tokens):
         if check_stop is not None:
             check_stop()
-        tokens = next_tokens(logits, temperature=temperature, top_p=top_p, greedy=greedy)
+        uniform = None
+        if generators is not None and not greedy:
+            uniform = torch.cat([torch.rand(group_size, 1, generator=g, device=device) for g in generators])
+        tokens = next_tokens(logits, temperature=temperature, top_p=top_p, greedy=greedy, uniform=uniform)
         tokens = tokens.masked_fill(finished, pad_id)
         completion_ids[:, t] = tokens
         finished |= torch.isin(tokens, eos)

@@ -41,12 +41,21 @@ from grpo_core.checkpoint import (
 from grpo_core.config import GRPOConfig, LoraSettings, RewardSpec
 from grpo_core.data import dataset_fields, reward_prompt, rows_for_step
 from grpo_core.device import deterministic_kernels, dtype_name, forked_rng, resolve_device, resolve_dtype
+from grpo_core.distributed import LOCAL, World, prompt_share
 from grpo_core.models import load_base_model
 from grpo_core.packed_linear import pack_frozen_linears
 from grpo_core.reward_process import RewardFailure
 from grpo_core.rewards import is_tenant_reward, resolve_rewards
-from grpo_core.rollout import ResolvedRewards, Rollout, Scores, collect_rollout, sample_and_score, without_dropout
-from grpo_core.sampling import completion_logprobs, micro_batches
+from grpo_core.rollout import (
+    ResolvedRewards,
+    Rollout,
+    Scores,
+    collect_rollout,
+    gather_scores,
+    sample_and_score,
+    without_dropout,
+)
+from grpo_core.sampling import completion_logprobs, micro_batches, prompt_seed
 from grpo_core.sandbox import SandboxLimits, SandboxUnavailable, sandbox_available
 from grpo_core.scoring import RewardScorer
 
@@ -183,7 +192,9 @@ def make_optimizer(model, config: GRPOConfig):
     return optimizer, scheduler
 
 
-def update_policy(model, optimizer, scheduler, rollout: Rollout, config: GRPOConfig) -> list[dict[str, float]]:
+def update_policy(
+    model, optimizer, scheduler, rollout: Rollout, config: GRPOConfig, world: World = LOCAL
+) -> list[dict[str, float]]:
     """config.num_iterations clipped updates on one rollout, the scheduler stepped after each. Returns each
     update's metrics: the loss's (loss, clip fractions, ratio, kl), grad_norm, and the learning rate it used.
 
@@ -198,11 +209,15 @@ def update_policy(model, optimizer, scheduler, rollout: Rollout, config: GRPOCon
     inf there, and inf - inf is NaN) raises NonFiniteUpdate before the optimizer steps. One that leaves non-finite
     weights all the same (a backstop: the config's bounds keep AdamW's decay finite) raises it after: the run ends
     there, so no checkpoint holds them.
-    With num_iterations > 1 the updates before it were applied to the model in memory, likewise never saved."""
+    With num_iterations > 1 the updates before it were applied to the model in memory, likewise never saved.
+
+    world: when the step is dealt across ranks, the normaliser is the whole step's (summed over ranks), each rank's
+    gradient is summed over ranks before clipping, and the loss stats are the step's: every rank then applies the
+    one-pass update, and they stay equal."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
     batch = rollout.batch
-    normaliser = loss_normaliser(batch.completion_mask, config.loss_type, config.max_new_tokens)
+    normaliser = world.sum(loss_normaliser(batch.completion_mask, config.loss_type, config.max_new_tokens))
     chunks = micro_batches(batch.completion_ids.shape[0], config.micro_batch_size)
     updates: list[dict[str, float]] = []
     with without_dropout(model):
@@ -226,6 +241,8 @@ def update_policy(model, optimizer, scheduler, rollout: Rollout, config: GRPOCon
                 output.loss.backward()
                 stats = output.stats if stats is None else stats + output.stats
             assert stats is not None  # a rollout has at least one completion
+            world.sum_gradients(trainable)
+            stats = world.sum_stats(stats)
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm).item()
             if not (math.isfinite(stats.loss) and math.isfinite(grad_norm)):
                 optimizer.zero_grad(set_to_none=True)
@@ -245,12 +262,21 @@ def update_policy(model, optimizer, scheduler, rollout: Rollout, config: GRPOCon
 
 
 def step_metrics(
-    rollout: Rollout, updates: Sequence[dict[str, float]], rewards: ResolvedRewards, step_seconds: float
+    rollout: Rollout,
+    updates: Sequence[dict[str, float]],
+    rewards: ResolvedRewards,
+    step_seconds: float,
+    world: World = LOCAL,
 ) -> dict[str, float]:
     """What a step reports: rewards and advantages of its rollout, the last update's loss figures, completion
-    lengths and timings."""
-    scores, batch = rollout.samples.scores, rollout.batch
-    lengths = batch.completion_mask.sum(dim=1).float()
+    lengths and timings. With several ranks, per-completion values are gathered first, so the figures are the
+    whole step's; the timings are the slowest rank's."""
+    batch = rollout.batch
+    scores = gather_scores(world, rollout.samples.scores)
+    lengths = world.gather(batch.completion_mask.sum(dim=1).float())
+    advantages = world.gather(rollout.advantages)
+    truncated = world.gather(batch.truncated)
+    step_seconds, sampling_seconds = world.max(step_seconds), world.max(rollout.sampling_seconds)
     return {
         "reward_mean": scores.rewards.mean().item(),
         "reward_std": scores.rewards.std().item(),
@@ -258,18 +284,18 @@ def step_metrics(
         "reward_errors": float(scores.errors),
         **{f"reward_errors/{fn.name}": float(scores.function_errors[j]) for j, (fn, _p, _w) in enumerate(rewards)},
         "zero_std_group_fraction": zero_std_group_fraction(scores.rewards, batch.group_size),
-        "advantage_mean": rollout.advantages.mean().item(),
-        "advantage_std": rollout.advantages.std().item(),
-        "advantage_max": rollout.advantages.max().item(),
-        "advantage_min": rollout.advantages.min().item(),
+        "advantage_mean": advantages.mean().item(),
+        "advantage_std": advantages.std().item(),
+        "advantage_max": advantages.max().item(),
+        "advantage_min": advantages.min().item(),
         "kl": 0.0,  # replaced by the loss's figure when beta > 0
         **updates[-1],
         "completion_length_mean": lengths.mean().item(),
         "completion_length_max": lengths.max().item(),
-        "truncated_fraction": batch.truncated.float().mean().item(),
+        "truncated_fraction": truncated.float().mean().item(),
         "step_seconds": step_seconds,
-        "sampling_seconds": rollout.sampling_seconds,
-        "generated_tokens_per_second": lengths.sum().item() / max(rollout.sampling_seconds, 1e-9),
+        "sampling_seconds": sampling_seconds,
+        "generated_tokens_per_second": lengths.sum().item() / max(sampling_seconds, 1e-9),
     }
 
 
@@ -359,6 +385,8 @@ def grpo_step(
     scorer: RewardScorer | None = None,
     check_stop: Callable[[], None] | None = None,
     max_reward_failure_fraction: float = 1.0,
+    seeds: Sequence[int] | None = None,
+    world: World = LOCAL,
 ) -> tuple[dict[str, float], Rollout]:
     """One training step on `rows` (P prompts): collect a rollout (G completions each, scored, advantages, old
     and reference log-probs), update the policy num_iterations times. Returns the step's metrics and its rollout.
@@ -367,9 +395,16 @@ def grpo_step(
     samples failing for one reward raises TooManyRewardFailures before any update (scoring stops at that point:
     the rest of that reward's samples are not scored). check_stop is called during the rollout (each decoded
     token, each reward poll, and once before the update) and raises to abandon the step; the update is never
-    interrupted."""
+    interrupted.
+
+    seeds: one per row, the random stream each prompt samples from (see sample_groups). world: `rows` are this
+    rank's share of the step; rewards, advantages, the failure check, the loss and the metrics are the whole
+    step's (see grpo_core.distributed). check_stop must then not raise: a rank that left the step alone would
+    leave the others waiting in a collective."""
     started = time.perf_counter()
-    max_failures = math.floor(max_reward_failure_fraction * len(rows) * config.group_size)
+    # The whole step's limit on each rank: a rank stops scoring early only when the step as a whole is over it.
+    step_rows = sum(world.gather_objects(len(rows)))
+    max_failures = math.floor(max_reward_failure_fraction * step_rows * config.group_size)
     rollout = collect_rollout(
         model,
         tokenizer,
@@ -379,12 +414,14 @@ def grpo_step(
         scorer=scorer,
         check_stop=check_stop,
         max_reward_failures=max_failures,
+        seeds=seeds,
+        world=world,
     )
-    check_reward_failures(rollout.samples.scores, rewards, max_reward_failure_fraction)
+    check_reward_failures(gather_scores(world, rollout.samples.scores), rewards, max_reward_failure_fraction)
     if check_stop is not None:
         check_stop()
-    updates = update_policy(model, optimizer, scheduler, rollout, config)
-    return step_metrics(rollout, updates, rewards, time.perf_counter() - started), rollout
+    updates = update_policy(model, optimizer, scheduler, rollout, config, world)
+    return step_metrics(rollout, updates, rewards, time.perf_counter() - started, world), rollout
 
 
 @torch.no_grad()
@@ -440,6 +477,16 @@ class GRPOTrainer:
     device: where the run computes (grpo_core.device.resolve_device: auto, cpu, cuda, cuda:N); the base model is
     loaded in config.dtype resolved for it, and every tensor a step makes lives there. A device that is not there
     raises ValueError here, before any model is loaded.
+
+    world: this process's place in a job run on several processes (grpo_core.distributed; LOCAL, the default, is
+    one process). Every rank builds the same trainer and trains: each step's prompts are dealt in contiguous
+    blocks, the G completions of a prompt on one rank, and each prompt samples from a random stream of its own
+    (sampling.prompt_seed of seed, step and its index in the step), so N ranks train what one process would. Only
+    rank 0 calls the callbacks that write (on_step, on_eval, on_checkpoint, on_samples, on_warning), saves
+    checkpoints and evaluates; every rank resumes from the same checkpoint. Every rank reads should_stop and
+    stop_requested, and the ranks agree at the start of each step (any rank asking stops all): with several
+    processes a stop requested mid-step takes effect when the step in progress has finished, since a rank that
+    left a step alone would leave the others waiting in a collective.
     """
 
     def __init__(
@@ -460,9 +507,17 @@ class GRPOTrainer:
         max_reward_failure_fraction: float = 0.5,
         sample_groups_per_step: int = 2,
         device: str | torch.device = "auto",
+        world: World = LOCAL,
     ):
         if not train_rows:
             raise ValueError("the training dataset is empty")
+        if config.processes != world.size:
+            raise ValueError(
+                f"processes is {config.processes} in the config but this trainer is one of {world.size} "
+                "processes (launch the ranks with grpo_core.distributed.run_ranks)"
+            )
+        self.world = world
+        self._stop_seen = False  # a stop requested mid-step on a rank of several, acted on between steps
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.reward_specs = list(rewards)
@@ -483,6 +538,8 @@ class GRPOTrainer:
         self.output_dir = Path(output_dir)
         self.checkpoint_dir = self.output_dir / "checkpoints"
         self.callbacks = list(callbacks)
+        # The callbacks that write: rank 0's only.
+        self.writers = self.callbacks if world.is_main else []
         self.cache_dir = cache_dir
         self.models_file = models_file
         self.reward_timeout_seconds = reward_timeout_seconds
@@ -512,7 +569,7 @@ class GRPOTrainer:
         }
 
     def _warn(self, message: str) -> None:
-        for callback in self.callbacks:
+        for callback in self.writers:
             callback.on_warning(message)
 
     def _resume_point(self) -> Checkpoint | None:
@@ -550,7 +607,10 @@ class GRPOTrainer:
         restore_rng_state(state["rng"], self.device)
         return state["step"]
 
-    def _save(self, step: int) -> Checkpoint:
+    def _save(self, step: int) -> Checkpoint | None:
+        """Rank 0 saves (None on the others: they read the checkpoint folder rank 0 writes)."""
+        if not self.world.is_main:
+            return None
         state = {
             "step": step,
             "optimizer": self.optimizer.state_dict(),
@@ -560,16 +620,19 @@ class GRPOTrainer:
             "run": self._run_settings(),
         }
         checkpoint = save_checkpoint(self.checkpoint_dir, step, self.model, state)
-        for callback in self.callbacks:
+        for callback in self.writers:
             callback.on_checkpoint(checkpoint)
         return checkpoint
 
     def _check_stop(self) -> None:
         if any(callback.stop_requested() for callback in self.callbacks):
+            if self.world.size > 1:
+                self._stop_seen = True  # acted on when the ranks next agree (between steps)
+                return
             raise StepAbandoned("stop requested")
 
     def _evaluate(self, step: int, scorer: RewardScorer) -> None:
-        if not self.eval_rows or self.config.eval_every == 0:
+        if not self.eval_rows or self.config.eval_every == 0 or not self.world.is_main:
             return
         metrics = evaluate(
             self.model,
@@ -580,7 +643,7 @@ class GRPOTrainer:
             scorer=scorer,
             check_stop=self._check_stop,
         )
-        for callback in self.callbacks:
+        for callback in self.writers:
             callback.on_eval(step, metrics)
 
     def train(self, resume: bool = False) -> TrainResult:
@@ -597,7 +660,9 @@ class GRPOTrainer:
         slower kernels for attention's backward, the price of a bit-exact resume."""
         if self.model is None:
             self.setup()
-        remove_partial_checkpoints(self.checkpoint_dir)
+        if self.world.is_main:
+            remove_partial_checkpoints(self.checkpoint_dir)
+        self.world.barrier()
         checkpoint = self._resume_point() if resume else None
         step = self._restore(checkpoint) if checkpoint else 0
         scorer = RewardScorer(
@@ -616,6 +681,9 @@ class GRPOTrainer:
                     self._evaluate(step, scorer)
                 except StepAbandoned:
                     stopped_early = True
+        self.world.barrier()  # rank 0's last checkpoint is on disk
+        if checkpoint is None:
+            checkpoint = list_checkpoints(self.checkpoint_dir)[-1]
         return TrainResult(step, stopped_early, checkpoint.path)
 
     def _run_steps(
@@ -628,17 +696,18 @@ class GRPOTrainer:
             if step == 0:
                 self._evaluate(0, scorer)
             while step < config.max_steps:
-                if any(callback.should_stop() for callback in self.callbacks):
+                stop = self._stop_seen or any(callback.should_stop() for callback in self.callbacks)
+                if self.world.any(stop):
                     return step, checkpoint, True
                 metrics, rollout, rows = self._step(step, scorer)
                 step += 1
-                for callback in self.callbacks:
+                for callback in self.writers:
                     callback.on_step(step, metrics)
-                for message in reward_warnings(rollout.samples.scores, self.rewards):
+                for message in reward_warnings(gather_scores(self.world, rollout.samples.scores), self.rewards):
                     self._warn(f"step {step}: {message}")
                 if self.sample_groups_per_step:
                     samples, outputs = step_samples(rollout, rows, self.rewards, self.sample_groups_per_step)
-                    for callback in self.callbacks:
+                    for callback in self.writers:
                         callback.on_samples(step, samples, outputs)
                 if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.max_steps:
                     checkpoint = self._save(step)
@@ -653,7 +722,9 @@ class GRPOTrainer:
         random draws are undone too, so a run resumed from the last finished step samples what an uninterrupted one
         would have."""
         indices = rows_for_step(len(self.train_rows), step, self.config.prompts_per_step, self.config.seed)
-        rows = [self.train_rows[i] for i in indices]
+        share = prompt_share(len(indices), self.world.size, self.world.rank)
+        rows = [self.train_rows[i] for i in indices[share]]
+        seeds = [prompt_seed(self.config.seed, step, i) for i in range(share.start, share.stop)]
         rng_before = capture_rng_state(self.device)
         try:
             metrics, rollout = grpo_step(
@@ -667,6 +738,8 @@ class GRPOTrainer:
                 scorer=scorer,
                 check_stop=self._check_stop,
                 max_reward_failure_fraction=self.max_reward_failure_fraction,
+                seeds=seeds,
+                world=self.world,
             )
         except StepAbandoned:
             restore_rng_state(rng_before, self.device)

@@ -55,7 +55,7 @@ def reconcile_once() -> list[str]:
                 log.warning("job %s failed: %s", job.id, reason)
             else:
                 jobs_service.set_status(session, job=job, status="queued")
-                to_send.append((job.id, job.hardware))
+                to_send.append((job.id, job.hardware, job.processes))
                 log.warning("job %s lost its worker (attempt %d); queued again", job.id, job.attempt)
         stale_before = now - timedelta(seconds=settings.requeue_queued_after_seconds)
         stale = session.scalars(
@@ -70,10 +70,10 @@ def reconcile_once() -> list[str]:
                 .execution_options(synchronize_session=False)
             ).first()
             if sent is not None:
-                to_send.append((job.id, job.hardware))
-    for job_id, hardware in to_send:  # after the commit, like every send
-        enqueue_job(job_id, hardware)
-    return [job_id for job_id, _hardware in to_send]
+                to_send.append((job.id, job.hardware, job.processes))
+    for job_id, hardware, processes in to_send:  # after the commit, like every send
+        enqueue_job(job_id, hardware, processes)
+    return [job_id for job_id, _hardware, _processes in to_send]
 
 
 class Reconciler(threading.Thread):

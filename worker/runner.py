@@ -20,7 +20,9 @@ samples and the sandbox restarts; the job fails when the sandbox dies GRPO_REWAR
 without scoring, when more than GRPO_REWARD_MAX_FAILURE_FRACTION of one step's samples fail for one reward
 (built-ins too), or at once when this worker cannot sandbox (unless GRPO_REWARD_ALLOW_UNSANDBOXED). Each step
 stores its first GRPO_SAMPLE_GROUPS_PER_STEP groups of samples and what tenant rewards printed. Jobs train on
-GRPO_DEVICE (a CUDA GPU when there is one, by default), in the dtype their hyperparameters ask for.
+GRPO_DEVICE (a CUDA GPU when there is one, by default), in the dtype their hyperparameters ask for. A job whose
+`processes` is above 1 trains on that many ranks this process spawns and supervises (see "a job on several
+processes" below); with several ranks a cancel or shutdown takes effect at the end of the step in progress.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import threading
 import time
 import uuid
 
+import torch
 from sqlalchemy import select
 
 from api import artifacts
@@ -42,6 +45,7 @@ from api.services import jobs as jobs_service
 from api.settings import get_settings
 from grpo_core import GRPOConfig, GRPOTrainer, RewardSpec, TrainerCallback, load_jsonl
 from grpo_core.checkpoint import Checkpoint
+from grpo_core.distributed import LOCAL, RankFailed, World, is_peer_failure, run_ranks
 from grpo_core.rewards import is_tenant_reward
 from grpo_core.sandbox import SandboxUnavailable
 from worker import leases, writes
@@ -165,9 +169,9 @@ def _stopped_early(job_id: str, owner: str) -> str:
             attempt=job.attempt - 1,
             enqueued_at=utcnow(),
         )
-        hardware = job.hardware
+        hardware, processes = job.hardware, job.processes
     try:
-        enqueue_job(job_id, hardware)  # after the commit, like every send
+        enqueue_job(job_id, hardware, processes)  # after the commit, like every send
     except Exception:  # the broker is away: the job is queued in the database, and a reconciler sends it later
         log.warning("job %s: broker unreachable; left queued for the reconciler", job_id, exc_info=True)
     log.info("job %s: this worker is shutting down; checkpointed and queued again", job_id)
@@ -192,7 +196,7 @@ def run_job(job_id: str) -> str:
             return "cancelled"
         if shutting_down.is_set():
             # Taken in this worker's last poll of the broker, after it was told to stop: left for the next worker.
-            enqueue_job(job_id, job.hardware)
+            enqueue_job(job_id, job.hardware, job.processes)
             return "queued"
         attempt = leases.claim_job(
             session,
@@ -223,28 +227,21 @@ def run_job(job_id: str) -> str:
     heartbeat = Heartbeat(job_id, owner, settings.lease_seconds, settings.cancel_poll_seconds)
     heartbeat.start()
     try:
-        trainer = GRPOTrainer(
-            base_model=spec["base_model"],
-            train_rows=load_jsonl(artifacts.dataset_path(spec["train"])),
-            eval_rows=load_jsonl(artifacts.dataset_path(spec["eval"])) if spec["eval"] else (),
-            rewards=spec["rewards"],
-            config=spec["config"],
-            output_dir=artifacts.job_dir(job_id),
-            callbacks=[DatabaseReporter(job_id, owner, heartbeat, group_size=spec["config"].group_size)],
-            cache_dir=settings.model_cache,
-            models_file=settings.models_file,
-            reward_timeout_seconds=settings.reward_timeout_seconds,
-            tenant_rewards=tenant_rewards,
-            sandbox_limits=settings.sandbox_limits(),
-            max_reward_failure_fraction=settings.reward_max_failure_fraction,
-            sample_groups_per_step=settings.sample_groups_per_step,
-            device=settings.device,
-        )
-        result = trainer.train(resume=True)
-        if result.stopped_early:
+        if spec["config"].processes > 1:
+            stopped_early = _train_on_ranks(job_id, owner, heartbeat, spec, tenant_rewards)
+        else:
+            reporter = DatabaseReporter(job_id, owner, heartbeat, group_size=spec["config"].group_size)
+            stopped_early = _make_trainer(job_id, spec, tenant_rewards, [reporter]).train(resume=True).stopped_early
+        if stopped_early:
             return _stopped_early(job_id, owner)
         _finish(job_id, owner, "succeeded")
         return "succeeded"
+    except RankDied as error:
+        log.warning("job %s: %s; the attempt ends and the job is queued again to resume", job_id, error)
+        try:
+            return _hand_to_reconciler(job_id, owner)
+        except LeaseLost:
+            return "lease-lost"
     except LeaseLost:
         log.warning("job %s: lease lost, another attempt owns it; stopping without writing", job_id)
         return "lease-lost"
@@ -259,9 +256,148 @@ def run_job(job_id: str) -> str:
     except Exception as error:
         log.exception("job %s failed", job_id)
         try:
-            _finish(job_id, owner, "failed", f"{type(error).__name__}: {error}")
+            # A rank's error already reads "TypeName: message".
+            reason = str(error) if isinstance(error, RankError) else f"{type(error).__name__}: {error}"
+            _finish(job_id, owner, "failed", reason)
         except LeaseLost:
             return "lease-lost"
         return "failed"
     finally:
         heartbeat.stopped.set()
+
+
+def _make_trainer(
+    job_id: str,
+    spec: dict,
+    tenant_rewards: dict[str, str],
+    callbacks: list[TrainerCallback],
+    world: World = LOCAL,
+    device: str | torch.device | None = None,
+) -> GRPOTrainer:
+    settings = get_settings()
+    return GRPOTrainer(
+        base_model=spec["base_model"],
+        train_rows=load_jsonl(artifacts.dataset_path(spec["train"])),
+        eval_rows=load_jsonl(artifacts.dataset_path(spec["eval"])) if spec["eval"] else (),
+        rewards=spec["rewards"],
+        config=spec["config"],
+        output_dir=artifacts.job_dir(job_id),
+        callbacks=callbacks,
+        cache_dir=settings.model_cache,
+        models_file=settings.models_file,
+        reward_timeout_seconds=settings.reward_timeout_seconds,
+        tenant_rewards=tenant_rewards,
+        sandbox_limits=settings.sandbox_limits(),
+        max_reward_failure_fraction=settings.reward_max_failure_fraction,
+        sample_groups_per_step=settings.sample_groups_per_step,
+        device=settings.device if device is None else device,
+        world=world,
+    )
+
+
+# --- a job on several processes ----------------------------------------------------------------------------------
+# This process supervises: it keeps the lease and reads the cancel flag (Heartbeat) as for a job on one process,
+# and spawns config.processes ranks (grpo_core.distributed.run_ranks), one GPU each on a GPU worker. The ranks learn
+# of a cancel or a shutdown through `stop`, an Event this process sets; rank 0 writes metrics, events and
+# checkpoints under this worker's lease, and sends back how the run ended. A rank that raises sends its error (the
+# job fails with it, as on one process); a rank that dies without a word (killed, out of memory) ends the attempt:
+# its peers are stopped, and the job goes back to the queue to resume from its last checkpoint, counted against
+# GRPO_MAX_ATTEMPTS like a worker that died.
+
+
+class RankDied(RuntimeError):
+    """A rank of a job on several processes died without raising (killed, out of memory)."""
+
+
+class StopFlag(TrainerCallback):
+    """A rank's view of the supervisor's stop request (a cancel, the worker shutting down)."""
+
+    def __init__(self, stop):
+        self.stop = stop
+
+    def should_stop(self) -> bool:
+        return self.stop.is_set()
+
+    def stop_requested(self) -> bool:
+        return self.stop.is_set()
+
+
+class _Flags:
+    """What DatabaseReporter reads from its heartbeat, in a rank: the supervisor's events."""
+
+    def __init__(self, lost, cancelled):
+        self.lost, self.cancelled = lost, cancelled
+
+
+def _rank_train(world: World, device, job_id, owner, spec, tenant_rewards, stop, lost, outcomes) -> None:
+    """One rank of a job (spawned by run_ranks): train, and on rank 0 report how it ended through `outcomes`."""
+    callbacks: list[TrainerCallback] = [StopFlag(stop)]
+    if world.is_main:
+        flags = _Flags(lost, stop)
+        callbacks.append(DatabaseReporter(job_id, owner, flags, group_size=spec["config"].group_size))  # type: ignore[arg-type]
+    try:
+        result = _make_trainer(job_id, spec, tenant_rewards, callbacks, world, device).train(resume=True)
+    except BaseException as error:
+        # A collective that failed because a peer died is that death's echo, not this job's error.
+        if not is_peer_failure(error):
+            outcomes.put(("error", type(error).__name__, str(error)))
+        raise
+    if world.is_main:
+        outcomes.put(("done", result.stopped_early, ""))
+
+
+def _train_on_ranks(job_id: str, owner: str, heartbeat: Heartbeat, spec: dict, tenant_rewards: dict) -> bool:
+    """Run the job on config.processes ranks; returns whether it stopped early. Raises LeaseLost when the lease
+    went (the ranks are killed first), RankDied when a rank died, and a rank's own error when one raised."""
+    import torch.multiprocessing as mp
+
+    from grpo_core.device import resolve_device
+
+    context = mp.get_context("spawn")
+    stop, lost, outcomes = context.Event(), context.Event(), context.SimpleQueue()
+
+    def supervise() -> None:
+        if heartbeat.lost.is_set():
+            lost.set()
+            raise LeaseLost(f"lease on job {job_id} lost")
+        if heartbeat.cancelled.is_set() or shutting_down.is_set():
+            stop.set()
+
+    device = resolve_device(get_settings().device)
+    args = (job_id, owner, spec, tenant_rewards, stop, lost, outcomes)
+    try:
+        run_ranks(_rank_train, args, spec["config"].processes, device=device, poll=supervise)
+    except RankFailed as failure:
+        errors = []
+        while not outcomes.empty():
+            outcome = outcomes.get()
+            if outcome[0] == "error":
+                errors.append(outcome)
+        if not errors:
+            raise RankDied(str(failure)) from None
+        _kind, name, message = errors[0]
+        if name == "LeaseLost":
+            raise LeaseLost(message) from None
+        raise RankError(f"{name}: {message}") from None
+    _kind, stopped_early, _ = outcomes.get()
+    return bool(stopped_early)
+
+
+class RankError(RuntimeError):
+    """A rank of a job on several processes raised: the message is its error's."""
+
+
+def _hand_to_reconciler(job_id: str, owner: str) -> str:
+    """End this attempt as a worker that died would, without waiting for the lease to run out: expire the lease now
+    and let the reconciler queue the job again (or fail it once it has used GRPO_MAX_ATTEMPTS)."""
+    from datetime import timedelta
+
+    from worker.reconciler import reconcile_once
+
+    with session_scope() as session:
+        job = leases.held_job(session, job_id=job_id, owner=owner)
+        job.lease_expires_at = utcnow() - timedelta(seconds=1)
+    reconcile_once()
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        return job.status if job is not None else "missing"

@@ -56,7 +56,7 @@ def create_job(
     session.commit()  # the message goes to the broker only once the row is durable
     if created:
         try:
-            enqueue_job(job.id, job.hardware)
+            enqueue_job(job.id, job.hardware, job.processes)
         except Exception:
             # The job is durable and queued in the database; a worker's reconciler sends it once the broker is
             # back (GRPO_REQUEUE_QUEUED_AFTER_SECONDS). Failing the request would make the client retry for nothing.

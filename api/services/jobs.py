@@ -101,6 +101,7 @@ def _limit_problems(config: GRPOConfig, settings: Settings) -> list[str]:
         ("max_steps", config.max_steps, "max_steps"),
         ("max_new_tokens", config.max_new_tokens, "max_new_tokens"),
         ("lora.r", config.lora.r, "max_lora_rank"),
+        ("processes", config.processes, "max_processes_per_job"),
     ]
     problems = [
         _over(field, value, getattr(settings, setting), setting)

@@ -157,3 +157,33 @@ def test_logprobs_at_a_temperature_are_those_of_the_distribution_the_sampler_dra
     assert model_share[0].item() == pytest.approx(drawn_share, abs=0.04)
     # Without the temperature the same token is much less likely: the scaling is what makes the two agree.
     assert completion_logprobs(model, batch, 1.0)[first == top][0, 0].exp().item() < drawn_share - 0.2
+
+
+def test_with_a_seed_per_prompt_a_prompt_samples_the_same_alone_or_beside_another():
+    from grpo_core.sampling import prompt_seed
+
+    model, tokenizer = load_base_model("tiny-random-llama")
+    first = "<|im_start|>user\nWhat is 1 + 1?<|im_end|>\n<|im_start|>assistant\n"
+    second = "<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n"
+    assert len(tokenizer(first).input_ids) == len(tokenizer(second).input_ids), "no padding: same logits"
+    seeds = [prompt_seed(0, 5, 0), prompt_seed(0, 5, 1)]
+    options = dict(group_size=3, max_new_tokens=8)
+    both = sample_groups(model, tokenizer, [first, second], seeds=seeds, **options)
+    torch.manual_seed(123)  # the global generator plays no part
+    alone = [
+        sample_groups(model, tokenizer, [prompt], seeds=[seed], **options)
+        for prompt, seed in zip([first, second], seeds, strict=True)
+    ]
+    for index, batch in enumerate(alone):
+        length = batch.completion_ids.shape[1]
+        rows = both.completion_ids[index * 3 : index * 3 + 3]
+        assert torch.equal(rows[:, :length], batch.completion_ids)
+        assert both.completion_mask[index * 3 : index * 3 + 3, length:].sum() == 0  # ended where it ended alone
+    # The G rows of a prompt differ (one stream, G draws per token), and other seeds sample otherwise.
+    assert len({tuple(row) for row in both.completion_ids.tolist()}) > 1
+    other = sample_groups(model, tokenizer, [first], seeds=[prompt_seed(0, 6, 0)], **options)
+    assert not torch.equal(other.completion_ids, alone[0].completion_ids)
+    with pytest.raises(ValueError, match="one seed per prompt: 1 seeds for 2 prompts"):
+        sample_groups(model, tokenizer, [first, second], seeds=seeds[:1], **options)
+    # The seed is a function of (seed, step, prompt) alone.
+    assert prompt_seed(0, 5, 0) == seeds[0] != prompt_seed(1, 5, 0)

@@ -121,7 +121,7 @@ def test_an_expired_lease_is_queued_again_and_the_rerun_resumes_from_the_checkpo
 
     sent = []
     monkeypatch.setattr(
-        reconciler, "enqueue_job", lambda job_id, hardware: sent.append(job_id)
+        reconciler, "enqueue_job", lambda job_id, hardware, processes=1: sent.append(job_id)
     )  # the broker is not what this test is about
     tenant_id, dataset_id = tenant_and_dataset
     job_id = make_job(tenant_id, dataset_id, max_steps=4)
@@ -141,7 +141,7 @@ def test_an_expired_lease_is_queued_again_and_the_rerun_resumes_from_the_checkpo
     with pytest.raises(SystemExit):
         run_job(job_id)
     monkeypatch.undo()
-    monkeypatch.setattr(reconciler, "enqueue_job", lambda job_id, hardware: sent.append(job_id))
+    monkeypatch.setattr(reconciler, "enqueue_job", lambda job_id, hardware, processes=1: sent.append(job_id))
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert job.status == "running" and job.step == 3
@@ -166,7 +166,7 @@ def test_an_expired_lease_is_queued_again_and_the_rerun_resumes_from_the_checkpo
 def test_a_job_that_keeps_losing_its_worker_fails_after_max_attempts(tenant_and_dataset, monkeypatch):
     from worker import reconciler
 
-    monkeypatch.setattr(reconciler, "enqueue_job", lambda job_id, hardware: None)
+    monkeypatch.setattr(reconciler, "enqueue_job", lambda job_id, hardware, processes=1: None)
     job_id = make_job(*tenant_and_dataset)
     for attempt in (1, 2, 3):
         with session_scope() as session:
@@ -186,7 +186,7 @@ def test_a_queued_job_whose_message_is_old_is_sent_again_once(tenant_and_dataset
     from worker import reconciler
 
     sent = []
-    monkeypatch.setattr(reconciler, "enqueue_job", lambda job_id, hardware: sent.append(job_id))
+    monkeypatch.setattr(reconciler, "enqueue_job", lambda job_id, hardware, processes=1: sent.append(job_id))
     job_id = make_job(*tenant_and_dataset)
     assert reconciler.reconcile_once() == []  # just sent: leave it
     with session_scope() as session:
@@ -211,7 +211,7 @@ def sent(monkeypatch):
     from worker import runner
 
     sent: list[str] = []
-    monkeypatch.setattr(runner, "enqueue_job", lambda job_id, hardware: sent.append(job_id))
+    monkeypatch.setattr(runner, "enqueue_job", lambda job_id, hardware, processes=1: sent.append(job_id))
     return sent
 
 
@@ -542,3 +542,40 @@ def test_a_job_trains_on_the_device_grpo_device_names(tenant_and_dataset, monkey
     job_id = make_job(*tenant_and_dataset, max_steps=1)
     assert run_job(job_id) == "succeeded"
     assert [str(device) for device in seen] == ["cpu"]
+
+
+def test_a_job_on_two_processes_whose_rank_is_killed_resumes_from_its_checkpoint_and_succeeds(
+    tenant_and_dataset, monkeypatch
+):
+    import multiprocessing
+    import os
+    import signal
+
+    from worker import reconciler
+
+    sent = []
+    monkeypatch.setattr(reconciler, "enqueue_job", lambda job_id, hardware, processes=1: sent.append(job_id))
+    job_id = make_job(*tenant_and_dataset, processes=2, prompts_per_step=2, max_steps=6)
+    outcome = []
+    run = threading.Thread(target=lambda: outcome.append(run_job(job_id)))
+    run.start()
+    while True:  # until rank 0 has recorded step 3 (after the checkpoint at step 2)
+        with session_scope() as session:
+            if session.get(Job, job_id).step >= 3:
+                break
+        time.sleep(0.05)
+    ranks = multiprocessing.active_children()
+    assert len(ranks) == 2
+    os.kill(ranks[-1].pid, signal.SIGKILL)
+    run.join()
+    # The attempt ended, no rank is left, and the job went back to the queue to resume.
+    assert outcome == ["queued"] and sent == [job_id] and multiprocessing.active_children() == []
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job.status == "queued" and job.lease_owner is None and job.attempt == 1
+    assert run_job(job_id) == "succeeded"
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.step, job.attempt) == ("succeeded", 6, 2)
+    metrics, checkpoints = counts(job_id)
+    assert metrics == 6 and checkpoints[-1] == 6 and 2 in checkpoints
