@@ -366,7 +366,9 @@ def test_a_run_in_micro_batches_trains_the_adapter_of_a_run_in_one_pass(tmp_path
     a = load_file(one_pass.adapter_dir / "adapter_model.safetensors")
     b = load_file(chunked.adapter_dir / "adapter_model.safetensors")
     assert any(tensor.abs().max() > 0 for name, tensor in a.items() if "lora_B" in name), "it must have trained"
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    # 1e-5, not the one-update test's 1e-6: AdamW's first updates divide by sqrt(v), so for a gradient element near
+    # zero the chunks' different summation order (about 1e-9) moves the weight by up to about 1e-6 (2.7e-6 measured).
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
 
 
 class StopWithinStep(Recorder):
