@@ -579,3 +579,31 @@ def test_a_job_on_two_processes_whose_rank_is_killed_resumes_from_its_checkpoint
         assert (job.status, job.step, job.attempt) == ("succeeded", 6, 2)
     metrics, checkpoints = counts(job_id)
     assert metrics == 6 and checkpoints[-1] == 6 and 2 in checkpoints
+
+
+def test_a_job_on_two_processes_cancelled_mid_run_stops_every_rank_with_a_checkpoint(tenant_and_dataset, monkeypatch):
+    import multiprocessing
+
+    from api.settings import get_settings
+
+    monkeypatch.setenv("GRPO_CANCEL_POLL_SECONDS", "0.1")
+    get_settings.cache_clear()
+    tenant_id, dataset_id = tenant_and_dataset
+    job_id = make_job(tenant_id, dataset_id, processes=2, prompts_per_step=2, max_steps=50, checkpoint_every=0)
+    outcome = []
+    run = threading.Thread(target=lambda: outcome.append(run_job(job_id)))
+    run.start()
+    while True:  # until rank 0 has recorded a step
+        with session_scope() as session:
+            if session.get(Job, job_id).step >= 1:
+                jobs_service.cancel_job(session, tenant_id=tenant_id, job_id=job_id)
+                break
+        time.sleep(0.05)
+    run.join()
+    assert outcome == ["cancelled"] and multiprocessing.active_children() == []
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job.status == "cancelled" and 1 <= job.step < 50
+        step = job.step
+    # The ranks agreed to stop after the same step, and rank 0 saved it.
+    assert counts(job_id) == (step, [step])
