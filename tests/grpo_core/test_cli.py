@@ -105,3 +105,24 @@ def test_a_reward_that_hangs_stops_the_run_with_its_name_and_the_limit(tmp_path)
     )
     assert done.returncode == 1, done.stderr
     assert "reward 'spinning' did not return within 2 s" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_train_on_two_processes_writes_one_metrics_file_and_resumes_on_one(tmp_path):
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "What is 2 + 2?", "answer": 4}\n')
+    hyperparameters = {**CONFIG["hyperparameters"], "processes": 2, "prompts_per_step": 2}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump({**CONFIG, "hyperparameters": hyperparameters}))
+
+    done = run_grpo("train", "job.yaml", "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    # Rank 0 alone wrote: each step and evaluation once.
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [0, 2, 3]
+    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
+    # processes may change on resume: one process goes on from the two-process run's checkpoint.
+    hyperparameters = {**hyperparameters, "processes": 1, "max_steps": 4}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump({**CONFIG, "hyperparameters": hyperparameters}))
+    resumed = run_grpo("train", "job.yaml", "--resume", "--device", "cpu", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4]
