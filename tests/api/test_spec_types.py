@@ -21,6 +21,8 @@ WRONG_TYPES = [
     ({"max_steps": 10**20}, "hyperparameters.max_steps: Input should be less than or equal to 2147483647"),
     ({"micro_batch_size": 2.5}, "hyperparameters.micro_batch_size: Input should be a valid integer, got 2.5"),
     ({"micro_batch_size": -1}, "hyperparameters.micro_batch_size: Input should be greater than or equal to 0"),
+    ({"processes": 0}, "hyperparameters.processes: Input should be greater than or equal to 1"),
+    ({"processes": "2"}, 'hyperparameters.processes: Input should be a valid integer, got "2"'),
     ({"loss_type": ["grpo"]}, "hyperparameters.loss_type: Input should be 'bnpo', 'dapo', 'dr_grpo' or 'grpo'"),
     ({"dtype": "float16"}, "hyperparameters.dtype: Input should be 'auto', 'bfloat16' or 'float32'"),
     ({"learning_rate": float("inf")}, "hyperparameters.learning_rate: Input should be a finite number, got Infinity"),
