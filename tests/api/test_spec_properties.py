@@ -48,6 +48,7 @@ LIMITS = {
     "prompt_tokens": 400,
     "tokens_per_step": 3000,
     "dataset_rows": 50,
+    "processes_per_job": 1,  # the steps train here in one process
 }
 OPERATOR_LIMIT = {  # hyperparameter -> its limit above
     "group_size": "group_size",
@@ -57,6 +58,7 @@ OPERATOR_LIMIT = {  # hyperparameter -> its limit above
     "max_steps": "steps",
     "lora.r": "lora_rank",
     "max_new_tokens": "new_tokens",
+    "processes": "processes_per_job",
 }
 TRAIN_ROWS = [
     {"prompt": "What is 2 + 3?", "answer": 5, "question": "two plus three"},
