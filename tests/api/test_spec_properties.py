@@ -132,7 +132,9 @@ SMALL = {"group_size": 2, "max_new_tokens": 4, "max_steps": 3, "eval_samples_per
 def hyperparameters(draw):
     spec, lora = dict(SMALL), {"r": 4}
     for name, field in _fields():
-        if draw(st.integers(0, 9)) < 8:  # most fields keep their defaults, so most specs fail on one thing at most
+        if (
+            draw(st.integers(0, 9)) < 9
+        ):  # most fields keep their defaults (1 in 10 changes), so most specs fail on one thing at most
             continue
         inside, edges = _values(name, field)
         kind = draw(st.integers(0, 9))  # inside the range 6 in 10, an edge or past it 3 in 10, a wrong type 1 in 10
@@ -152,7 +154,7 @@ def hyperparameters(draw):
 def rewards(draw):
     number = st.sampled_from([0, 1, -1, 0.5, 1e300, math.inf, math.nan, "1", None, True, 10**20])
     chosen = [{"name": "numeric_answer"}]
-    if draw(st.integers(0, 3)) == 0:
+    if draw(st.integers(0, 5)) == 0:
         chosen[0]["params"] = {
             "field": draw(st.sampled_from(["answer", "question", "prompt", "nope"])),
             "tolerance": draw(number),
