@@ -184,6 +184,11 @@ def rank_device(device: torch.device, rank: int) -> torch.device:
 
 
 def _rank_main(rank: int, target, size: int, port: int, device: torch.device, threads: int, args: tuple) -> None:
+    import signal
+
+    # Ctrl-C in a terminal reaches the whole process group: the supervisor decides how the ranks end (it stops them
+    # after the step in progress, or kills them), so a rank does not die of it half-way through a collective.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if device.type == "cuda":
         torch.cuda.set_device(rank_device(device, rank))
     else:
