@@ -2,6 +2,7 @@
 
 import json
 import math
+import multiprocessing
 import os
 import signal
 
@@ -134,6 +135,4 @@ def _die_as_rank_one(world, device, root):
 def test_a_rank_killed_ends_the_run_with_rank_failed_and_no_rank_left_running(tmp_path):
     with pytest.raises(RankFailed, match="rank 1 of 2 failed: process 1 terminated with signal SIGKILL"):
         run_ranks(_die_as_rank_one, (tmp_path,), 2)
-    import multiprocessing
-
     assert multiprocessing.active_children() == []
