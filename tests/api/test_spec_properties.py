@@ -33,7 +33,7 @@ settings.register_profile(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-settings.register_profile("spec-chaos", parent=settings.get_profile("spec"), max_examples=2000, derandomize=False)
+settings.register_profile("spec-chaos", parent=settings.get_profile("spec"), max_examples=1000, derandomize=False)
 
 # Small operator limits: everything the API accepts trains in well under a second.
 LIMITS = {
