@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from grpo_core import GRPOConfig, GRPOTrainer, LoraSettings, RewardSpec, arithmetic_task
+from grpo_core import GRPOConfig, GRPOTrainer, RewardSpec, arithmetic_task
 from grpo_core.algorithms import compute_policy_loss
 from grpo_core.checkpoint import (
     MANIFEST,
@@ -28,6 +28,7 @@ from grpo_core.device import check_device_name, deterministic_kernels, resolve_d
 from grpo_core.packed_linear import PackedLinear, pack_frozen_linears
 from grpo_core.sampling import completion_logprobs
 from grpo_core.trainer import ResumeMismatch, evaluate, grpo_step
+from tests.grpo_core.test_trainer import tiny_config as trainer_tiny_config
 
 LENGTH_REWARD = [RewardSpec("length_target", params={"target": 60})]
 
@@ -38,16 +39,8 @@ DEVICES = [
 
 
 def tiny_config(**overrides):
-    values = dict(
-        group_size=4,
-        prompts_per_step=2,
-        max_steps=2,
-        max_new_tokens=8,
-        checkpoint_every=0,
-        beta=0.04,  # the reference pass runs too
-        lora=LoraSettings(r=4, alpha=8),
-    )
-    return GRPOConfig(**{**values, **overrides})
+    """test_trainer's tiny config with the reference pass on (beta > 0), so every pass runs on the device."""
+    return trainer_tiny_config(**{"beta": 0.04, **overrides})
 
 
 def make_trainer(tmp_path, config, device, callbacks=(), eval_rows=()):
