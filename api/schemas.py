@@ -7,7 +7,7 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, create_model, field_validator
 
 from grpo_core.config import GRPOConfig, LoraSettings, RewardSpec, declared_kind, field_docs
 
@@ -253,6 +253,7 @@ _KINDS: dict[str, Any] = {
     "float": _FiniteFloat,
     "float | None": _FiniteFloat | None,
     "str": StrictStr,
+    "bool": StrictBool,
     "tuple[str, ...]": list[StrictStr],
 }
 _RANGE_KEYS = ("ge", "gt", "le", "lt", "min_length")

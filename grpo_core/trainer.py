@@ -192,6 +192,15 @@ def make_optimizer(model, config: GRPOConfig):
     return optimizer, scheduler
 
 
+def loss_completion_mask(batch, config: GRPOConfig) -> torch.Tensor:
+    """[N, T]: the completion tokens the loss counts: every completion's, or with mask_truncated_completions only
+    those of completions that ended with EOS (DAPO's overlong filtering: a cut answer is not judged on its
+    ending)."""
+    if not config.mask_truncated_completions:
+        return batch.completion_mask
+    return batch.completion_mask * (~batch.truncated).unsqueeze(1).to(batch.completion_mask.dtype)
+
+
 def update_policy(
     model, optimizer, scheduler, rollout: Rollout, config: GRPOConfig, world: World = LOCAL
 ) -> list[dict[str, float]]:
@@ -217,7 +226,8 @@ def update_policy(
     trainable = [p for p in model.parameters() if p.requires_grad]
     max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
     batch = rollout.batch
-    normaliser = world.sum(loss_normaliser(batch.completion_mask, config.loss_type, config.max_new_tokens))
+    loss_mask = loss_completion_mask(batch, config)
+    normaliser = world.sum(loss_normaliser(loss_mask, config.loss_type, config.max_new_tokens))
     chunks = micro_batches(batch.completion_ids.shape[0], config.micro_batch_size)
     updates: list[dict[str, float]] = []
     with without_dropout(model):
@@ -230,13 +240,14 @@ def update_policy(
                     None if rollout.old_logprobs is None else rollout.old_logprobs[rows],
                     None if rollout.ref_logprobs is None else rollout.ref_logprobs[rows],
                     rollout.advantages[rows],
-                    batch.completion_mask[rows],
+                    loss_mask[rows],
                     epsilon=config.epsilon,
                     epsilon_high=config.epsilon_high,
                     beta=config.beta,
                     loss_type=config.loss_type,
                     max_completion_length=config.max_new_tokens,
                     normaliser=normaliser,
+                    importance_sampling_level=config.importance_sampling_level,
                 )
                 output.loss.backward()
                 stats = output.stats if stats is None else stats + output.stats

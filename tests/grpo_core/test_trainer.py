@@ -171,6 +171,46 @@ def test_each_loss_type_and_reward_scaling_trains_with_a_kl_penalty(tmp_path, lo
     assert all(not torch.equal(params[n], before) for n, before in lora_before.items())
 
 
+def test_gspo_reaches_the_loss_and_trains(tmp_path, monkeypatch):
+    import grpo_core.trainer as trainer_module
+
+    levels = []
+    real = trainer_module.compute_policy_loss
+    monkeypatch.setattr(
+        trainer_module,
+        "compute_policy_loss",
+        lambda *a, **k: levels.append(k["importance_sampling_level"]) or real(*a, **k),
+    )
+    config = tiny_config(importance_sampling_level="sequence", num_iterations=2, learning_rate=1e-2, max_steps=1)
+    trainer = make_trainer(tmp_path, config)
+    trainer.setup()
+    lora_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    params = dict(trainer.model.named_parameters())
+    assert all(not torch.equal(params[n], before) for n, before in lora_before.items())
+    assert levels == ["sequence", "sequence"]
+
+
+def test_masked_truncated_completions_train_nothing_when_every_completion_is_cut(tmp_path):
+    """tiny-random-llama almost never samples EOS in 3 tokens: every completion is truncated, so with
+    mask_truncated_completions the loss has no token and the adapter does not move; without it, it does."""
+    moved = {}
+    for masked in (False, True):
+        recorder = Recorder()
+        config = tiny_config(mask_truncated_completions=masked, max_new_tokens=3, max_steps=1, learning_rate=1e-2)
+        trainer = make_trainer(tmp_path / str(masked), config, [recorder])
+        trainer.setup()
+        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
+        trainer.train()
+        ((_, metrics),) = recorder.steps
+        assert metrics["truncated_fraction"] == 1.0
+        params = dict(trainer.model.named_parameters())
+        moved[masked] = any(not torch.equal(params[n], p) for n, p in before.items())
+        if masked:
+            assert metrics["loss"] == 0.0 and metrics["grad_norm"] == 0.0
+    assert moved == {False: True, True: False}
+
+
 def test_same_seed_repeats_a_run_exactly(tmp_path):
     first = make_trainer(tmp_path / "a", tiny_config()).train()
     second = make_trainer(tmp_path / "b", tiny_config()).train()
