@@ -120,3 +120,26 @@ def test_a_metrics_token_is_required_once_set(service, monkeypatch):
         assert value(scrape(service, {"Authorization": "Bearer scrape-secret"}), "grpo_database_up") == 1
     finally:
         get_settings.cache_clear()
+
+
+def test_the_compose_prometheus_scrapes_the_ports_the_services_serve():
+    from pathlib import Path
+
+    import yaml
+
+    top = Path(__file__).resolve().parents[2]
+    services = yaml.safe_load((top / "docker-compose.yml").read_text())["services"]
+    prometheus = services["prometheus"]
+    config_file = next(
+        v.split(":")[0] for v in prometheus["volumes"] if v.endswith(":/etc/prometheus/prometheus.yml:ro")
+    )
+    jobs = {job["job_name"]: job for job in yaml.safe_load((top / config_file).read_text())["scrape_configs"]}
+
+    api_port = services["api"]["command"][services["api"]["command"].index("--port") + 1]
+    assert jobs["grpo-api"]["static_configs"][0]["targets"] == [f"api:{api_port}"]
+    assert jobs["grpo-api"]["metrics_path"] == "/metrics"
+    workers = [name for name, service in services.items() if service.get("command") == ["grpo", "worker"]]
+    discovery = jobs["grpo-worker"]["dns_sd_configs"][0]
+    assert sorted(discovery["names"]) == sorted(workers) and workers
+    for name in workers:
+        assert int(services[name]["environment"]["GRPO_WORKER_METRICS_PORT"]) == discovery["port"]
