@@ -65,9 +65,8 @@ def route_template(scope: Scope) -> str:
             (r for r in scope["app"].router.routes if r.matches(scope)[0] != Match.NONE),
             None,
         )
-    if route is None:
-        return UNMATCHED
-    return getattr(route, "path", "") or "/"  # a Mount at the root has the path ""
+    # path_format: "/v1/jobs/{job_id}" for a route, "/static/{path}" for a mount (of static files, say).
+    return getattr(route, "path_format", None) or UNMATCHED
 
 
 class RequestMetrics:
