@@ -14,6 +14,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.limits import REWARD_BODY_BYTES, BodySizeLimit, TenantSlots
+from api.metrics import add_metrics
 from api.routes import catalog, datasets, health, jobs, rewards
 from api.services import InvalidInput, NotFound, Unavailable
 from api.services.catalog import model_catalog
@@ -122,6 +123,7 @@ def create_app() -> FastAPI:
         return settings.max_body_kb * 1024
 
     app.add_middleware(BodySizeLimit, limit_for=body_limit)
+    add_metrics(app)  # its timing middleware sits inside HeadAsGet, which hands the app a copy of the scope
     app.add_middleware(HeadAsGet)
     # Open event streams of this process. A slot frees when its job ends or its client leaves, which nothing
     # predicts: a short, fixed wait. (A browser's EventSource does not retry after a 429 at all; it reports an error
