@@ -109,10 +109,16 @@ def compute_group_advantages(rewards: torch.Tensor, group_size: int, scale_rewar
     return scale(grouped, centered).reshape(-1)
 
 
+def zero_std_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[N / group_size] bool: the groups whose rewards are all equal (NaN counting as 0): their advantages are all
+    0, so they carry no learning signal."""
+    grouped = torch.nan_to_num(rewards.float(), nan=0.0).view(-1, group_size)
+    return grouped.std(dim=1) < 1e-8
+
+
 def zero_std_group_fraction(rewards: torch.Tensor, group_size: int) -> float:
     """Fraction of groups whose rewards are all equal: they carry no learning signal."""
-    grouped = torch.nan_to_num(rewards.float(), nan=0.0).view(-1, group_size)
-    return (grouped.std(dim=1) < 1e-8).float().mean().item()
+    return zero_std_groups(rewards, group_size).float().mean().item()
 
 
 # --- loss aggregation -------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from grpo_core.checkpoint import (
     save_checkpoint,
 )
 from grpo_core.config import GRPOConfig, LoraSettings, RewardSpec
-from grpo_core.data import dataset_fields, reward_prompt, rows_for_step
+from grpo_core.data import dataset_fields, extra_rows_for_step, reward_prompt, rows_for_step
 from grpo_core.device import deterministic_kernels, dtype_name, forked_rng, resolve_device, resolve_dtype
 from grpo_core.distributed import LOCAL, World, prompt_share
 from grpo_core.models import load_base_model
@@ -50,6 +50,7 @@ from grpo_core.rollout import (
     ResolvedRewards,
     Rollout,
     Scores,
+    collect_dynamic_rollout,
     collect_rollout,
     gather_scores,
     sample_and_score,
@@ -307,6 +308,7 @@ def step_metrics(
         "step_seconds": step_seconds,
         "sampling_seconds": sampling_seconds,
         "generated_tokens_per_second": lengths.sum().item() / max(sampling_seconds, 1e-9),
+        **(rollout.dynamic.metrics() if rollout.dynamic is not None else {}),
     }
 
 
@@ -398,6 +400,7 @@ def grpo_step(
     max_reward_failure_fraction: float = 1.0,
     seeds: Sequence[int] | None = None,
     world: World = LOCAL,
+    draw_more: Callable[[int], tuple[Sequence[Mapping[str, Any]], Sequence[int]]] | None = None,
 ) -> tuple[dict[str, float], Rollout]:
     """One training step on `rows` (P prompts): collect a rollout (G completions each, scored, advantages, old
     and reference log-probs), update the policy num_iterations times. Returns the step's metrics and its rollout.
@@ -411,23 +414,41 @@ def grpo_step(
     seeds: one per row, the random stream each prompt samples from (see sample_groups). world: `rows` are this
     rank's share of the step; rewards, advantages, the failure check, the loss and the metrics are the whole
     step's (see grpo_core.distributed). check_stop must then not raise: a rank that left the step alone would
-    leave the others waiting in a collective."""
+    leave the others waiting in a collective.
+
+    With config.dynamic_sampling, draw_more(round) gives the rows and seeds of each sampling round after the first
+    (see rollout.collect_dynamic_rollout), and the rollout's groups are the informative ones found; the rollout's
+    `rows` are then the rows it trained on."""
     started = time.perf_counter()
     # The whole step's limit on each rank: a rank stops scoring early only when the step as a whole is over it.
     step_rows = sum(world.gather_objects(len(rows)))
     max_failures = math.floor(max_reward_failure_fraction * step_rows * config.group_size)
-    rollout = collect_rollout(
-        model,
-        tokenizer,
-        rows,
-        rewards,
-        config,
-        scorer=scorer,
-        check_stop=check_stop,
-        max_reward_failures=max_failures,
-        seeds=seeds,
-        world=world,
-    )
+    if config.dynamic_sampling:
+        if draw_more is None:
+            raise ValueError("dynamic_sampling needs draw_more: where the rows of later sampling rounds come from")
+        rollout = collect_dynamic_rollout(
+            model,
+            tokenizer,
+            lambda round_: (rows, seeds) if round_ == 0 else draw_more(round_),
+            rewards,
+            config,
+            scorer=scorer,
+            check_stop=check_stop,
+            max_reward_failures=max_failures,
+        )
+    else:
+        rollout = collect_rollout(
+            model,
+            tokenizer,
+            rows,
+            rewards,
+            config,
+            scorer=scorer,
+            check_stop=check_stop,
+            max_reward_failures=max_failures,
+            seeds=seeds,
+            world=world,
+        )
     check_reward_failures(gather_scores(world, rollout.samples.scores), rewards, max_reward_failure_fraction)
     if check_stop is not None:
         check_stop()
@@ -751,10 +772,19 @@ class GRPOTrainer:
                 max_reward_failure_fraction=self.max_reward_failure_fraction,
                 seeds=seeds,
                 world=self.world,
+                draw_more=lambda round_: self._extra_rows(step, round_),
             )
         except StepAbandoned:
             restore_rng_state(rng_before, self.device)
             raise
         except (NonFiniteUpdate, TooManyRewardFailures) as error:
             raise type(error)(f"step {step + 1}: {error}") from None
-        return metrics, rollout, rows
+        return metrics, rollout, list(rollout.rows)
+
+    def _extra_rows(self, step: int, round_: int) -> tuple[list[Mapping[str, Any]], list[int]]:
+        """Dynamic sampling's rows for round `round_` of 0-based step `step`, and their sampling seeds (prompt
+        indices after the step's own: round x prompts_per_step onwards)."""
+        per_round = self.config.prompts_per_step
+        indices = extra_rows_for_step(len(self.train_rows), step, round_, per_round, self.config.seed)
+        seeds = [prompt_seed(self.config.seed, step, round_ * per_round + i) for i in range(per_round)]
+        return [self.train_rows[i] for i in indices], seeds

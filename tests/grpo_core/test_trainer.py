@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from grpo_core import GRPOConfig, GRPOTrainer, LoraSettings, RewardSpec, TrainerCallback, arithmetic_task
 from grpo_core.algorithms import compute_group_advantages
 from grpo_core.checkpoint import list_checkpoints
-from grpo_core.sandbox import sandbox_available
+from grpo_core.sandbox import SandboxLimits, sandbox_available
 
 # Random weights never write the right sum, so a length reward gives the mixed groups that make a gradient.
 LENGTH_REWARD = [RewardSpec("length_target", params={"target": 60})]
@@ -632,6 +632,72 @@ def reward(prompt, completion, **fields):
     assert all(s["scores"][name] == 1.0 for i, s in enumerate(samples) if i not in failed)
     [warning] = recorder.warnings
     assert warning.startswith(f"step 1: reward '{name}' failed on 2 of 8 samples") and "timed out" in warning
+
+
+# --- dynamic sampling: groups without learning signal are dropped and more prompts drawn -------------------------
+
+# Flat rows score 1 whatever the completion (a group with no learning signal); mixed rows score its length.
+FLAT_OR_MIXED = """
+def reward(prompt, completion, kind):
+    return float(len(completion)) if kind == "mixed" else 1.0
+"""
+FLAT_OR_MIXED_ID = "rwd_" + "d" * 32
+
+
+def dynamic_trainer(tmp_path, rows, callbacks=(), **overrides):
+    config = tiny_config(dynamic_sampling=True, max_sampling_rounds=4, **overrides)
+    return GRPOTrainer(
+        base_model="tiny-random-llama",
+        train_rows=rows,
+        rewards=[RewardSpec(FLAT_OR_MIXED_ID)],
+        config=config,
+        output_dir=tmp_path,
+        callbacks=callbacks,
+        tenant_rewards={FLAT_OR_MIXED_ID: FLAT_OR_MIXED},
+        # The reward's code is the test's own: a plain child process is enough, and faster to start.
+        sandbox_limits=SandboxLimits(allow_unsandboxed=True),
+    )
+
+
+def flat_or_mixed_rows(mixed: int, flat: int) -> list[dict]:
+    return [{"prompt": f"Say something, {i}", "kind": "mixed"} for i in range(mixed)] + [
+        {"prompt": f"Say anything, {i}", "kind": "flat"} for i in range(flat)
+    ]
+
+
+def test_dynamic_sampling_trains_only_on_groups_with_a_learning_signal(tmp_path):
+    recorder = SampleRecorder()
+    dynamic_trainer(tmp_path, flat_or_mixed_rows(mixed=3, flat=9), [recorder], max_steps=3).train()
+    for (step, metrics), (_, samples, _) in zip(recorder.steps, recorder.samples, strict=True):
+        assert metrics["zero_std_group_fraction"] == 0.0, step
+        assert {sample["prompt"].startswith("Say something") for sample in samples} == {True}
+        assert metrics["prompts_drawn"] == 2 * metrics["sampling_rounds"]
+        assert metrics["groups_dropped"] <= metrics["prompts_drawn"] - 2  # the 2 kept were drawn too
+    assert any(metrics["groups_dropped"] > 0 for _, metrics in recorder.steps), "the rows must give flat groups"
+
+
+def test_dynamic_sampling_stops_after_max_rounds_and_trains_on_the_first_round_when_all_are_flat(tmp_path):
+    recorder = SampleRecorder()
+    dynamic_trainer(tmp_path, flat_or_mixed_rows(mixed=0, flat=5), [recorder], max_steps=1).train()
+    ((_, metrics),) = recorder.steps
+    assert metrics["sampling_rounds"] == 4 and metrics["prompts_drawn"] == 8 and metrics["groups_dropped"] == 8
+    assert metrics["zero_std_group_fraction"] == 1.0 and metrics["advantage_max"] == 0.0
+
+
+def test_dynamic_sampling_resumes_exactly(tmp_path):
+    rows = flat_or_mixed_rows(mixed=4, flat=8)
+    straight = dynamic_trainer(tmp_path / "straight", rows, max_steps=4, checkpoint_every=2).train()
+    stopped = dynamic_trainer(tmp_path / "stopped", rows, [Recorder(stop_after=2)], max_steps=4, checkpoint_every=2)
+    assert stopped.train().final_step == 2
+    resumed = dynamic_trainer(tmp_path / "stopped", rows, max_steps=4, checkpoint_every=2).train(resume=True)
+    a = load_file(straight.adapter_dir / "adapter_model.safetensors")
+    b = load_file(resumed.adapter_dir / "adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_dynamic_sampling_is_refused_on_several_processes():
+    with pytest.raises(ValueError, match="dynamic_sampling runs on one process"):
+        tiny_config(dynamic_sampling=True, processes=2)
 
 
 def test_tenant_rewards_are_refused_where_no_sandbox_can_run(tmp_path, monkeypatch):
