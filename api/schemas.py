@@ -46,6 +46,13 @@ def error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[code]} for code in status_codes}
 
 
+def json_error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
+    """error_responses for a route whose own answer is not JSON (the event stream): FastAPI documents a `model`
+    response in the route's media type, so these name the JSON body and its schema outright."""
+    body = {"application/json": {"schema": {"$ref": f"#/components/schemas/{ErrorBody.__name__}"}}}
+    return {code: {"description": ERROR_DESCRIPTIONS[code], "content": body} for code in status_codes}
+
+
 class DatasetPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: str
@@ -207,7 +214,9 @@ class SamplePublic(BaseModel):
     position: int = Field(description="group x group_size + index")
     group: int = Field(description="The prompt's group within the step's stored groups")
     index: int = Field(description="The completion's index within its group")
-    prompt: str | list[Any] = Field(description="The row's prompt or chat messages (long strings cut, with a marker)")
+    prompt: str | list[dict[str, Any]] = Field(
+        description="The row's prompt or chat messages (long strings cut, with a marker)"
+    )
     completion: str
     reward: float | None = Field(description="Weighted sum of the scores; null where it was not finite")
     advantage: float | None
