@@ -46,13 +46,6 @@ def error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[code]} for code in status_codes}
 
 
-def json_error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
-    """error_responses for a route whose own answer is not JSON (the event stream): FastAPI documents a `model`
-    response in the route's media type, so these name the JSON body and its schema outright."""
-    body = {"application/json": {"schema": {"$ref": f"#/components/schemas/{ErrorBody.__name__}"}}}
-    return {code: {"description": ERROR_DESCRIPTIONS[code], "content": body} for code in status_codes}
-
-
 class DatasetPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: str

@@ -98,8 +98,11 @@ def test_a_generated_client_runs_a_tiny_job_and_downloads_its_adapter(running_se
         time.sleep(0.3)
     assert job.progress.step == 2
 
-    # The event stream is typed as text: the whole stream, as the job has ended.
-    events = [line for line in jobs_events.sync(client=client, job_id=job.id).splitlines() if line.startswith("data")]
+    # The stream documents each event (itemSchema), which the generator leaves to the caller: the raw bytes, the
+    # whole stream, as the job has ended.
+    stream = jobs_events.sync_detailed(client=client, job_id=job.id)
+    assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
+    events = [line for line in stream.content.decode().splitlines() if line.startswith("data")]
     assert json.loads(events[-1].removeprefix("data: "))["status"] == "succeeded"
 
     checkpoints = jobs_checkpoints.sync(client=client, job_id=job.id).data
