@@ -26,7 +26,8 @@ def test_operation_ids_are_unique_and_named_tag_then_verb(schema):
     ids = [operation["operationId"] for _, _, operation in operations(schema)]
     assert len(ids) == len(set(ids)), sorted(ids)
     assert [i for i in ids if not OPERATION_ID.match(i)] == []
-    for _, _, operation in operations(schema):
+    for method, path, operation in operations(schema):
+        assert operation.get("tags"), f"{method} {path}: give its router a tag, the operation id's first word"
         assert operation["operationId"].startswith(operation["tags"][0] + "-"), operation["operationId"]
 
     by_route = {(method, path): operation["operationId"] for method, path, operation in operations(schema)}
