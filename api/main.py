@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -36,6 +37,12 @@ def _describe(error: dict) -> str:
         # or path parameter's too).
         message += f", got {json_repr(error['input'])}"
     return message
+
+
+def _operation_id(route: APIRoute) -> str:
+    """`<tag>-<route name>`, such as jobs-create: the method names a generated client gets (FastAPI's own are
+    list_jobs_v1_jobs_get). A route without a tag keeps its name; tests/api/test_openapi.py catches one in the schema."""
+    return f"{route.tags[0]}-{route.name}" if route.tags else route.name
 
 
 def _allowed_methods(request: Request) -> list[str]:
@@ -105,6 +112,7 @@ def create_app() -> FastAPI:
         # No redirect from /v1/jobs/ to /v1/jobs: Starlette builds its Location from the Host header the client
         # sent, so any host could be made to appear there (an open redirect). A path with a stray slash is a 404.
         redirect_slashes=False,
+        generate_unique_id_function=_operation_id,
         description="GRPO fine-tuning jobs with LoRA adapters. Every /v1 call needs `Authorization: Bearer <key>`.",
     )
     for router in (health.router, datasets.router, catalog.router, rewards.router, jobs.router):

@@ -207,7 +207,9 @@ class SamplePublic(BaseModel):
     position: int = Field(description="group x group_size + index")
     group: int = Field(description="The prompt's group within the step's stored groups")
     index: int = Field(description="The completion's index within its group")
-    prompt: str | list[Any] = Field(description="The row's prompt or chat messages (long strings cut, with a marker)")
+    prompt: str | list[dict[str, Any]] = Field(
+        description="The row's prompt or chat messages (long strings cut, with a marker)"
+    )
     completion: str
     reward: float | None = Field(description="Weighted sum of the scores; null where it was not finite")
     advantage: float | None
