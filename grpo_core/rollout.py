@@ -244,6 +244,9 @@ class Rollout:
     sampling_seconds: float
     rows: Sequence[Mapping[str, Any]] = ()  # the rows of its groups, in order
     dynamic: DynamicSampling | None = None  # set when the step sampled with dynamic_sampling
+    # [R] the rewards [rows drawn x G] of each sampling round, in draw order: every group sampled, also those that
+    # dynamic sampling dropped (one round without it). This rank's only.
+    drawn_rewards: Sequence[torch.Tensor] = ()
 
     @property
     def batch(self) -> SampleBatch:
@@ -308,6 +311,7 @@ def collect_dynamic_rollout(
     kept: list[ScoredSamples] = []
     kept_rows: list[Mapping[str, Any]] = []
     first: tuple[ScoredSamples, Sequence[Mapping[str, Any]]] | None = None
+    drawn_rewards: list[torch.Tensor] = []
     drawn = dropped = rounds = 0
     while len(kept_rows) < wanted and rounds < config.max_sampling_rounds:
         rows, seeds = draw(rounds)
@@ -324,6 +328,7 @@ def collect_dynamic_rollout(
             seeds=seeds,
         )
         rounds, drawn = rounds + 1, drawn + len(rows)
+        drawn_rewards.append(samples.scores.rewards)
         first = first or (samples, rows)
         flat = zero_std_groups(samples.scores.rewards, config.group_size).tolist()
         dropped += sum(flat)
@@ -334,7 +339,7 @@ def collect_dynamic_rollout(
     assert first is not None  # max_sampling_rounds >= 1
     samples, rows = (concat_samples(kept), kept_rows) if kept else first
     rollout = rollout_from_samples(model, samples, rows, config, time.perf_counter() - started)
-    return dataclasses.replace(rollout, dynamic=DynamicSampling(drawn, dropped, rounds))
+    return dataclasses.replace(rollout, dynamic=DynamicSampling(drawn, dropped, rounds), drawn_rewards=drawn_rewards)
 
 
 def rollout_from_samples(
@@ -358,7 +363,15 @@ def rollout_from_samples(
         old = sampling_policy_logprobs(model, samples.batch, config.temperature, config.micro_batch_size)
     if config.beta > 0:
         ref = reference_logprobs(model, samples.batch, config.temperature, config.micro_batch_size)
-    return Rollout(samples, advantages, old, ref, sampling_seconds=sampling_seconds, rows=list(rows))
+    return Rollout(
+        samples,
+        advantages,
+        old,
+        ref,
+        sampling_seconds=sampling_seconds,
+        rows=list(rows),
+        drawn_rewards=[local_rewards],
+    )
 
 
 def gather_scores(world: World, scores: Scores) -> Scores:

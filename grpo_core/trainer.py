@@ -83,6 +83,11 @@ class TrainerCallback:
         outputs: reward name -> what it printed during the step (tenant rewards that printed anything). Strings
         are cut at SAMPLE_TEXT_CHARS with a marker."""
 
+    def on_prompt_groups(self, step: int, groups: list[dict[str, Any]]) -> None:
+        """After on_step: every group the step sampled, in draw order (with dynamic_sampling also those it dropped,
+        and those of every round), one dict each: {"row": the row's index in train_rows, "rewards": [G weighted
+        rewards]}. What per-prompt difficulty is built from."""
+
     def should_stop(self) -> bool:
         """Checked between steps: True ends the run cooperatively after saving a checkpoint."""
         return False
@@ -550,6 +555,7 @@ class GRPOTrainer:
             )
         self.world = world
         self._stop_seen = False  # a stop requested mid-step on a rank of several, acted on between steps
+        self._drawn_indices: list[list[int]] = []  # the step's row indices, a list per sampling round
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.reward_specs = list(rewards)
@@ -737,6 +743,9 @@ class GRPOTrainer:
                     callback.on_step(step, metrics)
                 for message in reward_warnings(gather_scores(self.world, rollout.samples.scores), self.rewards):
                     self._warn(f"step {step}: {message}")
+                groups = self._drawn_groups(rollout)
+                for callback in self.writers:
+                    callback.on_prompt_groups(step, groups)
                 if self.sample_groups_per_step:
                     samples, outputs = step_samples(rollout, rows, self.rewards, self.sample_groups_per_step)
                     for callback in self.writers:
@@ -755,6 +764,7 @@ class GRPOTrainer:
         would have."""
         indices = rows_for_step(len(self.train_rows), step, self.config.prompts_per_step, self.config.seed)
         share = prompt_share(len(indices), self.world.size, self.world.rank)
+        self._drawn_indices = [indices[share]]
         rows = [self.train_rows[i] for i in indices[share]]
         seeds = [prompt_seed(self.config.seed, step, i) for i in range(share.start, share.stop)]
         rng_before = capture_rng_state(self.device)
@@ -781,10 +791,22 @@ class GRPOTrainer:
             raise type(error)(f"step {step + 1}: {error}") from None
         return metrics, rollout, list(rollout.rows)
 
+    def _drawn_groups(self, rollout: Rollout) -> list[dict[str, Any]]:
+        """on_prompt_groups' list for the step just taken: each drawn row's index with its group's rewards, over
+        every rank (in rank order, so in step order)."""
+        group_size = self.config.group_size
+        local = [
+            {"row": row, "rewards": rewards}
+            for indices, round_rewards in zip(self._drawn_indices, rollout.drawn_rewards, strict=True)
+            for row, rewards in zip(indices, round_rewards.view(-1, group_size).tolist(), strict=True)
+        ]
+        return [group for part in self.world.gather_objects(local) for group in part]
+
     def _extra_rows(self, step: int, round_: int) -> tuple[list[Mapping[str, Any]], list[int]]:
         """Dynamic sampling's rows for round `round_` of 0-based step `step`, and their sampling seeds (prompt
         indices after the step's own: round x prompts_per_step onwards)."""
         per_round = self.config.prompts_per_step
         indices = extra_rows_for_step(len(self.train_rows), step, round_, per_round, self.config.seed)
+        self._drawn_indices.append(indices)
         seeds = [prompt_seed(self.config.seed, step, round_ * per_round + i) for i in range(per_round)]
         return [self.train_rows[i] for i in indices], seeds

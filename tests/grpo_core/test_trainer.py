@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from grpo_core import GRPOConfig, GRPOTrainer, LoraSettings, RewardSpec, TrainerCallback, arithmetic_task
 from grpo_core.algorithms import compute_group_advantages
 from grpo_core.checkpoint import list_checkpoints
+from grpo_core.data import rows_for_step
 from grpo_core.sandbox import SandboxLimits, sandbox_available
 
 # Random weights never write the right sum, so a length reward gives the mixed groups that make a gradient.
@@ -665,9 +666,39 @@ def flat_or_mixed_rows(mixed: int, flat: int) -> list[dict]:
     ]
 
 
+class GroupRecorder(SampleRecorder):
+    def __init__(self):
+        super().__init__()
+        self.groups = []
+
+    def on_prompt_groups(self, step, groups):
+        assert self.steps[-1][0] == step  # after on_step
+        self.groups.append((step, groups))
+
+
+def test_every_group_a_step_samples_reaches_on_prompt_groups_with_its_row(tmp_path):
+    recorder = GroupRecorder()
+    trainer = make_trainer(tmp_path, tiny_config(max_steps=2), [recorder])
+    trainer.train()
+    for (step, groups), (_, samples, _) in zip(recorder.groups, recorder.samples, strict=True):
+        assert [group["row"] for group in groups] == rows_for_step(len(trainer.train_rows), step - 1, 2, 0)
+        assert all(len(group["rewards"]) == 4 for group in groups)
+        # The samples of the same step hold the same rewards for the same rows.
+        for sample in samples:
+            group = groups[sample["group"]]
+            assert trainer.train_rows[group["row"]]["prompt"] == sample["prompt"]
+            assert group["rewards"][sample["index"]] == pytest.approx(sample["reward"])
+
+
 def test_dynamic_sampling_trains_only_on_groups_with_a_learning_signal(tmp_path):
-    recorder = SampleRecorder()
-    dynamic_trainer(tmp_path, flat_or_mixed_rows(mixed=3, flat=9), [recorder], max_steps=3).train()
+    recorder = GroupRecorder()
+    rows = flat_or_mixed_rows(mixed=3, flat=9)
+    dynamic_trainer(tmp_path, rows, [recorder], max_steps=3).train()
+    for (_, groups), (_, metrics) in zip(recorder.groups, recorder.steps, strict=True):
+        assert len(groups) == metrics["prompts_drawn"]  # the dropped groups too
+        flat = [group for group in groups if len(set(group["rewards"])) == 1]
+        assert len(flat) == metrics["groups_dropped"]
+        assert all(rows[group["row"]]["kind"] == "flat" for group in flat)
     for (step, metrics), (_, samples, _) in zip(recorder.steps, recorder.samples, strict=True):
         assert metrics["zero_std_group_fraction"] == 0.0, step
         assert {sample["prompt"].startswith("Say something") for sample in samples} == {True}
