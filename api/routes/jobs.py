@@ -165,9 +165,7 @@ async def get_samples(
 def _prompts(tenant_id: str, job_id: str, order: PromptOrder, limit: int, offset: int) -> JobPromptsPublic:
     with session_scope() as session:
         job = jobs_service.get_job(session, tenant_id=tenant_id, job_id=job_id)
-        page, count = prompts_service.list_prompt_stats(
-            session, job_id=job.id, order=order, limit=limit, offset=offset
-        )
+        page, count = prompts_service.list_prompt_stats(session, job_id=job.id, order=order, limit=limit, offset=offset)
         dataset_id = job.dataset_id
     return prompts_service.prompts_public(page, count, dataset_id=dataset_id)
 

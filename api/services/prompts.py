@@ -14,7 +14,8 @@ from api.models import PromptStats
 from api.schemas import JobPromptPublic, JobPromptsPublic, PromptOrder
 from grpo_core.data import DatasetError, read_rows, reward_prompt
 
-PROMPT_TEXT_CHARS = 16 * 1024  # as a stored sample's prompt (grpo_core.trainer.SAMPLE_TEXT_CHARS; a test holds them equal)
+# Cut as a stored sample's prompt is (grpo_core.trainer.SAMPLE_TEXT_CHARS; a test holds the two equal).
+PROMPT_TEXT_CHARS = 16 * 1024
 
 _MEAN = PromptStats.reward_sum / func.nullif(PromptStats.reward_count, 0)
 _IMPROVEMENT = PromptStats.last_reward - PromptStats.first_reward
