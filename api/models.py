@@ -198,3 +198,28 @@ class RewardOutput(Base):
 
 
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+class PromptStats(Base):
+    """Per-prompt difficulty: one dataset row's groups over a job's steps (worker/writes.py record_prompt_groups).
+    A group's reward is the mean of its finite rewards (null when none was finite)."""
+
+    __tablename__ = "prompt_stats"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    row: Mapped[int] = mapped_column(Integer, primary_key=True)  # index in the job's training dataset
+    groups: Mapped[int] = mapped_column(Integer)  # times sampled: one group of group_size completions each
+    reward_sum: Mapped[float] = mapped_column()  # of every finite reward of its groups
+    reward_count: Mapped[int] = mapped_column(Integer)  # how many rewards reward_sum adds
+    zero_variance_groups: Mapped[int] = mapped_column(Integer)  # groups whose rewards were all equal
+    first_step: Mapped[int] = mapped_column(Integer)
+    first_reward: Mapped[float | None] = mapped_column()
+    last_step: Mapped[int] = mapped_column(Integer)
+    last_reward: Mapped[float | None] = mapped_column()
+
+
+class PromptStatStep(Base):
+    """A step whose groups are in prompt_stats: the same step run again after a resume adds nothing."""
+
+    __tablename__ = "prompt_stat_steps"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)

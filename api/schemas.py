@@ -385,6 +385,35 @@ class CheckpointsPublic(BaseModel):
     data: list[CheckpointPublic]
 
 
+PROMPT_PAGE = 200  # most prompts in one page of GET /v1/jobs/{id}/prompts (each cut like a sample's)
+PromptOrder = Literal["hardest", "easiest", "most_improved"]
+
+
+class JobPromptPublic(BaseModel):
+    row: int = Field(description="The prompt's row in the job's training dataset (0-based; blank lines not counted)")
+    prompt: str | list[dict[str, Any]] | None = Field(
+        description="The row's prompt or chat messages (long strings cut, with a marker); null when the dataset "
+        "file cannot be read"
+    )
+    times_sampled: int = Field(description="Groups sampled from it (with dynamic_sampling, dropped groups too)")
+    mean_reward: float | None = Field(
+        description="Mean weighted reward of all its completions (finite ones); null when none was finite"
+    )
+    zero_variance_share: float = Field(
+        description="Share of its groups whose rewards were all equal: groups that taught nothing"
+    )
+    first_step: int = Field(description="The step it was first sampled in")
+    first_reward: float | None = Field(description="Mean reward of its group at first sight")
+    latest_step: int = Field(description="The step it was last sampled in")
+    latest_reward: float | None = Field(description="Mean reward of its group at latest sight")
+    improvement: float | None = Field(description="latest_reward - first_reward")
+
+
+class JobPromptsPublic(BaseModel):
+    data: list[JobPromptPublic]
+    count: int = Field(description="Prompts the job has sampled, over all pages")
+
+
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     database: bool | None = None

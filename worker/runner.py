@@ -128,6 +128,11 @@ class DatabaseReporter(TrainerCallback):
                 session, job_id=self.job_id, step=step, samples=samples, outputs=outputs, group_size=self.group_size
             )
 
+    def on_prompt_groups(self, step: int, groups: list[dict]) -> None:
+        with session_scope() as session:
+            leases.held_job(session, job_id=self.job_id, owner=self.owner)
+            writes.record_prompt_groups(session, job_id=self.job_id, step=step, groups=groups)
+
     def on_warning(self, message: str) -> None:
         with session_scope() as session:
             leases.held_job(session, job_id=self.job_id, owner=self.owner)
