@@ -74,6 +74,10 @@ function route() {
 }
 
 window.addEventListener("hashchange", route);
+// A link to the page already shown starts it afresh (an empty form, a reloaded list), as a new page would.
+nav.addEventListener("click", (event) => {
+  if (event.target.matches("a") && event.target.getAttribute("href") === location.hash) route();
+});
 
 function heading(text) {
   const title = h("h1", { tabindex: "-1" }, text);
