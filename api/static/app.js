@@ -180,6 +180,7 @@ async function jobPage(jobId, signal) {
   const chartsArea = h("div", { class: "charts" });
   const checkpointRows = h("tbody", { id: "checkpoints" });
   const samples = samplesSection(jobId, signal);
+  const spec = h("div", { id: "spec" });
   view.append(
     h("div", { class: "summary" }, h("p", {}, "Status: ", status, " · Progress: ", progress, " · ", streamState), cancel),
     error,
@@ -195,7 +196,7 @@ async function jobPage(jobId, signal) {
     ),
     samples.section,
     h("h2", {}, "Spec"),
-    specList(job),
+    spec,
   );
 
   function showJob() {
@@ -204,8 +205,9 @@ async function jobPage(jobId, signal) {
     error.hidden = !job.error;
     error.textContent = job.error || "";
     cancel.disabled = isTerminal(job.status) || job.cancel_requested;
-    if (job.cancel_requested && !isTerminal(job.status)) cancel.textContent = "Cancelling…";
+    cancel.textContent = job.cancel_requested && !isTerminal(job.status) ? "Cancelling…" : "Cancel job";
     samples.setLastStep(job.progress.step);
+    replace(spec, specList(job));
   }
   cancel.addEventListener("click", async () => {
     if (!window.confirm(`Cancel job ${job.id}? Its last checkpoint stays downloadable.`)) return;
@@ -221,6 +223,9 @@ async function jobPage(jobId, signal) {
   showJob();
 
   const charts = new JobCharts(chartsArea);
+  if (!job.eval_dataset_id || !job.hyperparameters.eval_every) {
+    charts.explainEmpty("heldout", "This job has no held-out evaluation: give it a held-out dataset and eval_every > 0.");
+  }
   signal.addEventListener("abort", () => charts.destroy());
   const checkpoints = new Map();
   const addCheckpoint = (checkpoint) => {
@@ -251,7 +256,7 @@ async function jobPage(jobId, signal) {
           showJob();
         }
       } else if (event === "checkpoint") {
-        addCheckpoint({ ...data, created_at: null });
+        (await getJSON(`${path}/checkpoints`, { signal })).data.forEach(addCheckpoint); // with its created_at
       } else if (event === "warning") {
         warnings.append(h("li", {}, data.message));
       } else if (event === "status") {

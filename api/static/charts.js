@@ -21,6 +21,7 @@ class StepChart {
     this.rows = rows; // Map step -> values, shared by every chart of the same kind
     this.names = [];
     this.plot = null;
+    this.emptyText = "No points yet.";
     this.plotArea = h("div", { class: "plot" });
     this.latest = h("p", { class: "latest" });
     this.figure = h(
@@ -44,7 +45,7 @@ class StepChart {
     replace(
       this.latest,
       last === undefined
-        ? "No points yet."
+        ? this.emptyText
         : [`Step ${last}: `, names.map((n, i) => `${i ? ", " : ""}${n} ${formatNumber(this.rows.get(last)[n])}`)],
     );
   }
@@ -60,6 +61,7 @@ class StepChart {
         width: this.width(),
         height: 190,
         scales: { x: { time: false } },
+        legend: { live: false }, // names and colours only; the latest values are written under the chart
         axes: [{ label: "step" }, { size: 60, values: (_u, ticks) => ticks.map(formatNumber) }],
         series: [
           { label: "step" },
@@ -68,7 +70,7 @@ class StepChart {
             stroke: COLORS[i % COLORS.length],
             width: 1.5,
             spanGaps: true,
-            points: { show: sparse },
+            ...(sparse && { points: { show: true } }), // else uPlot's own rule: dots while they are far apart
             value: (_u, v) => formatNumber(v),
           })),
         ],
@@ -120,6 +122,13 @@ export class JobCharts {
       const keys = [...this.keys[kind]];
       this.charts.filter((c) => c.spec.kind === kind).forEach((c) => c.update(keys));
     }
+  }
+
+  /** What the chart says while it has no points, for a chart this job will never fill. */
+  explainEmpty(key, text) {
+    const chart = this.charts.find((c) => c.spec.key === key);
+    chart.emptyText = text;
+    chart.update([...this.keys[chart.spec.kind]]);
   }
 
   destroy() {

@@ -223,6 +223,7 @@ def test_the_dashboard_trains_watches_downloads_and_cancels(running_service, bro
 
     # A second job, cancelled from its page.
     second_id = page.new_job(dataset_id, group_size=2, max_steps=500, checkpoint_every=0, max_new_tokens=8)
+    page.until_text("#job-status", "running")
     page.find("#cancel-job").click()
     driver.switch_to.alert.accept()
     page.until_text("#job-status", "cancelled")
