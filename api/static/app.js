@@ -182,7 +182,7 @@ async function jobPage(jobId, signal) {
   const samples = samplesSection(jobId, signal);
   const spec = h("div", { id: "spec" });
   view.append(
-    h("div", { class: "summary" }, h("p", {}, "Status: ", status, " · Progress: ", progress, " · ", streamState), cancel),
+    h("div", { class: "summary" }, h("p", { "aria-live": "polite" }, "Status: ", status, " · Progress: ", progress, " · ", streamState), cancel),
     error,
     warnings,
     h("h2", {}, "Curves"),

@@ -130,8 +130,8 @@ class Page:
         for path, value in hyperparameters.items():
             self.type(f"#hp-{path.replace('.', '-')}", str(value))
 
-    def status(self) -> str:
-        return self.text_of("#job-status")
+    def job_ids_listed(self) -> list[str]:
+        return [row.get_attribute("data-job-id") for row in self.find_all("table.jobs tr[data-job-id]")]
 
 
 def test_the_dashboard_trains_watches_downloads_and_cancels(running_service, browser, tmp_path, artifacts):
@@ -177,6 +177,7 @@ def test_the_dashboard_trains_watches_downloads_and_cancels(running_service, bro
         max_new_tokens=8,
         eval_every=4,
         eval_samples_per_prompt=2,
+        beta=0.04,  # a reference pass, so the KL curve has something to show
         **{"lora.r": 4},
     )
     # Every value the reward chart's point count takes from here on, and a mark that a reload would wipe.
@@ -188,7 +189,9 @@ def test_the_dashboard_trains_watches_downloads_and_cancels(running_service, bro
           .observe(chart, {attributes: true, attributeFilter: ['data-points'], attributeOldValue: true});"""
     )
     page.until_text("#job-status", "succeeded")
-    counts = driver.execute_script("return window.pointCounts.concat([Number(arguments[0].dataset.points)])", page.find("[data-chart=reward]"))  # fmt: skip
+    counts = driver.execute_script(
+        "return window.pointCounts.concat([Number(arguments[0].dataset.points)])", page.find("[data-chart=reward]")
+    )
     assert driver.execute_script("return window.sameDocument") is True, "the page was reloaded"
     assert counts[-1] == 8 and counts == sorted(counts), counts
     assert len(set(counts)) >= 3, f"the chart should gain points step by step while the job trains: {counts}"
@@ -201,7 +204,8 @@ def test_the_dashboard_trains_watches_downloads_and_cancels(running_service, bro
 
     # The checkpoints appeared as the job saved them; one downloads with the sha256 the page shows.
     page.wait.until(lambda _driver: len(page.find_all("#checkpoints tr[data-step]")) == 4)
-    assert [row.get_attribute("data-step") for row in page.find_all("#checkpoints tr[data-step]")] == ["2", "4", "6", "8"]  # fmt: skip
+    steps = [row.get_attribute("data-step") for row in page.find_all("#checkpoints tr[data-step]")]
+    assert steps == ["2", "4", "6", "8"]
     shown_sha256 = page.text_of('#checkpoints tr[data-step="8"] .sha256')
     page.find('#checkpoints button[data-step="8"]').click()
     page.until_text('#checkpoints tr[data-step="8"] .download-result', "sha256 verified")
@@ -232,15 +236,12 @@ def test_the_dashboard_trains_watches_downloads_and_cancels(running_service, bro
 
     # The jobs list, filtered by status; the finished job's row carries its reward sparkline.
     page.find('nav a[href="#/jobs"]').click()
-    page.wait.until(lambda _driver: len(page.find_all("table.jobs tr[data-job-id]")) == 2)
+    page.wait.until(lambda _driver: len(page.job_ids_listed()) == 2)
     first_row = page.find(f'tr[data-job-id="{job_id}"]')
     assert "succeeded" in first_row.text and "8 / 8" in first_row.text
     assert first_row.find_element("css selector", "svg.sparkline").get_attribute("data-points") == "8"
     page.select("#status-filter", "cancelled")
-    page.wait.until(
-        lambda _driver: [r.get_attribute("data-job-id") for r in page.find_all("table.jobs tr[data-job-id]")]
-        == [second_id]
-    )
+    page.wait.until(lambda _driver: page.job_ids_listed() == [second_id])
     driver.save_screenshot(str(artifacts / "jobs-list.png"))
 
     # Signing out forgets the key.
