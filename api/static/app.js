@@ -495,6 +495,13 @@ async function newJobPage(signal) {
     ...hyperparameterFields(schemas.Hyperparameters, ""),
     ...hyperparameterFields(schemas.LoraHyperparameters, "lora."),
   ];
+  const targetModules = hyperparameters.find((p) => p.path === "lora.target_modules");
+  const showModelDefaults = () => {
+    const model = models.data.find((m) => m.name === modelSelect.value);
+    if (model && targetModules) targetModules.setDefault(model.default_target_modules.join(", "));
+  };
+  modelSelect.addEventListener("change", showModelDefaults);
+  showModelDefaults();
   const generalError = h("div", { id: "form-error", class: "error", role: "alert" });
   const submit = h("button", { type: "submit", id: "submit-job" }, "Create job");
   const form = h(
@@ -598,7 +605,11 @@ function hyperparameterFields(schema, prefix) {
       } else {
         control = h("input", { id, type: "text", value: Array.isArray(fallback) ? fallback.join(", ") : fallback ?? "", spellcheck: "false" });
       }
-      const initial = control.value;
+      let initial = control.value;
+      // A default that depends on another choice (lora.target_modules: the chosen model's) replaces the schema's.
+      const setDefault = (value) => {
+        control.value = initial = value;
+      };
       const read = () => {
         if (control.value === initial) return undefined;
         const text = control.value.trim();
@@ -611,13 +622,13 @@ function hyperparameterFields(schema, prefix) {
         return control.value;
       };
       const range = [
-        "minimum" in typed ? `≥ ${typed.minimum}` : null,
+        "minimum" in typed && typed.minimum > -(2 ** 31) ? `≥ ${typed.minimum}` : null,
         "exclusiveMinimum" in typed ? `> ${typed.exclusiveMinimum}` : null,
         "maximum" in typed && typed.maximum < 2 ** 31 - 1 ? `≤ ${typed.maximum}` : null,
         "exclusiveMaximum" in typed ? `< ${typed.exclusiveMaximum}` : null,
       ].filter(Boolean);
       const help = `${(property.description || "").replace(/\s+/g, " ")}${range.length ? ` (${range.join(", ")})` : ""}`;
-      return { path, control, read, help };
+      return { path, control, read, setDefault, help };
     });
 }
 

@@ -165,6 +165,7 @@ def test_the_dashboard_trains_watches_downloads_and_cancels(running_service, bro
     assert "hyperparameters.group_size" in page.until_text("#hp-group_size-error", "group_size")
     assert page.find("#hp-group_size").get_attribute("aria-invalid") == "true"
     assert "#/new" in driver.current_url
+    driver.save_screenshot(str(artifacts / "new-job-refused.png"))
 
     # A tiny job from the form; its page opens at once, before the worker has trained a step.
     job_id = page.new_job(
