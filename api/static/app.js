@@ -249,6 +249,7 @@ async function jobPage(jobId, signal) {
     signal,
     onState: (state) => { streamState.textContent = { live: "live", reconnecting: "reconnecting…", ended: "finished" }[state]; },
     onEvent: async ({ event, data }) => {
+      streamState.dataset.events = String(Number(streamState.dataset.events || 0) + 1); // read by the browser test
       if (event === "metrics") {
         charts.add(data.kind, data.step, data.values);
         if (data.kind === "train" && data.step > job.progress.step) {

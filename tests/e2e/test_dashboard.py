@@ -7,11 +7,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from grpo_core import arithmetic_task
+from tests.e2e.test_end_to_end import read_events, submit, upload_arithmetic
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -249,3 +254,56 @@ def test_the_dashboard_trains_watches_downloads_and_cancels(running_service, bro
     page.find("#sign-out").click()
     page.until_text("#signin-error", "Signed out")
     assert driver.execute_script("return sessionStorage.length") == 0
+
+
+def start_api(service) -> subprocess.Popen:
+    """Another API process on the service's port, as an operator's restart would start it; returns once ready."""
+    port = service.base_url.rsplit(":", 1)[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "api", "--port", port],
+        env=service.env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(service.base_url + "/readyz", timeout=2).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        assert process.poll() is None and time.monotonic() < deadline, "the API did not start again"
+        time.sleep(0.3)
+
+
+def test_the_job_page_resumes_its_event_stream_after_the_api_restarts(running_service, browser, artifacts):
+    """The page reconnects with Last-Event-ID on its own: across an API restart it receives every event of the job
+    exactly once (a replay from the start would count some twice), and the chart ends complete, without a reload."""
+    driver, _downloads = browser
+    page = Page(driver)
+    client = running_service.client("dashboard-restart")
+    key = client.headers["Authorization"].removeprefix("Bearer ")
+    job_id = submit(client, upload_arithmetic(client), max_steps=24, checkpoint_every=0)
+    driver.get(running_service.base_url + "/")
+    page.sign_in(key)
+    page.until_text("#view h1", "Jobs")
+    driver.get(f"{running_service.base_url}/#/jobs/{job_id}")
+    driver.execute_script("window.sameDocument = true")
+    page.wait.until(lambda _driver: int(page.find("[data-chart=reward]").get_attribute("data-points")) >= 1)
+
+    first_api = running_service.processes[0]
+    first_api.terminate()
+    first_api.wait(timeout=30)
+    page.until_text("#stream-state", "reconnecting")
+    events_before = int(page.find("#stream-state").get_attribute("data-events"))
+    second_api = start_api(running_service)
+    try:
+        page.until_text("#job-status", "succeeded")
+        page.until_text("#stream-state", "finished")
+        assert driver.execute_script("return window.sameDocument") is True, "the page was reloaded"
+        assert page.find("[data-chart=reward]").get_attribute("data-points") == "24"
+        every_event = read_events(client, job_id)
+        assert events_before < len(every_event), "some events should come through the second stream"
+        assert page.find("#stream-state").get_attribute("data-events") == str(len(every_event))
+        driver.save_screenshot(str(artifacts / "job-page-after-restart.png"))
+    finally:
+        second_api.terminate()
+        second_api.wait(timeout=30)
