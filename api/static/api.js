@@ -20,7 +20,9 @@ export class ApiError extends Error {
 
 // Called on any 401: the key was revoked or mistyped; the app signs out and says so.
 let onUnauthorized = () => {};
-export const whenUnauthorized = (handler) => { onUnauthorized = handler; };
+export const whenUnauthorized = (handler) => {
+  onUnauthorized = handler;
+};
 
 function authHeaders(extra = {}) {
   return { Authorization: `Bearer ${getKey()}`, ...extra };
@@ -58,7 +60,14 @@ export const postJSON = async (path, json) => (await request(path, { method: "PO
 const sleep = (ms, signal) =>
   new Promise((resolve) => {
     const timer = setTimeout(resolve, ms);
-    signal?.addEventListener("abort", () => { clearTimeout(timer); resolve(); }, { once: true });
+    signal?.addEventListener(
+      "abort",
+      () => {
+        clearTimeout(timer);
+        resolve();
+      },
+      { once: true },
+    );
   });
 
 /**

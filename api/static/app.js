@@ -1,5 +1,16 @@
 // The dashboard: a single page with hash routes (#/jobs, #/jobs/<id>, #/new), plain modules, no build step.
-import { ApiError, followEvents, forgetKey, getJSON, getKey, isTerminal, postJSON, request, setKey, whenUnauthorized } from "./api.js";
+import {
+  ApiError,
+  followEvents,
+  forgetKey,
+  getJSON,
+  getKey,
+  isTerminal,
+  postJSON,
+  request,
+  setKey,
+  whenUnauthorized,
+} from "./api.js";
 import { JobCharts } from "./charts.js";
 import { formatBytes, formatNumber, formatTime, h, replace, sparkline } from "./dom.js";
 
@@ -74,6 +85,11 @@ function route() {
 }
 
 window.addEventListener("hashchange", route);
+// The skip link moves focus without touching the hash, which holds the route.
+document.querySelector(".skip").addEventListener("click", (event) => {
+  event.preventDefault();
+  document.getElementById("main").focus();
+});
 // A link to the page already shown starts it afresh (an empty form, a reloaded list), as a new page would.
 nav.addEventListener("click", (event) => {
   if (event.target.matches("a") && event.target.getAttribute("href") === location.hash) route();
@@ -98,7 +114,9 @@ async function jobsPage(params, signal) {
     "select",
     {
       id: "status-filter",
-      onchange: (e) => { location.hash = `#/jobs${e.target.value ? `?status=${e.target.value}` : ""}`; },
+      onchange: (e) => {
+        location.hash = `#/jobs${e.target.value ? `?status=${e.target.value}` : ""}`;
+      },
     },
     h("option", { value: "" }, "all"),
     STATUSES.map((s) => h("option", { value: s, selected: s === status }, s)),
@@ -106,11 +124,25 @@ async function jobsPage(params, signal) {
   const body = h("tbody");
   const pager = h("p", { class: "pager" });
   view.append(
-    h("div", { class: "toolbar" }, h("label", { for: "status-filter" }, "Status "), filter, h("a", { class: "button", href: "#/new" }, "New job")),
+    h(
+      "div",
+      { class: "toolbar" },
+      h("label", { for: "status-filter" }, "Status "),
+      filter,
+      h("a", { class: "button", href: "#/new" }, "New job"),
+    ),
     h(
       "table",
       { class: "jobs" },
-      h("thead", {}, h("tr", {}, ["Job", "Status", "Model", "Progress", "Latest reward", "Created"].map((t) => h("th", { scope: "col" }, t)))),
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          ["Job", "Status", "Model", "Progress", "Latest reward", "Created"].map((t) => h("th", { scope: "col" }, t)),
+        ),
+      ),
       body,
     ),
     pager,
@@ -122,8 +154,14 @@ async function jobsPage(params, signal) {
     if (status) query.set("status", status);
     const page = await getJSON(`/v1/jobs?${query}`, { signal });
     await Promise.all(page.data.map((job) => rewardLine(job, sparklines, signal)));
-    replace(body, page.data.length ? page.data.map((job) => jobRow(job, sparklines.get(job.id))) : h("tr", {}, h("td", { colspan: 6 }, "No jobs yet.")));
-    const link = (label, to) => h("a", { href: `#/jobs?${new URLSearchParams({ ...(status && { status }), offset: to })}` }, label);
+    replace(
+      body,
+      page.data.length
+        ? page.data.map((job) => jobRow(job, sparklines.get(job.id)))
+        : h("tr", {}, h("td", { colspan: 6 }, "No jobs yet.")),
+    );
+    const link = (label, to) =>
+      h("a", { href: `#/jobs?${new URLSearchParams({ ...(status && { status }), offset: to })}` }, label);
     replace(
       pager,
       `${page.count ? offset + 1 : 0}–${offset + page.data.length} of ${page.count} `,
@@ -159,8 +197,19 @@ function jobRow(job, line) {
     h("td", {}, h("a", { href: `#/jobs/${job.id}` }, job.id)),
     h("td", {}, statusBadge(job.status)),
     h("td", {}, job.base_model),
-    h("td", {}, h("progress", { max: maxSteps, value: step, "aria-label": `step ${step} of ${maxSteps}` }), ` ${step} / ${maxSteps}`),
-    h("td", { class: "reward" }, latest === undefined ? "–" : formatNumber(latest), " ", line ? sparkline(line.values, { label: `reward_mean over the last ${line.values.length} steps` }) : null),
+    h(
+      "td",
+      {},
+      h("progress", { max: maxSteps, value: step, "aria-label": `step ${step} of ${maxSteps}` }),
+      ` ${step} / ${maxSteps}`,
+    ),
+    h(
+      "td",
+      { class: "reward" },
+      latest === undefined ? "–" : formatNumber(latest),
+      " ",
+      line ? sparkline(line.values, { label: `reward_mean over the last ${line.values.length} steps` }) : null,
+    ),
     h("td", {}, formatTime(job.created_at)),
   );
 }
@@ -182,7 +231,12 @@ async function jobPage(jobId, signal) {
   const samples = samplesSection(jobId, signal);
   const spec = h("div", { id: "spec" });
   view.append(
-    h("div", { class: "summary" }, h("p", { "aria-live": "polite" }, "Status: ", status, " · Progress: ", progress, " · ", streamState), cancel),
+    h(
+      "div",
+      { class: "summary" },
+      h("p", { "aria-live": "polite" }, "Status: ", status, " · Progress: ", progress, " · ", streamState),
+      cancel,
+    ),
     error,
     warnings,
     h("h2", {}, "Curves"),
@@ -191,7 +245,15 @@ async function jobPage(jobId, signal) {
     h(
       "table",
       { class: "checkpoints" },
-      h("thead", {}, h("tr", {}, ["Step", "Size", "sha256", "Created", ""].map((t) => h("th", { scope: "col" }, t)))),
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          ["Step", "Size", "sha256", "Created", ""].map((t) => h("th", { scope: "col" }, t)),
+        ),
+      ),
       checkpointRows,
     ),
     samples.section,
@@ -224,14 +286,20 @@ async function jobPage(jobId, signal) {
 
   const charts = new JobCharts(chartsArea);
   if (!job.eval_dataset_id || !job.hyperparameters.eval_every) {
-    charts.explainEmpty("heldout", "This job has no held-out evaluation: give it a held-out dataset and eval_every > 0.");
+    charts.explainEmpty(
+      "heldout",
+      "This job has no held-out evaluation: give it a held-out dataset and eval_every > 0.",
+    );
   }
   signal.addEventListener("abort", () => charts.destroy());
   const checkpoints = new Map();
   const addCheckpoint = (checkpoint) => {
     if (checkpoints.has(checkpoint.step)) return;
     checkpoints.set(checkpoint.step, checkpoint);
-    replace(checkpointRows, [...checkpoints.values()].sort((a, b) => a.step - b.step).map((c) => checkpointRow(jobId, c)));
+    replace(
+      checkpointRows,
+      [...checkpoints.values()].sort((a, b) => a.step - b.step).map((c) => checkpointRow(jobId, c)),
+    );
   };
 
   // History first, in pages; then the stream, which replays every event from the start (metrics rows are keyed
@@ -247,7 +315,9 @@ async function jobPage(jobId, signal) {
 
   await followEvents(jobId, {
     signal,
-    onState: (state) => { streamState.textContent = { live: "live", reconnecting: "reconnecting…", ended: "finished" }[state]; },
+    onState: (state) => {
+      streamState.textContent = { live: "live", reconnecting: "reconnecting…", ended: "finished" }[state];
+    },
     onEvent: async ({ event, data }) => {
       streamState.dataset.events = String(Number(streamState.dataset.events || 0) + 1); // read by the browser test
       if (event === "metrics") {
@@ -274,14 +344,21 @@ function specList(job) {
     ["Hardware", job.hardware],
     ["Dataset", job.dataset_id],
     ["Held-out dataset", job.eval_dataset_id || "none"],
-    ["Rewards", job.rewards.map((r) => `${r.name} × ${r.weight}${Object.keys(r.params).length ? ` ${JSON.stringify(r.params)}` : ""}`).join("; ")],
+    [
+      "Rewards",
+      job.rewards
+        .map((r) => `${r.name} × ${r.weight}${Object.keys(r.params).length ? ` ${JSON.stringify(r.params)}` : ""}`)
+        .join("; "),
+    ],
     ["Worker", job.worker_host || "–"],
     ["Created", formatTime(job.created_at)],
     ["Started", formatTime(job.started_at)],
     ["Finished", formatTime(job.finished_at)],
   ];
   const flat = (object, prefix = "") =>
-    Object.entries(object).flatMap(([k, v]) => (v && typeof v === "object" && !Array.isArray(v) ? flat(v, `${prefix}${k}.`) : [[`${prefix}${k}`, v]]));
+    Object.entries(object).flatMap(([k, v]) =>
+      v && typeof v === "object" && !Array.isArray(v) ? flat(v, `${prefix}${k}.`) : [[`${prefix}${k}`, v]],
+    );
   const value = (v) => (Array.isArray(v) ? v.join(", ") : v === null ? "null" : String(v));
   return h(
     "dl",
@@ -292,7 +369,11 @@ function specList(job) {
 
 function checkpointRow(jobId, checkpoint) {
   const result = h("span", { class: "download-result", role: "status" });
-  const button = h("button", { type: "button", dataset: { step: checkpoint.step } }, `Download step ${checkpoint.step}`);
+  const button = h(
+    "button",
+    { type: "button", dataset: { step: checkpoint.step } },
+    `Download step ${checkpoint.step}`,
+  );
   button.addEventListener("click", () => download(jobId, checkpoint, button, result));
   return h(
     "tr",
@@ -360,13 +441,26 @@ function samplesSection(jobId, signal) {
   more.addEventListener("click", () => load(false));
   const form = h(
     "form",
-    { class: "inline", onsubmit: (e) => { e.preventDefault(); if (step.value) load(true); } },
+    {
+      class: "inline",
+      onsubmit: (e) => {
+        e.preventDefault();
+        if (step.value) load(true);
+      },
+    },
     h("label", { for: "sample-step" }, "Step "),
     step,
     h("button", { type: "submit" }, "Show samples"),
   );
   return {
-    section: h("section", { "aria-labelledby": "samples-title" }, h("h2", { id: "samples-title" }, "Sampled completions"), form, output, more),
+    section: h(
+      "section",
+      { "aria-labelledby": "samples-title" },
+      h("h2", { id: "samples-title" }, "Sampled completions"),
+      form,
+      output,
+      more,
+    ),
     setLastStep(last) {
       step.max = String(Math.max(1, last));
       if (!step.value && last > 0) step.value = String(last);
@@ -376,7 +470,9 @@ function samplesSection(jobId, signal) {
 
 function promptText(prompt) {
   if (typeof prompt === "string") return prompt;
-  return prompt.map((m) => `${m.role ?? "?"}: ${typeof m.content === "string" ? m.content : JSON.stringify(m.content)}`).join("\n");
+  return prompt
+    .map((m) => `${m.role ?? "?"}: ${typeof m.content === "string" ? m.content : JSON.stringify(m.content)}`)
+    .join("\n");
 }
 
 function renderSamples(page) {
@@ -397,7 +493,15 @@ function renderSamples(page) {
       h(
         "table",
         { class: "samples" },
-        h("thead", {}, h("tr", {}, ["#", "Completion", "Reward", "Advantage", ...names].map((t) => h("th", { scope: "col" }, t)))),
+        h(
+          "thead",
+          {},
+          h(
+            "tr",
+            {},
+            ["#", "Completion", "Reward", "Advantage", ...names].map((t) => h("th", { scope: "col" }, t)),
+          ),
+        ),
         h(
           "tbody",
           {},
@@ -406,7 +510,12 @@ function renderSamples(page) {
               "tr",
               { class: "sample" },
               h("td", {}, s.index),
-              h("td", {}, h("pre", { class: "completion" }, s.completion), Object.entries(s.errors).map(([n, e]) => h("p", { class: "error" }, `${n}: ${e}`))),
+              h(
+                "td",
+                {},
+                h("pre", { class: "completion" }, s.completion),
+                Object.entries(s.errors).map(([n, e]) => h("p", { class: "error" }, `${n}: ${e}`)),
+              ),
               h("td", { class: "num" }, formatNumber(s.reward)),
               h("td", { class: "num" }, formatNumber(s.advantage)),
               names.map((n) => h("td", { class: "num" }, formatNumber(s.scores[n]))),
@@ -417,7 +526,9 @@ function renderSamples(page) {
     );
   });
   const outputs = Object.entries(page.outputs).flatMap(([step, byReward]) =>
-    Object.entries(byReward).map(([reward, text]) => h("details", {}, h("summary", {}, `What ${reward} printed at step ${step}`), h("pre", {}, text))),
+    Object.entries(byReward).map(([reward, text]) =>
+      h("details", {}, h("summary", {}, `What ${reward} printed at step ${step}`), h("pre", {}, text)),
+    ),
   );
   return [...blocks, ...outputs];
 }
@@ -439,16 +550,28 @@ async function newJobPage(signal) {
     const slot = h("p", { class: "field-error", id: `${id}-error`, role: "alert", dataset: { field: path } });
     errorSlots.set(path, { slot, control });
     control.setAttribute("aria-describedby", `${id}-error${help ? ` ${id}-help` : ""}`);
-    return h("div", { class: "field", dataset: { field: path } }, h("label", { for: id }, label), control, help ? h("small", { id: `${id}-help` }, help) : null, slot);
+    return h(
+      "div",
+      { class: "field", dataset: { field: path } },
+      h("label", { for: id }, label),
+      control,
+      help ? h("small", { id: `${id}-help` }, help) : null,
+      slot,
+    );
   };
 
   // Dataset: upload one, or pick one uploaded before.
   const datasetSelect = h("select", { id: "dataset" });
   const evalSelect = h("select", { id: "eval-dataset" });
   const fillDatasets = (list, chosen) => {
-    const option = (d) => h("option", { value: d.id, selected: d.id === chosen }, `${d.name} (${d.rows} rows, ${d.id})`);
+    const option = (d) =>
+      h("option", { value: d.id, selected: d.id === chosen }, `${d.name} (${d.rows} rows, ${d.id})`);
     replace(datasetSelect, h("option", { value: "" }, "— choose or upload —"), list.map(option));
-    replace(evalSelect, h("option", { value: "" }, "none"), list.map((d) => h("option", { value: d.id }, `${d.name} (${d.rows} rows, ${d.id})`)));
+    replace(
+      evalSelect,
+      h("option", { value: "" }, "none"),
+      list.map((d) => h("option", { value: d.id }, `${d.name} (${d.rows} rows, ${d.id})`)),
+    );
   };
   let datasetList = datasets.data;
   fillDatasets(datasetList);
@@ -470,24 +593,72 @@ async function newJobPage(signal) {
       fillDatasets(datasetList, dataset.id);
       uploadResult.textContent = `Uploaded ${dataset.name}: ${dataset.rows} rows, fields ${dataset.fields.join(", ")} (${dataset.id}).`;
     } catch (error) {
-      if (error.status !== 401) uploadResult.textContent = `Upload refused (${error.status}): ${[error.message, ...error.errors].join(" ")}`;
+      if (error.status !== 401)
+        uploadResult.textContent = `Upload refused (${error.status}): ${[error.message, ...error.errors].join(" ")}`;
     } finally {
       upload.disabled = false;
     }
   });
 
-  const modelSelect = h("select", { id: "base-model" }, models.data.map((m) => h("option", { value: m.name }, `${m.name} — ${m.description}`)));
-  const hardware = h("select", { id: "hardware" }, h("option", { value: "" }, "the model's default"), h("option", { value: "cpu" }, "cpu"), h("option", { value: "gpu" }, "gpu"));
+  const modelSelect = h(
+    "select",
+    { id: "base-model" },
+    models.data.map((m) => h("option", { value: m.name }, `${m.name} — ${m.description}`)),
+  );
+  const hardware = h(
+    "select",
+    { id: "hardware" },
+    h("option", { value: "" }, "the model's default"),
+    h("option", { value: "cpu" }, "cpu"),
+    h("option", { value: "gpu" }, "gpu"),
+  );
 
   // Rewards: a checkbox per catalog entry, with its weight and params.
   const rewardControls = rewards.data.map((reward, i) => {
     const name = reward.id || reward.name;
     const use = h("input", { type: "checkbox", id: `reward-${i}`, dataset: { reward: name } });
-    const weight = h("input", { type: "number", id: `reward-${i}-weight`, value: 1, step: "any", "aria-label": `${name} weight` });
-    const params = h("input", { type: "text", id: `reward-${i}-params`, placeholder: "params as JSON, e.g. {}", "aria-label": `${name} params (JSON)`, spellcheck: "false" });
-    return { name, use, weight, params, row: h("tr", {}, h("td", {}, use, " ", h("label", { for: use.id }, reward.name), reward.kind === "uploaded" ? h("small", {}, ` (uploaded, ${reward.id})`) : null), h("td", {}, reward.description), h("td", {}, weight), h("td", {}, params)) };
+    const weight = h("input", {
+      type: "number",
+      id: `reward-${i}-weight`,
+      value: 1,
+      step: "any",
+      "aria-label": `${name} weight`,
+    });
+    const params = h("input", {
+      type: "text",
+      id: `reward-${i}-params`,
+      placeholder: "params as JSON, e.g. {}",
+      "aria-label": `${name} params (JSON)`,
+      spellcheck: "false",
+    });
+    return {
+      name,
+      use,
+      weight,
+      params,
+      row: h(
+        "tr",
+        {},
+        h(
+          "td",
+          {},
+          use,
+          " ",
+          h("label", { for: use.id }, reward.name),
+          reward.kind === "uploaded" ? h("small", {}, ` (uploaded, ${reward.id})`) : null,
+        ),
+        h("td", {}, reward.description),
+        h("td", {}, weight),
+        h("td", {}, params),
+      ),
+    };
   });
-  const rewardSlot = h("p", { class: "field-error", id: "rewards-error", role: "alert", dataset: { field: "rewards" } });
+  const rewardSlot = h("p", {
+    class: "field-error",
+    id: "rewards-error",
+    role: "alert",
+    dataset: { field: "rewards" },
+  });
   errorSlots.set("rewards", { slot: rewardSlot, control: null });
 
   // Hyperparameters: from the OpenAPI schema, which the API generates from the trainer's config (types, ranges,
@@ -508,16 +679,59 @@ async function newJobPage(signal) {
   const form = h(
     "form",
     { id: "new-job", novalidate: true },
-    h("fieldset", {}, h("legend", {}, "Dataset"),
-      h("div", { class: "field" }, h("label", { for: "dataset-file" }, "Upload a JSONL file (one object per line with a prompt or messages)"), file, " ", upload, uploadResult),
+    h(
+      "fieldset",
+      {},
+      h("legend", {}, "Dataset"),
+      h(
+        "div",
+        { class: "field" },
+        h("label", { for: "dataset-file" }, "Upload a JSONL file (one object per line with a prompt or messages)"),
+        file,
+        " ",
+        upload,
+        uploadResult,
+      ),
       field("dataset_id", "Training dataset", datasetSelect),
-      field("eval_dataset_id", "Held-out dataset (optional, with eval_every > 0)", evalSelect)),
-    h("fieldset", {}, h("legend", {}, "Model"), field("base_model", "Base model", modelSelect), field("hardware", "Hardware", hardware)),
-    h("fieldset", {}, h("legend", {}, "Rewards"),
-      h("table", { class: "rewards" }, h("thead", {}, h("tr", {}, ["Reward", "What it scores", "Weight", "Params"].map((t) => h("th", { scope: "col" }, t)))), h("tbody", {}, rewardControls.map((r) => r.row))),
-      rewardSlot),
-    h("fieldset", { class: "hyperparameters" }, h("legend", {}, "Hyperparameters (defaults filled in)"),
-      hyperparameters.map((p) => field(`hyperparameters.${p.path}`, p.path, p.control, p.help))),
+      field("eval_dataset_id", "Held-out dataset (optional, with eval_every > 0)", evalSelect),
+    ),
+    h(
+      "fieldset",
+      {},
+      h("legend", {}, "Model"),
+      field("base_model", "Base model", modelSelect),
+      field("hardware", "Hardware", hardware),
+    ),
+    h(
+      "fieldset",
+      {},
+      h("legend", {}, "Rewards"),
+      h(
+        "table",
+        { class: "rewards" },
+        h(
+          "thead",
+          {},
+          h(
+            "tr",
+            {},
+            ["Reward", "What it scores", "Weight", "Params"].map((t) => h("th", { scope: "col" }, t)),
+          ),
+        ),
+        h(
+          "tbody",
+          {},
+          rewardControls.map((r) => r.row),
+        ),
+      ),
+      rewardSlot,
+    ),
+    h(
+      "fieldset",
+      { class: "hyperparameters" },
+      h("legend", {}, "Hyperparameters (defaults filled in)"),
+      hyperparameters.map((p) => field(`hyperparameters.${p.path}`, p.path, p.control, p.help)),
+    ),
     generalError,
     submit,
   );
@@ -525,7 +739,10 @@ async function newJobPage(signal) {
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    errorSlots.forEach(({ slot, control }) => { slot.textContent = ""; control?.removeAttribute("aria-invalid"); });
+    errorSlots.forEach(({ slot, control }) => {
+      slot.textContent = "";
+      control?.removeAttribute("aria-invalid");
+    });
     generalError.replaceChildren();
     const spec = {
       base_model: modelSelect.value,
@@ -558,7 +775,11 @@ async function newJobPage(signal) {
       const job = await postJSON("/v1/jobs", spec);
       location.hash = `#/jobs/${job.id}`;
     } catch (error) {
-      if (error.status !== 401) showErrors(error.errors.length ? error.errors : [], `The API refused the job (${error.status}): ${error.message}`);
+      if (error.status !== 401)
+        showErrors(
+          error.errors.length ? error.errors : [],
+          `The API refused the job (${error.status}): ${error.message}`,
+        );
     } finally {
       submit.disabled = false;
     }
@@ -571,7 +792,9 @@ async function newJobPage(signal) {
     let first = null;
     for (const problem of problems) {
       const where = problem.split(":")[0].trim();
-      const path = [...errorSlots.keys()].filter((p) => where === p || where.startsWith(`${p}.`)).sort((a, b) => b.length - a.length)[0];
+      const path = [...errorSlots.keys()]
+        .filter((p) => where === p || where.startsWith(`${p}.`))
+        .sort((a, b) => b.length - a.length)[0];
       if (!path) {
         unplaced.push(problem);
         continue;
@@ -581,7 +804,17 @@ async function newJobPage(signal) {
       control?.setAttribute("aria-invalid", "true");
       first ??= control;
     }
-    replace(generalError, h("p", {}, summary), unplaced.length ? h("ul", {}, unplaced.map((p) => h("li", {}, p))) : null);
+    replace(
+      generalError,
+      h("p", {}, summary),
+      unplaced.length
+        ? h(
+            "ul",
+            {},
+            unplaced.map((p) => h("li", {}, p)),
+          )
+        : null,
+    );
     (first || generalError).focus?.();
   }
 }
@@ -600,11 +833,26 @@ function hyperparameterFields(schema, prefix) {
       const id = `hp-${path.replace(".", "-")}`;
       let control;
       if (typed.enum) {
-        control = h("select", { id }, typed.enum.map((v) => h("option", { value: v, selected: v === fallback }, v)));
+        control = h(
+          "select",
+          { id },
+          typed.enum.map((v) => h("option", { value: v, selected: v === fallback }, v)),
+        );
       } else if (typed.type === "integer" || typed.type === "number") {
-        control = h("input", { id, type: "text", inputmode: "decimal", value: fallback ?? "", placeholder: nullable ? "empty: null" : "" });
+        control = h("input", {
+          id,
+          type: "text",
+          inputmode: "decimal",
+          value: fallback ?? "",
+          placeholder: nullable ? "empty: null" : "",
+        });
       } else {
-        control = h("input", { id, type: "text", value: Array.isArray(fallback) ? fallback.join(", ") : fallback ?? "", spellcheck: "false" });
+        control = h("input", {
+          id,
+          type: "text",
+          value: Array.isArray(fallback) ? fallback.join(", ") : (fallback ?? ""),
+          spellcheck: "false",
+        });
       }
       let initial = control.value;
       // A default that depends on another choice (lora.target_modules: the chosen model's) replaces the schema's.
@@ -614,7 +862,11 @@ function hyperparameterFields(schema, prefix) {
       const read = () => {
         if (control.value === initial) return undefined;
         const text = control.value.trim();
-        if (typed.type === "array") return text.split(",").map((s) => s.trim()).filter(Boolean);
+        if (typed.type === "array")
+          return text
+            .split(",")
+            .map((s) => s.trim())
+            .filter(Boolean);
         if (typed.type === "integer" || typed.type === "number") {
           if (text === "" && nullable) return null;
           const number = Number(text);

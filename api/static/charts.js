@@ -7,12 +7,27 @@ const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2"
 // What the worker writes (grpo_core/trainer.py step_metrics, evaluate): train rows every step, eval rows before
 // training (step 0), every eval_every steps and after the last.
 export const CHARTS = [
-  { key: "reward", title: "Reward", kind: "train", names: (keys) => ["reward_mean", ...keys.filter((k) => k.startsWith("reward/")).sort()] },
+  {
+    key: "reward",
+    title: "Reward",
+    kind: "train",
+    names: (keys) => ["reward_mean", ...keys.filter((k) => k.startsWith("reward/")).sort()],
+  },
   { key: "kl", title: "KL to the reference", kind: "train", names: () => ["kl"] },
-  { key: "length", title: "Completion length (tokens)", kind: "train", names: () => ["completion_length_mean", "completion_length_max"] },
+  {
+    key: "length",
+    title: "Completion length (tokens)",
+    kind: "train",
+    names: () => ["completion_length_mean", "completion_length_max"],
+  },
   { key: "clip", title: "Clip fraction", kind: "train", names: () => ["clip_fraction_low", "clip_fraction_high"] },
   { key: "lr", title: "Learning rate", kind: "train", names: () => ["learning_rate"] },
-  { key: "heldout", title: "Held-out reward", kind: "eval", names: (keys) => keys.filter((k) => k.startsWith("eval_reward_")).sort() },
+  {
+    key: "heldout",
+    title: "Held-out reward",
+    kind: "eval",
+    names: (keys) => keys.filter((k) => k.startsWith("eval_reward_")).sort(),
+  },
 ];
 
 class StepChart {
@@ -99,7 +114,10 @@ export class JobCharts {
     this.rows = { train: new Map(), eval: new Map() };
     this.keys = { train: new Set(), eval: new Set() };
     this.charts = CHARTS.map((spec) => new StepChart(spec, this.rows[spec.kind]));
-    replace(container, this.charts.map((c) => c.figure));
+    replace(
+      container,
+      this.charts.map((c) => c.figure),
+    );
     this.resizer = new ResizeObserver(() => this.charts.forEach((c) => c.resize()));
     this.resizer.observe(container);
     this.charts.forEach((c) => c.update([]));

@@ -75,7 +75,12 @@ export function sparkline(values, { width = 96, height = 24, label = "" } = {}) 
   const line = document.createElementNS(svgNS, "polyline");
   line.setAttribute(
     "points",
-    points.map(([i, v]) => `${((i / last) * (width - 2) + 1).toFixed(1)},${(height - 2 - ((v - low) / span) * (height - 4)).toFixed(1)}`).join(" "),
+    points
+      .map(
+        ([i, v]) =>
+          `${((i / last) * (width - 2) + 1).toFixed(1)},${(height - 2 - ((v - low) / span) * (height - 4)).toFixed(1)}`,
+      )
+      .join(" "),
   );
   svg.append(line);
   return svg;
