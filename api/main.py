@@ -9,12 +9,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.dashboard import mount_dashboard
 from api.limits import REWARD_BODY_BYTES, BodySizeLimit, TenantSlots
+from api.metrics import add_metrics
 from api.routes import catalog, datasets, health, jobs, rewards
 from api.services import InvalidInput, NotFound, Unavailable
 from api.services.catalog import model_catalog
@@ -36,6 +38,12 @@ def _describe(error: dict) -> str:
         # or path parameter's too).
         message += f", got {json_repr(error['input'])}"
     return message
+
+
+def _operation_id(route: APIRoute) -> str:
+    """`<tag>-<route name>`, such as jobs-create: the method names a generated client gets (FastAPI's own are
+    list_jobs_v1_jobs_get). A route without a tag keeps its name; tests/api/test_openapi.py catches one in the schema."""
+    return f"{route.tags[0]}-{route.name}" if route.tags else route.name
 
 
 def _allowed_methods(request: Request) -> list[str]:
@@ -105,6 +113,7 @@ def create_app() -> FastAPI:
         # No redirect from /v1/jobs/ to /v1/jobs: Starlette builds its Location from the Host header the client
         # sent, so any host could be made to appear there (an open redirect). A path with a stray slash is a 404.
         redirect_slashes=False,
+        generate_unique_id_function=_operation_id,
         description="GRPO fine-tuning jobs with LoRA adapters. Every /v1 call needs `Authorization: Bearer <key>`.",
     )
     for router in (health.router, datasets.router, catalog.router, rewards.router, jobs.router):
@@ -124,6 +133,7 @@ def create_app() -> FastAPI:
         return settings.max_body_kb * 1024
 
     app.add_middleware(BodySizeLimit, limit_for=body_limit)
+    add_metrics(app)  # its timing middleware sits inside HeadAsGet, which hands the app a copy of the scope
     app.add_middleware(HeadAsGet)
     # Open event streams of this process. A slot frees when its job ends or its client leaves, which nothing
     # predicts: a short, fixed wait. (A browser's EventSource does not retry after a 429 at all; it reports an error

@@ -7,7 +7,7 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, create_model, field_validator
 
 from grpo_core.config import GRPOConfig, LoraSettings, RewardSpec, declared_kind, field_docs
 
@@ -207,7 +207,9 @@ class SamplePublic(BaseModel):
     position: int = Field(description="group x group_size + index")
     group: int = Field(description="The prompt's group within the step's stored groups")
     index: int = Field(description="The completion's index within its group")
-    prompt: str | list[Any] = Field(description="The row's prompt or chat messages (long strings cut, with a marker)")
+    prompt: str | list[dict[str, Any]] = Field(
+        description="The row's prompt or chat messages (long strings cut, with a marker)"
+    )
     completion: str
     reward: float | None = Field(description="Weighted sum of the scores; null where it was not finite")
     advantage: float | None
@@ -253,6 +255,7 @@ _KINDS: dict[str, Any] = {
     "float": _FiniteFloat,
     "float | None": _FiniteFloat | None,
     "str": StrictStr,
+    "bool": StrictBool,
     "tuple[str, ...]": list[StrictStr],
 }
 _RANGE_KEYS = ("ge", "gt", "le", "lt", "min_length")

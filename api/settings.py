@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api.schemas import HARDWARE_CLASSES, MAX_INT
@@ -143,6 +143,17 @@ class Settings(BaseSettings):
         30.0,
         ge=0,
         description="How long an API process trusts a key it has checked before asking the database again (0: every call)",
+    )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="When set (not empty), GET /metrics asks for `Authorization: Bearer <this>`; unset, it is open "
+        "to whoever reaches the API's port (it names every running job's id)",
+    )
+    worker_metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="A worker serves its Prometheus metrics on this port, on every interface (0: not at all)",
     )
     model_cache: Path | None = Field(None, description="Converted base models; default ~/.cache/grpo-service/models")
     device: str = Field(

@@ -3,8 +3,8 @@
 Every function here is pure: tensors in, tensors (and a metrics dict) out. Shapes use
 N = number of completions in the batch (prompts x group_size), T = completion length in tokens.
 
-Variants are registered by name (`@register_reward_scaling`, `@register_loss_aggregation`); an unknown name
-raises a ValueError that lists the valid ones.
+Variants are registered by name (`@register_reward_scaling`, `@register_loss_aggregation`,
+`@register_importance_sampling`); an unknown name raises a ValueError that lists the valid ones.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ ADVANTAGE_EPS = 1e-4
 RewardScaling = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 PartialLossSum = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LossNormaliser = Callable[[torch.Tensor, int], torch.Tensor]
+LogImportanceWeights = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class LossAggregation:
 
 REWARD_SCALINGS: dict[str, RewardScaling] = {}
 LOSS_AGGREGATIONS: dict[str, LossAggregation] = {}
+IMPORTANCE_SAMPLING_LEVELS: dict[str, LogImportanceWeights] = {}
 
 
 def _lookup(registry: dict, name: str, what: str):
@@ -56,6 +58,14 @@ def register_loss_aggregation(name: str, *, normaliser: LossNormaliser):
 
     def decorate(fn: PartialLossSum) -> PartialLossSum:
         LOSS_AGGREGATIONS[name] = LossAggregation(fn, normaliser)
+        return fn
+
+    return decorate
+
+
+def register_importance_sampling(name: str):
+    def decorate(fn: LogImportanceWeights) -> LogImportanceWeights:
+        IMPORTANCE_SAMPLING_LEVELS[name] = fn
         return fn
 
     return decorate
@@ -99,10 +109,16 @@ def compute_group_advantages(rewards: torch.Tensor, group_size: int, scale_rewar
     return scale(grouped, centered).reshape(-1)
 
 
+def zero_std_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[N / group_size] bool: the groups whose rewards are all equal (NaN counting as 0): their advantages are all
+    0, so they carry no learning signal."""
+    grouped = torch.nan_to_num(rewards.float(), nan=0.0).view(-1, group_size)
+    return grouped.std(dim=1) < 1e-8
+
+
 def zero_std_group_fraction(rewards: torch.Tensor, group_size: int) -> float:
     """Fraction of groups whose rewards are all equal: they carry no learning signal."""
-    grouped = torch.nan_to_num(rewards.float(), nan=0.0).view(-1, group_size)
-    return (grouped.std(dim=1) < 1e-8).float().mean().item()
+    return zero_std_groups(rewards, group_size).float().mean().item()
 
 
 # --- loss aggregation -------------------------------------------------------------------------------------------
@@ -114,7 +130,9 @@ def zero_std_group_fraction(rewards: torch.Tensor, group_size: int) -> float:
 
 
 def _sequence_count(mask: torch.Tensor, max_completion_length: int) -> torch.Tensor:
-    return mask.new_tensor(float(mask.shape[0]))
+    # The completions that have a token in the loss: every one, unless mask_truncated_completions took some out
+    # (a completion always keeps at least its first token otherwise). At least 1, as for tokens.
+    return (mask.sum(dim=1) > 0).sum().to(mask.dtype).clamp(min=1.0)
 
 
 def _token_count(mask: torch.Tensor, max_completion_length: int) -> torch.Tensor:
@@ -179,6 +197,31 @@ def aggregate_token_losses(
     if normaliser is None:
         normaliser = aggregation.normaliser(mask, max_completion_length)
     return aggregation.partial_sum(token_loss, mask) / normaliser
+
+
+# --- importance sampling -----------------------------------------------------------------------------------------
+# The ratio rho between the policy being trained and the one that sampled, per token. "token" is GRPO's: each token
+# its own ratio. "sequence" is GSPO's (Zheng et al. 2025): one ratio per completion, the geometric mean of its token
+# ratios, clipped as one.
+
+
+@register_importance_sampling("token")
+def _token_log_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log rho_{i,t} = log pi(y_t) - log pi_old(y_t)."""
+    return logprobs - old_logprobs
+
+
+@register_importance_sampling("sequence")
+def _sequence_log_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """GSPO-token: log s_{i,t} = sg[log s_i] + log pi(y_t) - sg[log pi(y_t)], with log s_i the mean over the
+    completion's tokens of log pi - log pi_old (its length-normalised sequence ratio). Every token of a completion
+    has the value s_i, so the clip acts per sequence, and each token's gradient is s_i times its own log-prob's: the
+    paper's token-level form, whose gradient equals GSPO's when a completion's tokens share one advantage (here
+    always) and the loss averages a completion's tokens (loss_type grpo)."""
+    sequence = ((logprobs - old_logprobs) * mask).sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True).clamp(
+        min=1.0
+    )
+    return sequence.detach() + logprobs - logprobs.detach()
 
 
 # --- the policy loss --------------------------------------------------------------------------------------------
@@ -256,6 +299,7 @@ def compute_policy_loss(
     loss_type: str = "grpo",
     max_completion_length: int | None = None,
     normaliser: torch.Tensor | float | None = None,
+    importance_sampling_level: str = "token",
 ) -> PolicyLossOutput:
     """Clipped surrogate plus beta times the k3 KL to the reference, aggregated over completion tokens.
 
@@ -269,16 +313,18 @@ def compute_policy_loss(
     normaliser: when the N rows are one chunk of a step, loss_normaliser() of the whole step's completion mask:
         the loss is then the chunk's share, and the chunks' losses, gradients and stats add up to the step's.
         None: the N rows are the whole step.
+    importance_sampling_level: "token" (rho = exp(logprobs - old_logprobs) per token) or "sequence" (GSPO: one
+        length-normalised ratio per completion; see _sequence_log_ratio).
 
-    Per token: -min(rho * A, clip(rho, 1 - epsilon, 1 + epsilon_high) * A) + beta * KL, with
-    rho = exp(logprobs - old_logprobs).
+    Per token: -min(rho * A, clip(rho, 1 - epsilon, 1 + epsilon_high) * A) + beta * KL.
     """
+    log_importance_weights = _lookup(IMPORTANCE_SAMPLING_LEVELS, importance_sampling_level, "importance_sampling_level")
     epsilon_high = epsilon if epsilon_high is None else epsilon_high
     if old_logprobs is None:
         old_logprobs = logprobs.detach()
     mask = completion_mask.to(logprobs.dtype)
 
-    ratio = torch.exp(logprobs - old_logprobs)
+    ratio = torch.exp(log_importance_weights(logprobs, old_logprobs, mask))
     clipped_ratio = torch.clamp(ratio, 1.0 - epsilon, 1.0 + epsilon_high)
     adv = advantages.unsqueeze(1)
     token_loss = -torch.min(ratio * adv, clipped_ratio * adv)

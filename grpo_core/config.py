@@ -11,7 +11,7 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
-from grpo_core.spec import LOSS_TYPES, REWARD_SCALINGS
+from grpo_core.spec import IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES, REWARD_SCALINGS
 
 LR_SCHEDULES = ("constant", "cosine")
 DTYPES = ("auto", "bfloat16", "float32")
@@ -101,6 +101,23 @@ class GRPOConfig:
     """How token losses are reduced: grpo (mean per sequence, then over sequences), bnpo, dapo, dr_grpo."""
     scale_rewards: str = field(default="group", metadata={"choices": REWARD_SCALINGS})
     """Advantage normalisation: group (divide by the group's std), batch, or none (Dr. GRPO)."""
+    importance_sampling_level: str = field(default="token", metadata={"choices": IMPORTANCE_SAMPLING_LEVELS})
+    """Where the clipped ratio to the sampling policy is taken: token (GRPO: each token's own ratio) or sequence
+    (GSPO: one ratio per completion, the geometric mean of its token ratios, clipped as one; GSPO's paper clips it
+    far tighter, epsilon about 3e-4 and epsilon_high 4e-4). The ratio differs from 1 only when num_iterations > 1."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling: groups whose completions all got the same reward (no learning signal) are dropped,
+    and more prompts are drawn (prompts_per_step at a time, chosen at random from the dataset by seed and step)
+    until the step has prompts_per_step informative groups or max_sampling_rounds rounds have run; a step still
+    short trains on those it found. The step's metrics say how many prompts were drawn and groups dropped. One
+    process only."""
+    max_sampling_rounds: int = field(default=3, metadata={"ge": 1, "le": 16})
+    """With dynamic_sampling: at most this many sampling rounds per step, the first included, so a task where
+    every group is flat costs at most this many times a step's sampling."""
+    mask_truncated_completions: bool = False
+    """DAPO's overlong filtering: completions that reach max_new_tokens without EOS leave the loss (they still
+    count in their group's reward mean and std). Each loss_type then normalises over the completions left (dr_grpo
+    keeps its constant)."""
     seed: int = 0
     """Seeds LoRA initialisation, data order and sampling: the same seed repeats a run exactly on CPU."""
     dtype: str = field(default="auto", metadata={"choices": DTYPES})
@@ -130,6 +147,11 @@ class GRPOConfig:
         problems = [
             problem for name, spec, value in _declared_fields(self) if (problem := range_problem(name, spec, value))
         ]
+        if not problems and self.dynamic_sampling and self.processes > 1:
+            problems.append(
+                f"dynamic_sampling runs on one process (processes is {self.processes}): its extra sampling rounds "
+                "are decided from the whole step's rewards"
+            )
         if not problems and self.processes > self.prompts_per_step:
             problems.append(
                 f"processes ({self.processes}) must not exceed prompts_per_step ({self.prompts_per_step}): each "
@@ -186,6 +208,7 @@ _KINDS: dict[str, tuple[Any, str]] = {
     "float": (_is_finite_number, "a finite number"),
     "float | None": (lambda v: v is None or _is_finite_number(v), "a finite number or null"),
     "str": (lambda v: isinstance(v, str), "a string"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
     "tuple[str, ...]": (
         lambda v: isinstance(v, tuple) and all(isinstance(item, str) for item in v),
         "a list of strings",

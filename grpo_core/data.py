@@ -249,6 +249,14 @@ def rows_for_step(num_rows: int, step: int, prompts_per_step: int, seed: int) ->
     return indices
 
 
+def extra_rows_for_step(num_rows: int, step: int, round_: int, prompts_per_step: int, seed: int) -> list[int]:
+    """Row indices for dynamic sampling's round `round_` (1, 2, ...) of step `step` (0-based): prompts_per_step rows
+    drawn at random (with replacement) from a stream of the seed, the step and the round only, so a resumed run
+    draws the same, and the rows of later steps do not move."""
+    rng = random.Random(f"dynamic-sampling/{seed}/{step}/{round_}")
+    return [rng.randrange(num_rows) for _ in range(prompts_per_step)]
+
+
 # --- the built-in demo task ---------------------------------------------------------------------------------------
 
 ARITHMETIC_TEMPLATE = "What is {a} + {b}?"

@@ -9,6 +9,7 @@ Shapes: N = P x G completions, T = completion length, F = reward functions.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -17,12 +18,12 @@ from typing import Any
 
 import torch
 
-from grpo_core.algorithms import compute_group_advantages
+from grpo_core.algorithms import compute_group_advantages, zero_std_groups
 from grpo_core.config import GRPOConfig
 from grpo_core.data import render_prompt
 from grpo_core.distributed import LOCAL, World
 from grpo_core.rewards import RewardFunction, is_tenant_reward, score_items
-from grpo_core.sampling import SampleBatch, completion_logprobs, micro_batches, sample_groups
+from grpo_core.sampling import SampleBatch, completion_logprobs, concat_batches, micro_batches, sample_groups
 from grpo_core.scoring import RewardScorer
 
 ResolvedRewards = Sequence[tuple[RewardFunction, Any, float]]
@@ -166,6 +167,74 @@ def sampling_policy_logprobs(model, batch: SampleBatch, temperature: float, micr
         return logprobs_in_chunks(model, batch, temperature, micro_batch_size)
 
 
+def select_groups(samples: ScoredSamples, groups: Sequence[int]) -> ScoredSamples:
+    """The completions of `groups` (indices of prompts in `samples`), in that order, with their scores."""
+    size = samples.batch.group_size
+    rows = [group * size + index for group in groups for index in range(size)]
+    picked = torch.tensor(rows, dtype=torch.long, device=samples.batch.completion_ids.device)
+    batch = samples.batch
+    messages = [[errors[i] for i in rows] for errors in samples.scores.error_messages]
+    counts = [sum(error is not None for error in errors) for errors in messages]
+    return ScoredSamples(
+        batch=SampleBatch(
+            prompt_ids=batch.prompt_ids[picked],
+            prompt_mask=batch.prompt_mask[picked],
+            completion_ids=batch.completion_ids[picked],
+            completion_mask=batch.completion_mask[picked],
+            truncated=batch.truncated[picked],
+            group_size=size,
+        ),
+        completions=[samples.completions[i] for i in rows],
+        scores=Scores(
+            rewards=samples.scores.rewards[picked],
+            per_function=samples.scores.per_function[picked],
+            errors=sum(counts),
+            function_errors=counts,
+            error_messages=messages,
+            outputs=samples.scores.outputs,
+        ),
+    )
+
+
+def concat_samples(parts: Sequence[ScoredSamples]) -> ScoredSamples:
+    """One ScoredSamples of every part's completions, in order (see sampling.concat_batches)."""
+    if len(parts) == 1:
+        return parts[0]
+    scores = [part.scores for part in parts]
+    return ScoredSamples(
+        batch=concat_batches([part.batch for part in parts]),
+        completions=[completion for part in parts for completion in part.completions],
+        scores=Scores(
+            rewards=torch.cat([score.rewards for score in scores]),
+            per_function=torch.cat([score.per_function for score in scores]),
+            errors=sum(score.errors for score in scores),
+            function_errors=[sum(counts) for counts in zip(*(s.function_errors for s in scores), strict=True)],
+            error_messages=[
+                [message for messages in per_part for message in messages]
+                for per_part in zip(*(s.error_messages for s in scores), strict=True)
+            ],
+            outputs=["".join(outputs) for outputs in zip(*(s.outputs for s in scores), strict=True)],
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class DynamicSampling:
+    """What dynamic sampling did in a step: prompts sampled over how many rounds, and how many of their groups
+    were dropped for giving every completion the same reward."""
+
+    prompts_drawn: int
+    groups_dropped: int
+    rounds: int
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "prompts_drawn": float(self.prompts_drawn),
+            "groups_dropped": float(self.groups_dropped),
+            "sampling_rounds": float(self.rounds),
+        }
+
+
 @dataclass(frozen=True)
 class Rollout:
     samples: ScoredSamples
@@ -173,6 +242,11 @@ class Rollout:
     old_logprobs: torch.Tensor | None  # [N, T] sampling policy; None when num_iterations = 1 (it is the current one)
     ref_logprobs: torch.Tensor | None  # [N, T] reference policy; None when beta = 0
     sampling_seconds: float
+    rows: Sequence[Mapping[str, Any]] = ()  # the rows of its groups, in order
+    dynamic: DynamicSampling | None = None  # set when the step sampled with dynamic_sampling
+    # [R] the rewards [rows drawn x G] of each sampling round, in draw order: every group sampled, also those that
+    # dynamic sampling dropped (one round without it). This rank's only.
+    drawn_rewards: Sequence[torch.Tensor] = ()
 
     @property
     def batch(self) -> SampleBatch:
@@ -211,7 +285,74 @@ def collect_rollout(
         max_reward_failures=max_reward_failures,
         seeds=seeds,
     )
-    sampled = time.perf_counter()
+    return rollout_from_samples(model, samples, rows, config, time.perf_counter() - started, world=world)
+
+
+def collect_dynamic_rollout(
+    model,
+    tokenizer,
+    draw: Callable[[int], tuple[Sequence[Mapping[str, Any]], Sequence[int] | None]],
+    rewards: ResolvedRewards,
+    config: GRPOConfig,
+    *,
+    scorer: RewardScorer | None = None,
+    check_stop: Callable[[], None] | None = None,
+    max_reward_failures: int | None = None,
+) -> Rollout:
+    """DAPO's dynamic sampling: a rollout of config.prompts_per_step groups whose rewards are not all equal.
+
+    draw(round) gives the rows (and their sampling seeds) of sampling round `round`: round 0 the step's own
+    prompts, later rounds more. Groups whose rewards are all equal are dropped and rounds go on until the step has
+    prompts_per_step informative groups (the first ones found, in order) or config.max_sampling_rounds rounds have
+    run. A step short of groups after them trains on those it found; one that found none trains on round 0's
+    groups, as a step without dynamic sampling would (their advantages are all 0). One process only."""
+    started = time.perf_counter()
+    wanted = config.prompts_per_step
+    kept: list[ScoredSamples] = []
+    kept_rows: list[Mapping[str, Any]] = []
+    first: tuple[ScoredSamples, Sequence[Mapping[str, Any]]] | None = None
+    drawn_rewards: list[torch.Tensor] = []
+    drawn = dropped = rounds = 0
+    while len(kept_rows) < wanted and rounds < config.max_sampling_rounds:
+        rows, seeds = draw(rounds)
+        samples = sample_and_score(
+            model,
+            tokenizer,
+            rows,
+            rewards,
+            config,
+            group_size=config.group_size,
+            scorer=scorer,
+            check_stop=check_stop,
+            max_reward_failures=max_reward_failures,
+            seeds=seeds,
+        )
+        rounds, drawn = rounds + 1, drawn + len(rows)
+        drawn_rewards.append(samples.scores.rewards)
+        first = first or (samples, rows)
+        flat = zero_std_groups(samples.scores.rewards, config.group_size).tolist()
+        dropped += sum(flat)
+        informative = [group for group, is_flat in enumerate(flat) if not is_flat][: wanted - len(kept_rows)]
+        if informative:
+            kept.append(select_groups(samples, informative))
+            kept_rows += [rows[group] for group in informative]
+    assert first is not None  # max_sampling_rounds >= 1
+    samples, rows = (concat_samples(kept), kept_rows) if kept else first
+    rollout = rollout_from_samples(model, samples, rows, config, time.perf_counter() - started)
+    return dataclasses.replace(rollout, dynamic=DynamicSampling(drawn, dropped, rounds), drawn_rewards=drawn_rewards)
+
+
+def rollout_from_samples(
+    model,
+    samples: ScoredSamples,
+    rows: Sequence[Mapping[str, Any]],
+    config: GRPOConfig,
+    sampling_seconds: float,
+    *,
+    world: World = LOCAL,
+) -> Rollout:
+    """The rest of a rollout once its completions are sampled and scored: advantages (over the whole step's
+    rewards, gathered across ranks) and the log-probs the update compares against."""
     local_rewards = samples.scores.rewards
     step_advantages = compute_group_advantages(world.gather(local_rewards), config.group_size, config.scale_rewards)
     start = world.offset(local_rewards.shape[0])
@@ -222,7 +363,15 @@ def collect_rollout(
         old = sampling_policy_logprobs(model, samples.batch, config.temperature, config.micro_batch_size)
     if config.beta > 0:
         ref = reference_logprobs(model, samples.batch, config.temperature, config.micro_batch_size)
-    return Rollout(samples, advantages, old, ref, sampling_seconds=sampled - started)
+    return Rollout(
+        samples,
+        advantages,
+        old,
+        ref,
+        sampling_seconds=sampling_seconds,
+        rows=list(rows),
+        drawn_rewards=[local_rewards],
+    )
 
 
 def gather_scores(world: World, scores: Scores) -> Scores:

@@ -48,6 +48,27 @@ class SampleBatch:
         )
 
 
+def concat_batches(batches: Sequence[SampleBatch], pad_id: int = 0) -> SampleBatch:
+    """One batch of every row of `batches` (which share a group_size), in order. Prompts are left-padded and
+    completions right-padded to the longest, with `pad_id` under a mask of 0: positions come from the masks, so
+    each row computes exactly as it did in its own batch."""
+    prompt_length = max(batch.prompt_ids.shape[1] for batch in batches)
+    completion_length = max(batch.completion_ids.shape[1] for batch in batches)
+
+    def pad(tensor: torch.Tensor, length: int, value: int, left: bool) -> torch.Tensor:
+        missing = length - tensor.shape[1]
+        return torch.nn.functional.pad(tensor, (missing, 0) if left else (0, missing), value=value)
+
+    return SampleBatch(
+        prompt_ids=torch.cat([pad(b.prompt_ids, prompt_length, pad_id, left=True) for b in batches]),
+        prompt_mask=torch.cat([pad(b.prompt_mask, prompt_length, 0, left=True) for b in batches]),
+        completion_ids=torch.cat([pad(b.completion_ids, completion_length, pad_id, left=False) for b in batches]),
+        completion_mask=torch.cat([pad(b.completion_mask, completion_length, 0, left=False) for b in batches]),
+        truncated=torch.cat([b.truncated for b in batches]),
+        group_size=batches[0].group_size,
+    )
+
+
 def prompt_seed(seed: int, step: int, prompt: int) -> int:
     """The seed of the random stream prompt `prompt` (its index within the step's prompts) of 0-based step `step`
     samples from (sample_groups' seeds). A function of the three only, so a resumed run re-creates every stream from

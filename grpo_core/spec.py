@@ -97,3 +97,6 @@ LOSS_TYPES = ("bnpo", "dapo", "dr_grpo", "grpo")
 
 REWARD_SCALINGS = ("batch", "group", "none")
 """How centred rewards are scaled into advantages (`algorithms.compute_group_advantages`)."""
+
+IMPORTANCE_SAMPLING_LEVELS = ("sequence", "token")
+"""Where the policy ratio is taken: per token (GRPO) or per completion (GSPO) (`algorithms.compute_policy_loss`)."""

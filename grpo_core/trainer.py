@@ -39,7 +39,7 @@ from grpo_core.checkpoint import (
     save_checkpoint,
 )
 from grpo_core.config import GRPOConfig, LoraSettings, RewardSpec
-from grpo_core.data import dataset_fields, reward_prompt, rows_for_step
+from grpo_core.data import dataset_fields, extra_rows_for_step, reward_prompt, rows_for_step
 from grpo_core.device import deterministic_kernels, dtype_name, forked_rng, resolve_device, resolve_dtype
 from grpo_core.distributed import LOCAL, World, prompt_share
 from grpo_core.models import load_base_model
@@ -50,6 +50,7 @@ from grpo_core.rollout import (
     ResolvedRewards,
     Rollout,
     Scores,
+    collect_dynamic_rollout,
     collect_rollout,
     gather_scores,
     sample_and_score,
@@ -81,6 +82,11 @@ class TrainerCallback:
         weighted sum), "advantage", "scores": {reward: value}, "errors": {reward: message} (failed ones only)}.
         outputs: reward name -> what it printed during the step (tenant rewards that printed anything). Strings
         are cut at SAMPLE_TEXT_CHARS with a marker."""
+
+    def on_prompt_groups(self, step: int, groups: list[dict[str, Any]]) -> None:
+        """After on_step: every group the step sampled, in draw order (with dynamic_sampling also those it dropped,
+        and those of every round), one dict each: {"row": the row's index in train_rows, "rewards": [G weighted
+        rewards]}. What per-prompt difficulty is built from."""
 
     def should_stop(self) -> bool:
         """Checked between steps: True ends the run cooperatively after saving a checkpoint."""
@@ -192,6 +198,15 @@ def make_optimizer(model, config: GRPOConfig):
     return optimizer, scheduler
 
 
+def loss_completion_mask(batch, config: GRPOConfig) -> torch.Tensor:
+    """[N, T]: the completion tokens the loss counts: every completion's, or with mask_truncated_completions only
+    those of completions that ended with EOS (DAPO's overlong filtering: a cut answer is not judged on its
+    ending)."""
+    if not config.mask_truncated_completions:
+        return batch.completion_mask
+    return batch.completion_mask * (~batch.truncated).unsqueeze(1).to(batch.completion_mask.dtype)
+
+
 def update_policy(
     model, optimizer, scheduler, rollout: Rollout, config: GRPOConfig, world: World = LOCAL
 ) -> list[dict[str, float]]:
@@ -217,7 +232,8 @@ def update_policy(
     trainable = [p for p in model.parameters() if p.requires_grad]
     max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf
     batch = rollout.batch
-    normaliser = world.sum(loss_normaliser(batch.completion_mask, config.loss_type, config.max_new_tokens))
+    loss_mask = loss_completion_mask(batch, config)
+    normaliser = world.sum(loss_normaliser(loss_mask, config.loss_type, config.max_new_tokens))
     chunks = micro_batches(batch.completion_ids.shape[0], config.micro_batch_size)
     updates: list[dict[str, float]] = []
     with without_dropout(model):
@@ -230,13 +246,14 @@ def update_policy(
                     None if rollout.old_logprobs is None else rollout.old_logprobs[rows],
                     None if rollout.ref_logprobs is None else rollout.ref_logprobs[rows],
                     rollout.advantages[rows],
-                    batch.completion_mask[rows],
+                    loss_mask[rows],
                     epsilon=config.epsilon,
                     epsilon_high=config.epsilon_high,
                     beta=config.beta,
                     loss_type=config.loss_type,
                     max_completion_length=config.max_new_tokens,
                     normaliser=normaliser,
+                    importance_sampling_level=config.importance_sampling_level,
                 )
                 output.loss.backward()
                 stats = output.stats if stats is None else stats + output.stats
@@ -296,6 +313,7 @@ def step_metrics(
         "step_seconds": step_seconds,
         "sampling_seconds": sampling_seconds,
         "generated_tokens_per_second": lengths.sum().item() / max(sampling_seconds, 1e-9),
+        **(rollout.dynamic.metrics() if rollout.dynamic is not None else {}),
     }
 
 
@@ -387,6 +405,7 @@ def grpo_step(
     max_reward_failure_fraction: float = 1.0,
     seeds: Sequence[int] | None = None,
     world: World = LOCAL,
+    draw_more: Callable[[int], tuple[Sequence[Mapping[str, Any]], Sequence[int]]] | None = None,
 ) -> tuple[dict[str, float], Rollout]:
     """One training step on `rows` (P prompts): collect a rollout (G completions each, scored, advantages, old
     and reference log-probs), update the policy num_iterations times. Returns the step's metrics and its rollout.
@@ -400,23 +419,41 @@ def grpo_step(
     seeds: one per row, the random stream each prompt samples from (see sample_groups). world: `rows` are this
     rank's share of the step; rewards, advantages, the failure check, the loss and the metrics are the whole
     step's (see grpo_core.distributed). check_stop must then not raise: a rank that left the step alone would
-    leave the others waiting in a collective."""
+    leave the others waiting in a collective.
+
+    With config.dynamic_sampling, draw_more(round) gives the rows and seeds of each sampling round after the first
+    (see rollout.collect_dynamic_rollout), and the rollout's groups are the informative ones found; the rollout's
+    `rows` are then the rows it trained on."""
     started = time.perf_counter()
     # The whole step's limit on each rank: a rank stops scoring early only when the step as a whole is over it.
     step_rows = sum(world.gather_objects(len(rows)))
     max_failures = math.floor(max_reward_failure_fraction * step_rows * config.group_size)
-    rollout = collect_rollout(
-        model,
-        tokenizer,
-        rows,
-        rewards,
-        config,
-        scorer=scorer,
-        check_stop=check_stop,
-        max_reward_failures=max_failures,
-        seeds=seeds,
-        world=world,
-    )
+    if config.dynamic_sampling:
+        if draw_more is None:
+            raise ValueError("dynamic_sampling needs draw_more: where the rows of later sampling rounds come from")
+        rollout = collect_dynamic_rollout(
+            model,
+            tokenizer,
+            lambda round_: (rows, seeds) if round_ == 0 else draw_more(round_),
+            rewards,
+            config,
+            scorer=scorer,
+            check_stop=check_stop,
+            max_reward_failures=max_failures,
+        )
+    else:
+        rollout = collect_rollout(
+            model,
+            tokenizer,
+            rows,
+            rewards,
+            config,
+            scorer=scorer,
+            check_stop=check_stop,
+            max_reward_failures=max_failures,
+            seeds=seeds,
+            world=world,
+        )
     check_reward_failures(gather_scores(world, rollout.samples.scores), rewards, max_reward_failure_fraction)
     if check_stop is not None:
         check_stop()
@@ -518,6 +555,7 @@ class GRPOTrainer:
             )
         self.world = world
         self._stop_seen = False  # a stop requested mid-step on a rank of several, acted on between steps
+        self._drawn_indices: list[list[int]] = []  # the step's row indices, a list per sampling round
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.reward_specs = list(rewards)
@@ -705,6 +743,9 @@ class GRPOTrainer:
                     callback.on_step(step, metrics)
                 for message in reward_warnings(gather_scores(self.world, rollout.samples.scores), self.rewards):
                     self._warn(f"step {step}: {message}")
+                groups = self._drawn_groups(rollout)
+                for callback in self.writers:
+                    callback.on_prompt_groups(step, groups)
                 if self.sample_groups_per_step:
                     samples, outputs = step_samples(rollout, rows, self.rewards, self.sample_groups_per_step)
                     for callback in self.writers:
@@ -723,6 +764,7 @@ class GRPOTrainer:
         would have."""
         indices = rows_for_step(len(self.train_rows), step, self.config.prompts_per_step, self.config.seed)
         share = prompt_share(len(indices), self.world.size, self.world.rank)
+        self._drawn_indices = [indices[share]]
         rows = [self.train_rows[i] for i in indices[share]]
         seeds = [prompt_seed(self.config.seed, step, i) for i in range(share.start, share.stop)]
         rng_before = capture_rng_state(self.device)
@@ -740,10 +782,31 @@ class GRPOTrainer:
                 max_reward_failure_fraction=self.max_reward_failure_fraction,
                 seeds=seeds,
                 world=self.world,
+                draw_more=lambda round_: self._extra_rows(step, round_),
             )
         except StepAbandoned:
             restore_rng_state(rng_before, self.device)
             raise
         except (NonFiniteUpdate, TooManyRewardFailures) as error:
             raise type(error)(f"step {step + 1}: {error}") from None
-        return metrics, rollout, rows
+        return metrics, rollout, list(rollout.rows)
+
+    def _drawn_groups(self, rollout: Rollout) -> list[dict[str, Any]]:
+        """on_prompt_groups' list for the step just taken: each drawn row's index with its group's rewards, over
+        every rank (in rank order, so in step order)."""
+        group_size = self.config.group_size
+        local = [
+            {"row": row, "rewards": rewards}
+            for indices, round_rewards in zip(self._drawn_indices, rollout.drawn_rewards, strict=True)
+            for row, rewards in zip(indices, round_rewards.view(-1, group_size).tolist(), strict=True)
+        ]
+        return [group for part in self.world.gather_objects(local) for group in part]
+
+    def _extra_rows(self, step: int, round_: int) -> tuple[list[Mapping[str, Any]], list[int]]:
+        """Dynamic sampling's rows for round `round_` of 0-based step `step`, and their sampling seeds (prompt
+        indices after the step's own: round x prompts_per_step onwards)."""
+        per_round = self.config.prompts_per_step
+        indices = extra_rows_for_step(len(self.train_rows), step, round_, per_round, self.config.seed)
+        self._drawn_indices.append(indices)
+        seeds = [prompt_seed(self.config.seed, step, round_ * per_round + i) for i in range(per_round)]
+        return [self.train_rows[i] for i in indices], seeds

@@ -5,6 +5,7 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from api.queue import RUN_JOB_TASK, get_celery
 from api.settings import get_settings
 from grpo_core.device import resolve_device
+from worker import metrics as worker_metrics
 from worker.reconciler import Reconciler
 from worker.runner import run_job, shutting_down
 
@@ -28,6 +29,7 @@ def start_reconciler(**_kwargs) -> None:
     global _reconciler
     _reconciler = Reconciler(get_settings().reconcile_every_seconds)
     _reconciler.start()
+    worker_metrics.serve(get_settings().worker_metrics_port)
 
 
 @worker_shutdown.connect

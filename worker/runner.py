@@ -33,6 +33,8 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from functools import partial
 
 import torch
 from sqlalchemy import select
@@ -49,6 +51,7 @@ from grpo_core.distributed import LOCAL, RankFailed, World, is_peer_failure, run
 from grpo_core.rewards import is_tenant_reward
 from grpo_core.sandbox import SandboxUnavailable
 from worker import leases, writes
+from worker import metrics as worker_metrics
 from worker.leases import LeaseLost
 
 log = logging.getLogger(__name__)
@@ -145,6 +148,17 @@ class DatabaseReporter(TrainerCallback):
         return self.heartbeat.cancelled.is_set() or shutting_down.is_set()
 
 
+class StepFigures(TrainerCallback):
+    """Hands each step's figures, once recorded, to `observe`: this worker's Prometheus series, or (in rank 0 of a
+    job on several processes) a queue the supervising worker reads them from."""
+
+    def __init__(self, observe: Callable[[dict[str, float]], None]):
+        self.observe = observe
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        self.observe(worker_metrics.step_figures(metrics))
+
+
 def _finish(job_id: str, owner: str, status: str, error: str | None = None) -> None:
     with session_scope() as session:
         job = leases.held_job(session, job_id=job_id, owner=owner)
@@ -226,12 +240,16 @@ def run_job(job_id: str) -> str:
 
     heartbeat = Heartbeat(job_id, owner, settings.lease_seconds, settings.cancel_poll_seconds)
     heartbeat.start()
+    worker_metrics.job_started(job_id)
     try:
         if spec["config"].processes > 1:
             stopped_early = _train_on_ranks(job_id, owner, heartbeat, spec, tenant_rewards)
         else:
             reporter = DatabaseReporter(job_id, owner, heartbeat, group_size=spec["config"].group_size)
-            stopped_early = _make_trainer(job_id, spec, tenant_rewards, [reporter]).train(resume=True).stopped_early
+            figures = StepFigures(partial(worker_metrics.observe_step, job_id))
+            stopped_early = (
+                _make_trainer(job_id, spec, tenant_rewards, [reporter, figures]).train(resume=True).stopped_early
+            )
         if stopped_early:
             return _stopped_early(job_id, owner)
         _finish(job_id, owner, "succeeded")
@@ -264,6 +282,7 @@ def run_job(job_id: str) -> str:
         return "failed"
     finally:
         heartbeat.stopped.set()
+        worker_metrics.job_stopped(job_id)
 
 
 def _make_trainer(
@@ -329,12 +348,13 @@ class _Flags:
         self.lost, self.cancelled = lost, cancelled
 
 
-def _rank_train(world: World, device, job_id, owner, spec, tenant_rewards, stop, lost, outcomes) -> None:
+def _rank_train(world: World, device, job_id, owner, spec, tenant_rewards, stop, lost, outcomes, figures) -> None:
     """One rank of a job (spawned by run_ranks): train, and on rank 0 report how it ended through `outcomes`."""
     callbacks: list[TrainerCallback] = [StopFlag(stop)]
     if world.is_main:
         flags = _Flags(lost, stop)
         callbacks.append(DatabaseReporter(job_id, owner, flags, group_size=spec["config"].group_size))  # type: ignore[arg-type]
+        callbacks.append(StepFigures(figures.put))
     try:
         result = _make_trainer(job_id, spec, tenant_rewards, callbacks, world, device).train(resume=True)
     except BaseException as error:
@@ -355,8 +375,14 @@ def _train_on_ranks(job_id: str, owner: str, heartbeat: Heartbeat, spec: dict, t
 
     context = mp.get_context("spawn")
     stop, lost, outcomes = context.Event(), context.Event(), context.SimpleQueue()
+    figures = context.SimpleQueue()  # rank 0's step figures, for this process's metrics (each a few bytes)
+
+    def observe_figures() -> None:
+        while not figures.empty():
+            worker_metrics.observe_step(job_id, figures.get())
 
     def supervise() -> None:
+        observe_figures()
         if heartbeat.lost.is_set():
             lost.set()
             raise LeaseLost(f"lease on job {job_id} lost")
@@ -364,10 +390,11 @@ def _train_on_ranks(job_id: str, owner: str, heartbeat: Heartbeat, spec: dict, t
             stop.set()
 
     device = resolve_device(get_settings().device)
-    args = (job_id, owner, spec, tenant_rewards, stop, lost, outcomes)
+    args = (job_id, owner, spec, tenant_rewards, stop, lost, outcomes, figures)
     try:
         run_ranks(_rank_train, args, spec["config"].processes, device=device, poll=supervise)
     except RankFailed as failure:
+        observe_figures()
         errors = []
         while not outcomes.empty():
             outcome = outcomes.get()
@@ -379,6 +406,7 @@ def _train_on_ranks(job_id: str, owner: str, heartbeat: Heartbeat, spec: dict, t
         if name == "LeaseLost":
             raise LeaseLost(message) from None
         raise RankError(f"{name}: {message}") from None
+    observe_figures()
     _kind, stopped_early, _ = outcomes.get()
     return bool(stopped_early)
 

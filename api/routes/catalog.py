@@ -5,10 +5,10 @@ from api.schemas import ModelPublic, ModelsPublic, error_responses
 from api.services.catalog import model_catalog
 from grpo_core.catalog import default_target_modules
 
-router = APIRouter(prefix="/v1", tags=["catalog"], responses=error_responses(401, 413))
+router = APIRouter(prefix="/v1", tags=["models"], responses=error_responses(401, 413))
 
 
-@router.get("/models", response_model=ModelsPublic)
+@router.get("/models", name="list", response_model=ModelsPublic)
 def list_models(tenant_id: TenantDep) -> ModelsPublic:
     """Base models the workers can load, by the name a job spec uses: the built-in ones and the operator's own."""
     return ModelsPublic(

@@ -22,6 +22,7 @@ def _too_large(limit_bytes: int) -> InvalidInput:
 
 @router.post(
     "",
+    name="upload",
     status_code=201,
     response_model=DatasetPublic,
     responses=error_responses(422),
@@ -76,13 +77,13 @@ def _create_dataset(session: Session, tenant_id: str, name: str, content: bytes)
     return DatasetPublic.model_validate(dataset)
 
 
-@router.get("", response_model=DatasetsPublic)
+@router.get("", name="list", response_model=DatasetsPublic)
 def list_datasets(session: SessionDep, tenant_id: TenantDep) -> DatasetsPublic:
     datasets = datasets_service.list_datasets(session, tenant_id=tenant_id)
     return DatasetsPublic(data=[DatasetPublic.model_validate(d) for d in datasets], count=len(datasets))
 
 
-@router.get("/{dataset_id}", response_model=DatasetPublic, responses=error_responses(404, 422))
+@router.get("/{dataset_id}", name="get", response_model=DatasetPublic, responses=error_responses(404, 422))
 def get_dataset(dataset_id: str, session: SessionDep, tenant_id: TenantDep) -> DatasetPublic:
     return DatasetPublic.model_validate(
         datasets_service.get_dataset(session, tenant_id=tenant_id, dataset_id=dataset_id)

@@ -10,13 +10,13 @@ from api.schemas import Health, error_responses
 router = APIRouter(tags=["health"], responses=error_responses(413))
 
 
-@router.get("/healthz", response_model=Health)
+@router.get("/healthz", name="healthz", response_model=Health)
 def healthz() -> Health:
     """The process is up."""
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
+@router.get("/readyz", name="readyz", response_model=Health, responses={503: {"model": Health}})
 def readyz():
     """The database and the broker are reachable (503 otherwise)."""
     try:

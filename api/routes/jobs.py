@@ -41,7 +41,7 @@ KEEPALIVE_SECONDS = 15
 log = logging.getLogger(__name__)
 
 
-@router.post("", status_code=201, response_model=JobPublic, responses=error_responses(400, 409))
+@router.post("", name="create", status_code=201, response_model=JobPublic, responses=error_responses(400, 409))
 def create_job(
     spec: JobCreate,
     response: Response,
@@ -66,7 +66,7 @@ def create_job(
     return jobs_service.job_public(job)
 
 
-@router.get("", response_model=JobsPublic)
+@router.get("", name="list", response_model=JobsPublic)
 def list_jobs(
     session: SessionDep,
     tenant_id: TenantDep,
@@ -96,12 +96,12 @@ def _job(tenant_id: str, job_id: str) -> Response:
     return _json(jobs_service.job_public(job))
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
+@router.get("/{job_id}", name="get", response_model=JobPublic, responses=NOT_FOUND)
 async def get_job(job_id: str, tenant_id: TenantDep) -> Response:
     return await run_read(_job, tenant_id, job_id)
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic, responses=NOT_FOUND)
+@router.post("/{job_id}/cancel", name="cancel", response_model=JobPublic, responses=NOT_FOUND)
 def cancel_job(job_id: str, session: SessionDep, tenant_id: TenantDep) -> JobPublic:
     """Stop a queued job at once, or a running one before its next step; its last checkpoint stays downloadable."""
     job = jobs_service.cancel_job(session, tenant_id=tenant_id, job_id=job_id)
@@ -125,7 +125,7 @@ def _metrics(tenant_id: str, job_id: str, after_step: int, limit: int) -> Respon
     return _json(MetricsPublic.model_validate_json(page))
 
 
-@router.get("/{job_id}/metrics", response_model=MetricsPublic, responses=NOT_FOUND)
+@router.get("/{job_id}/metrics", name="metrics", response_model=MetricsPublic, responses=NOT_FOUND)
 async def get_metrics(
     job_id: str,
     tenant_id: TenantDep,
@@ -142,7 +142,7 @@ def _samples(tenant_id: str, job_id: str, step: int | None, after: int | None, l
         return rewards_service.list_samples(session, job_id=job_id, step=step, after=after, limit=limit)
 
 
-@router.get("/{job_id}/samples", response_model=SamplesPublic, responses=NOT_FOUND)
+@router.get("/{job_id}/samples", name="samples", response_model=SamplesPublic, responses=NOT_FOUND)
 async def get_samples(
     job_id: str,
     tenant_id: TenantDep,
@@ -174,10 +174,29 @@ class _EventStream(StreamingResponse):
             self.release()
 
 
+# One event of the stream, as OpenAPI 3.2's itemSchema (FastAPI's own event streams use it, and schemathesis checks
+# each event against it). A `schema` would be read as the whole stream by some tools and as each event by others.
+SSE_EVENT = {
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "description": "An integer; send it back as Last-Event-ID to resume after it"},
+        "event": {"type": "string", "enum": ["status", "metrics", "checkpoint", "warning"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+}
+
+
 @router.get(
     "/{job_id}/events",
+    name="events",
+    summary="Stream events",
+    # _EventStream names no media type as a class, so FastAPI documents no JSON body for the 200 (the stream is
+    # documented below) and the errors stay JSON.
+    response_class=_EventStream,
+    status_code=200,  # _EventStream's constructor does not say it
     responses={
-        200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"},
+        200: {"content": {"text/event-stream": {"itemSchema": SSE_EVENT}}, "description": "Server-Sent Events"},
         **NOT_FOUND,
         **error_responses(429),
     },
@@ -249,7 +268,7 @@ def _status_and_events(tenant_id: str, job_id: str, after_id: int | None) -> tup
         return status, progress_service.events_after(session, job_id=job_id, after_id=after_id)
 
 
-@router.get("/{job_id}/checkpoints", response_model=CheckpointsPublic, responses=NOT_FOUND)
+@router.get("/{job_id}/checkpoints", name="checkpoints", response_model=CheckpointsPublic, responses=NOT_FOUND)
 def list_checkpoints(job_id: str, session: SessionDep, tenant_id: TenantDep) -> CheckpointsPublic:
     jobs_service.get_job(session, tenant_id=tenant_id, job_id=job_id)
     rows = progress_service.list_checkpoints(session, job_id=job_id)
@@ -275,10 +294,25 @@ def _adapter_download(session, tenant_id: str, job_id: str, step: int | None) ->
     )
 
 
-ARCHIVE = {200: {"content": {"application/gzip": {}}, "description": "adapter folder as .tar.gz"}, **NOT_FOUND}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+# Sent as application/gzip. application/octet-stream is listed too, for the same bytes: it is the binary type
+# client generators know (openapi-python-client refuses application/gzip, and the download would be left out).
+ARCHIVE = {
+    200: {
+        "content": {"application/gzip": _BINARY, "application/octet-stream": _BINARY},
+        "description": "adapter folder as .tar.gz",
+    },
+    **NOT_FOUND,
+}
 
 
-@router.get("/{job_id}/checkpoints/{step}/adapter", responses=ARCHIVE, response_class=FileResponse)
+@router.get(
+    "/{job_id}/checkpoints/{step}/adapter",
+    name="checkpoint-adapter",
+    summary="Download a checkpoint's adapter",
+    responses=ARCHIVE,
+    response_class=FileResponse,
+)
 def download_checkpoint(
     job_id: str, step: Annotated[int, Path(ge=0, le=MAX_INT)], session: SessionDep, tenant_id: TenantDep
 ) -> FileResponse:
@@ -287,7 +321,13 @@ def download_checkpoint(
     return _adapter_download(session, tenant_id, job_id, step)
 
 
-@router.get("/{job_id}/adapter", responses=ARCHIVE, response_class=FileResponse)
+@router.get(
+    "/{job_id}/adapter",
+    name="adapter",
+    summary="Download the latest adapter",
+    responses=ARCHIVE,
+    response_class=FileResponse,
+)
 def download_adapter(job_id: str, session: SessionDep, tenant_id: TenantDep) -> FileResponse:
     """The job's latest adapter (the final one once it succeeded) as a .tar.gz, sha256 in X-Checksum-SHA256."""
     return _adapter_download(session, tenant_id, job_id, None)

@@ -31,7 +31,7 @@ RewardId = Annotated[str, Path(description="An uploaded reward's id (rwd_<hex>)"
 MAX_NAME_CHARS = 200
 
 
-@router.get("", response_model=RewardsPublic)
+@router.get("", name="list", response_model=RewardsPublic)
 def list_rewards(session: SessionDep, tenant_id: TenantDep) -> RewardsPublic:
     """Reward functions a job can name, each with its `kind`: built-ins, those the operator installed as entry
     points (plugins), and this tenant's uploads (named in a job by their `id`; no source here)."""
@@ -40,6 +40,7 @@ def list_rewards(session: SessionDep, tenant_id: TenantDep) -> RewardsPublic:
 
 @router.post(
     "",
+    name="upload",
     status_code=201,
     response_model=RewardCodePublic,
     responses=error_responses(429, 503),
@@ -130,7 +131,7 @@ def _reward_check(request: Request, tenant_id: str):
     return slots.hold(tenant_id, per_tenant=settings.max_reward_checks_per_tenant, total=settings.max_reward_checks)
 
 
-@router.get("/{reward_id}", response_model=RewardSourcePublic, responses=NOT_FOUND)
+@router.get("/{reward_id}", name="get", response_model=RewardSourcePublic, responses=NOT_FOUND)
 def get_reward(reward_id: RewardId, session: SessionDep, tenant_id: TenantDep) -> RewardSourcePublic:
     """An uploaded reward with its source."""
     return RewardSourcePublic.model_validate(
@@ -139,7 +140,11 @@ def get_reward(reward_id: RewardId, session: SessionDep, tenant_id: TenantDep) -
 
 
 @router.delete(
-    "/{reward_id}", status_code=204, response_class=Response, responses={**NOT_FOUND, **error_responses(409)}
+    "/{reward_id}",
+    name="delete",
+    status_code=204,
+    response_class=Response,
+    responses={**NOT_FOUND, **error_responses(409)},
 )
 def delete_reward(reward_id: RewardId, session: SessionDep, tenant_id: TenantDep) -> Response:
     """Delete an uploaded reward. Refused (409, naming the jobs) while a queued or running job uses it; finished
@@ -151,6 +156,7 @@ def delete_reward(reward_id: RewardId, session: SessionDep, tenant_id: TenantDep
 
 @router.post(
     "/{reward}/test",
+    name="test",
     response_model=RewardTestResult,
     responses={**NOT_FOUND, **error_responses(400, 429, 503)},
 )

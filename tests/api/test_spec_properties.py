@@ -114,6 +114,8 @@ def _values(name, spec):
         return st.sampled_from(spec.metadata["choices"]), st.sampled_from(["nope", "GRPO", ""])
     if kind == "int":
         return _int_values(name, spec)
+    if kind == "bool":
+        return st.booleans(), st.sampled_from([0, 1, "true", None])
     if kind.startswith("float") or name == "lora.alpha":
         inside, edges = _float_values(spec)
         return (st.one_of(inside, st.none()), edges) if kind == "float | None" else (inside, edges)

@@ -25,6 +25,12 @@ WRONG_TYPES = [
     ({"processes": "2"}, 'hyperparameters.processes: Input should be a valid integer, got "2"'),
     ({"loss_type": ["grpo"]}, "hyperparameters.loss_type: Input should be 'bnpo', 'dapo', 'dr_grpo' or 'grpo'"),
     ({"dtype": "float16"}, "hyperparameters.dtype: Input should be 'auto', 'bfloat16' or 'float32'"),
+    (
+        {"importance_sampling_level": "seq"},
+        "hyperparameters.importance_sampling_level: Input should be 'sequence' or 'token'",
+    ),
+    ({"mask_truncated_completions": 1}, "hyperparameters.mask_truncated_completions: Input should be a valid boolean"),
+    ({"mask_truncated_completions": "true"}, "hyperparameters.mask_truncated_completions: Input should be a valid"),
     ({"learning_rate": float("inf")}, "hyperparameters.learning_rate: Input should be a finite number, got Infinity"),
     ({"beta": float("inf")}, "hyperparameters.beta: Input should be a finite number, got Infinity"),
     ({"temperature": float("nan")}, "hyperparameters.temperature: Input should be a finite number, got NaN"),

@@ -52,6 +52,8 @@ def running_service(request, tmp_path_factory):
             # A queue of its own, so no message left on the shared Redis by another run is consumed here.
             "GRPO_QUEUE": f"grpo-test-{uuid.uuid4().hex[:8]}",
             "GRPO_EVENTS_POLL_SECONDS": "0.2",
+            # Settings a test module asks its service for (its SERVICE_ENV).
+            **getattr(request.module, "SERVICE_ENV", {}),
         }
         if broker:
             env["GRPO_BROKER_URL"] = broker

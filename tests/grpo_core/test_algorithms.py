@@ -55,13 +55,19 @@ def test_k3_kl_is_an_unbiased_estimate_of_the_kl_divergence():
     assert k3_kl(torch.tensor([-1.5]), torch.tensor([-1.0])).item() == pytest.approx(math.exp(0.5) - 1.5)
 
 
-def reference_loss(cur, old, ref, adv, mask, eps_low, eps_high, beta, loss_type, max_len):
-    """A direct, loop-by-loop transcription of the formula, to compare against the vectorised one."""
+def reference_loss(cur, old, ref, adv, mask, eps_low, eps_high, beta, loss_type, max_len, level="token"):
+    """A direct, loop-by-loop transcription of the formula, to compare against the vectorised one. level
+    "sequence" is GSPO as its paper writes it: one ratio per completion, s_i = exp(mean over its tokens of
+    log pi - log pi_old), with the gradient flowing through that mean (not the token-level form the code uses).
+    Rows whose mask is all 0 (truncated completions taken out of the loss) are not in the loss at all."""
     n, t = cur.shape
     token = [[None] * t for _ in range(n)]
     for i in range(n):
+        if level == "sequence":
+            length = sum(mask[i, j] for j in range(t))
+            sequence_ratio = torch.exp(sum((cur[i, j] - old[i, j]) * mask[i, j] for j in range(t)) / max(length, 1))
         for j in range(t):
-            rho = torch.exp(cur[i, j] - old[i, j])
+            rho = sequence_ratio if level == "sequence" else torch.exp(cur[i, j] - old[i, j])
             clipped = torch.clamp(rho, 1 - eps_low, 1 + eps_high)
             value = -torch.minimum(rho * adv[i], clipped * adv[i])
             if beta:
@@ -69,7 +75,8 @@ def reference_loss(cur, old, ref, adv, mask, eps_low, eps_high, beta, loss_type,
                 value = value + beta * (torch.exp(d) - d - 1)
             token[i][j] = value * mask[i, j]
     if loss_type == "grpo":
-        return sum(sum(token[i]) / mask[i].sum() for i in range(n)) / n
+        kept = [i for i in range(n) if mask[i].sum() > 0]
+        return sum(sum(token[i]) / mask[i].sum() for i in kept) / len(kept)
     total = sum(sum(row) for row in token)
     # bnpo and dapo divide by the tokens of the whole step (all of its completions, even when the loss is taken in
     # micro batches); here the batch given is the whole step, so both normalisers are mask.sum().
@@ -110,6 +117,88 @@ def test_loss_and_gradient_match_the_formula(loss_type, beta):
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
     torch.testing.assert_close(cur.grad, cur_ref.grad)
     assert (cur.grad[mask == 0] == 0).all(), "padding must get no gradient"
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dapo", "dr_grpo"])
+@pytest.mark.parametrize("beta", [0.0, 0.1])
+def test_gspo_sequence_level_loss_and_gradient_match_the_papers_formula(loss_type, beta):
+    generator = torch.Generator().manual_seed(1)
+    old = -torch.rand(4, 5, generator=generator) * 2
+    ref = -torch.rand(4, 5, generator=generator) * 2
+    # Per-token drift of about 0.1, so some sequence ratios leave a band of 0.05 and some stay inside.
+    start = old + torch.randn(4, 5, generator=generator) * 0.1
+    adv = torch.tensor([1.0, -0.5, 0.8, -1.2])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.float32)
+
+    cur = start.clone().requires_grad_(True)
+    out = compute_policy_loss(
+        cur, old, ref, adv, mask, epsilon=0.05, epsilon_high=0.06, beta=beta, loss_type=loss_type,
+        max_completion_length=6, importance_sampling_level="sequence",
+    )  # fmt: skip
+    out.loss.backward()
+
+    cur_ref = start.clone().requires_grad_(True)
+    expected = reference_loss(cur_ref, old, ref, adv, mask, 0.05, 0.06, beta, loss_type, 6, level="sequence")
+    expected.backward()
+
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(cur.grad, cur_ref.grad)
+    assert (cur.grad[mask == 0] == 0).all()
+    # Every token of a completion carries its sequence's ratio, and some sequence was clipped for this to test it.
+    sequence_ratio = torch.exp(((start - old) * mask).sum(1) / mask.sum(1))
+    assert out.metrics["ratio_max"] == pytest.approx(sequence_ratio.max().item(), rel=1e-6)
+    assert out.metrics["ratio_min"] == pytest.approx(sequence_ratio.min().item(), rel=1e-6)
+    assert ((sequence_ratio < 0.95) | (sequence_ratio > 1.06)).any() and (
+        (sequence_ratio > 0.95) & (sequence_ratio < 1.06)
+    ).any()
+
+
+def test_gspo_differs_from_token_level_ratios_and_equals_them_for_one_token_completions():
+    old = torch.zeros(2, 3)
+    cur = torch.log(torch.tensor([[1.5, 0.5, 1.0], [1.1, 1.0, 1.0]]))
+    adv, mask = torch.tensor([1.0, -1.0]), torch.ones(2, 3)
+    token = compute_policy_loss(cur, old, None, adv, mask, epsilon=0.2, importance_sampling_level="token")
+    sequence = compute_policy_loss(cur, old, None, adv, mask, epsilon=0.2, importance_sampling_level="sequence")
+    assert token.loss.item() != pytest.approx(sequence.loss.item())
+    one_token = torch.tensor([[1.0, 0, 0], [1.0, 0, 0]])
+    token = compute_policy_loss(cur, old, None, adv, one_token, epsilon=0.2, importance_sampling_level="token")
+    sequence = compute_policy_loss(cur, old, None, adv, one_token, epsilon=0.2, importance_sampling_level="sequence")
+    assert token.loss.item() == pytest.approx(sequence.loss.item())
+
+
+def test_unknown_importance_sampling_level_lists_valid_names():
+    with pytest.raises(ValueError, match="sequence, token"):
+        compute_policy_loss(
+            torch.zeros(1, 1), None, None, torch.ones(1), torch.ones(1, 1), importance_sampling_level="x"
+        )
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dapo", "dr_grpo"])
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_masked_truncated_completions_leave_the_loss_and_its_normaliser(loss_type, level):
+    """DAPO's overlong filtering: a completion whose mask row is all 0 contributes nothing, and grpo, bnpo and dapo
+    normalise over the completions (tokens) left; dr_grpo keeps its constant of every sequence x max length."""
+    generator = torch.Generator().manual_seed(2)
+    old = -torch.rand(3, 4, generator=generator) * 2
+    start = old + torch.randn(3, 4, generator=generator) * 0.3
+    adv = torch.tensor([1.0, -0.5, 0.8])
+    mask = torch.tensor([[1, 1, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.float32)
+
+    cur = start.clone().requires_grad_(True)
+    out = compute_policy_loss(
+        cur, old, None, adv, mask, epsilon=0.2, loss_type=loss_type, max_completion_length=4,
+        importance_sampling_level=level,
+    )  # fmt: skip
+    out.loss.backward()
+    cur_ref = start.clone().requires_grad_(True)
+    expected = reference_loss(cur_ref, old, None, adv, mask, 0.2, 0.2, 0.0, loss_type, 4, level=level)
+    expected.backward()
+
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(cur.grad, cur_ref.grad)
+    assert (cur.grad[1] == 0).all()
+    expected_normaliser = {"grpo": 2.0, "bnpo": 7.0, "dapo": 7.0, "dr_grpo": 12.0}[loss_type]
+    assert loss_normaliser(mask, loss_type, 4).item() == expected_normaliser
 
 
 def test_clipping_stops_the_gradient_outside_the_band_on_the_clipped_side():

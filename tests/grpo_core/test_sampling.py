@@ -187,3 +187,28 @@ def test_with_a_seed_per_prompt_a_prompt_samples_the_same_alone_or_beside_anothe
         sample_groups(model, tokenizer, [first, second], seeds=seeds[:1], **options)
     # The seed is a function of (seed, step, prompt) alone.
     assert prompt_seed(0, 5, 0) == seeds[0] != prompt_seed(1, 5, 0)
+
+
+def test_concatenated_batches_give_each_row_the_log_probs_of_its_own_batch():
+    """Dynamic sampling joins groups sampled in different rounds (other prompt and completion lengths): the padding
+    concat_batches adds is masked and positions come from the masks, so nothing a row computes changes."""
+    from grpo_core.sampling import concat_batches
+
+    policy, tokenizer = tiny_policy()
+    short = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    long = "<|im_start|>user\nWrite a long story about a robot who paints.<|im_end|>\n<|im_start|>assistant\n"
+    torch.manual_seed(0)
+    first = sample_groups(policy, tokenizer, [short], group_size=2, max_new_tokens=3)
+    second = sample_groups(policy, tokenizer, [long], group_size=2, max_new_tokens=7)
+    joined = concat_batches([first, second])
+    assert joined.prompt_ids.shape[1] == second.prompt_ids.shape[1] > first.prompt_ids.shape[1]
+    assert joined.completion_ids.shape[1] == second.completion_ids.shape[1] > first.completion_ids.shape[1]
+    assert joined.group_size == 2 and joined.truncated.tolist() == [*first.truncated, *second.truncated]
+    with torch.no_grad():
+        together = completion_logprobs(policy, joined)
+        apart = [completion_logprobs(policy, batch) for batch in (first, second)]
+    for rows, alone in zip((slice(0, 2), slice(2, 4)), apart, strict=True):
+        length = alone.shape[1]
+        mask = joined.completion_mask[rows, :length].bool()
+        torch.testing.assert_close(together[rows, :length][mask], alone[mask], atol=1e-5, rtol=1e-5)
+        assert joined.completion_mask[rows, length:].sum() == 0

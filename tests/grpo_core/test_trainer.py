@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 from grpo_core import GRPOConfig, GRPOTrainer, LoraSettings, RewardSpec, TrainerCallback, arithmetic_task
 from grpo_core.algorithms import compute_group_advantages
 from grpo_core.checkpoint import list_checkpoints
-from grpo_core.sandbox import sandbox_available
+from grpo_core.data import rows_for_step
+from grpo_core.sandbox import SandboxLimits, sandbox_available
 
 # Random weights never write the right sum, so a length reward gives the mixed groups that make a gradient.
 LENGTH_REWARD = [RewardSpec("length_target", params={"target": 60})]
@@ -169,6 +170,46 @@ def test_each_loss_type_and_reward_scaling_trains_with_a_kl_penalty(tmp_path, lo
     assert first["kl"] == 0.0 and second["kl"] > 0.0
     params = dict(trainer.model.named_parameters())
     assert all(not torch.equal(params[n], before) for n, before in lora_before.items())
+
+
+def test_gspo_reaches_the_loss_and_trains(tmp_path, monkeypatch):
+    import grpo_core.trainer as trainer_module
+
+    levels = []
+    real = trainer_module.compute_policy_loss
+    monkeypatch.setattr(
+        trainer_module,
+        "compute_policy_loss",
+        lambda *a, **k: levels.append(k["importance_sampling_level"]) or real(*a, **k),
+    )
+    config = tiny_config(importance_sampling_level="sequence", num_iterations=2, learning_rate=1e-2, max_steps=1)
+    trainer = make_trainer(tmp_path, config)
+    trainer.setup()
+    lora_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    params = dict(trainer.model.named_parameters())
+    assert all(not torch.equal(params[n], before) for n, before in lora_before.items())
+    assert levels == ["sequence", "sequence"]
+
+
+def test_masked_truncated_completions_train_nothing_when_every_completion_is_cut(tmp_path):
+    """tiny-random-llama almost never samples EOS in 3 tokens: every completion is truncated, so with
+    mask_truncated_completions the loss has no token and the adapter does not move; without it, it does."""
+    moved = {}
+    for masked in (False, True):
+        recorder = Recorder()
+        config = tiny_config(mask_truncated_completions=masked, max_new_tokens=3, max_steps=1, learning_rate=1e-2)
+        trainer = make_trainer(tmp_path / str(masked), config, [recorder])
+        trainer.setup()
+        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
+        trainer.train()
+        ((_, metrics),) = recorder.steps
+        assert metrics["truncated_fraction"] == 1.0
+        params = dict(trainer.model.named_parameters())
+        moved[masked] = any(not torch.equal(params[n], p) for n, p in before.items())
+        if masked:
+            assert metrics["loss"] == 0.0 and metrics["grad_norm"] == 0.0
+    assert moved == {False: True, True: False}
 
 
 def test_same_seed_repeats_a_run_exactly(tmp_path):
@@ -592,6 +633,102 @@ def reward(prompt, completion, **fields):
     assert all(s["scores"][name] == 1.0 for i, s in enumerate(samples) if i not in failed)
     [warning] = recorder.warnings
     assert warning.startswith(f"step 1: reward '{name}' failed on 2 of 8 samples") and "timed out" in warning
+
+
+# --- dynamic sampling: groups without learning signal are dropped and more prompts drawn -------------------------
+
+# Flat rows score 1 whatever the completion (a group with no learning signal); mixed rows score its length.
+FLAT_OR_MIXED = """
+def reward(prompt, completion, kind):
+    return float(len(completion)) if kind == "mixed" else 1.0
+"""
+FLAT_OR_MIXED_ID = "rwd_" + "d" * 32
+
+
+def dynamic_trainer(tmp_path, rows, callbacks=(), **overrides):
+    config = tiny_config(dynamic_sampling=True, max_sampling_rounds=4, **overrides)
+    return GRPOTrainer(
+        base_model="tiny-random-llama",
+        train_rows=rows,
+        rewards=[RewardSpec(FLAT_OR_MIXED_ID)],
+        config=config,
+        output_dir=tmp_path,
+        callbacks=callbacks,
+        tenant_rewards={FLAT_OR_MIXED_ID: FLAT_OR_MIXED},
+        # The reward's code is the test's own: a plain child process is enough, and faster to start.
+        sandbox_limits=SandboxLimits(allow_unsandboxed=True),
+    )
+
+
+def flat_or_mixed_rows(mixed: int, flat: int) -> list[dict]:
+    return [{"prompt": f"Say something, {i}", "kind": "mixed"} for i in range(mixed)] + [
+        {"prompt": f"Say anything, {i}", "kind": "flat"} for i in range(flat)
+    ]
+
+
+class GroupRecorder(SampleRecorder):
+    def __init__(self):
+        super().__init__()
+        self.groups = []
+
+    def on_prompt_groups(self, step, groups):
+        assert self.steps[-1][0] == step  # after on_step
+        self.groups.append((step, groups))
+
+
+def test_every_group_a_step_samples_reaches_on_prompt_groups_with_its_row(tmp_path):
+    recorder = GroupRecorder()
+    trainer = make_trainer(tmp_path, tiny_config(max_steps=2), [recorder])
+    trainer.train()
+    for (step, groups), (_, samples, _) in zip(recorder.groups, recorder.samples, strict=True):
+        assert [group["row"] for group in groups] == rows_for_step(len(trainer.train_rows), step - 1, 2, 0)
+        assert all(len(group["rewards"]) == 4 for group in groups)
+        # The samples of the same step hold the same rewards for the same rows.
+        for sample in samples:
+            group = groups[sample["group"]]
+            assert trainer.train_rows[group["row"]]["prompt"] == sample["prompt"]
+            assert group["rewards"][sample["index"]] == pytest.approx(sample["reward"])
+
+
+def test_dynamic_sampling_trains_only_on_groups_with_a_learning_signal(tmp_path):
+    recorder = GroupRecorder()
+    rows = flat_or_mixed_rows(mixed=3, flat=9)
+    dynamic_trainer(tmp_path, rows, [recorder], max_steps=3).train()
+    for (_, groups), (_, metrics) in zip(recorder.groups, recorder.steps, strict=True):
+        assert len(groups) == metrics["prompts_drawn"]  # the dropped groups too
+        flat = [group for group in groups if len(set(group["rewards"])) == 1]
+        assert len(flat) == metrics["groups_dropped"]
+        assert all(rows[group["row"]]["kind"] == "flat" for group in flat)
+    for (step, metrics), (_, samples, _) in zip(recorder.steps, recorder.samples, strict=True):
+        assert metrics["zero_std_group_fraction"] == 0.0, step
+        assert {sample["prompt"].startswith("Say something") for sample in samples} == {True}
+        assert metrics["prompts_drawn"] == 2 * metrics["sampling_rounds"]
+        assert metrics["groups_dropped"] <= metrics["prompts_drawn"] - 2  # the 2 kept were drawn too
+    assert any(metrics["groups_dropped"] > 0 for _, metrics in recorder.steps), "the rows must give flat groups"
+
+
+def test_dynamic_sampling_stops_after_max_rounds_and_trains_on_the_first_round_when_all_are_flat(tmp_path):
+    recorder = SampleRecorder()
+    dynamic_trainer(tmp_path, flat_or_mixed_rows(mixed=0, flat=5), [recorder], max_steps=1).train()
+    ((_, metrics),) = recorder.steps
+    assert metrics["sampling_rounds"] == 4 and metrics["prompts_drawn"] == 8 and metrics["groups_dropped"] == 8
+    assert metrics["zero_std_group_fraction"] == 1.0 and metrics["advantage_max"] == 0.0
+
+
+def test_dynamic_sampling_resumes_exactly(tmp_path):
+    rows = flat_or_mixed_rows(mixed=4, flat=8)
+    straight = dynamic_trainer(tmp_path / "straight", rows, max_steps=4, checkpoint_every=2).train()
+    stopped = dynamic_trainer(tmp_path / "stopped", rows, [Recorder(stop_after=2)], max_steps=4, checkpoint_every=2)
+    assert stopped.train().final_step == 2
+    resumed = dynamic_trainer(tmp_path / "stopped", rows, max_steps=4, checkpoint_every=2).train(resume=True)
+    a = load_file(straight.adapter_dir / "adapter_model.safetensors")
+    b = load_file(resumed.adapter_dir / "adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_dynamic_sampling_is_refused_on_several_processes():
+    with pytest.raises(ValueError, match="dynamic_sampling runs on one process"):
+        tiny_config(dynamic_sampling=True, processes=2)
 
 
 def test_tenant_rewards_are_refused_where_no_sandbox_can_run(tmp_path, monkeypatch):

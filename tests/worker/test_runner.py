@@ -607,3 +607,7 @@ def test_a_job_on_two_processes_cancelled_mid_run_stops_every_rank_with_a_checkp
         step = job.step
     # The ranks agreed to stop after the same step, and rank 0 saved it.
     assert counts(job_id) == (step, [step])
+    # Rank 0's step figures reached this (the supervising worker's) Prometheus series, every one.
+    from prometheus_client import REGISTRY
+
+    assert REGISTRY.get_sample_value("grpo_worker_steps_total", {"job_id": job_id}) == step
