@@ -791,10 +791,7 @@ async function newJobPage(signal) {
     const unplaced = [];
     let first = null;
     for (const problem of problems) {
-      const where = problem.split(":")[0].trim();
-      const path = [...errorSlots.keys()]
-        .filter((p) => where === p || where.startsWith(`${p}.`))
-        .sort((a, b) => b.length - a.length)[0];
+      const path = fieldOf(problem, [...errorSlots.keys()]);
       if (!path) {
         unplaced.push(problem);
         continue;
@@ -817,6 +814,16 @@ async function newJobPage(signal) {
     );
     (first || generalError).focus?.();
   }
+}
+
+/** The form field a problem from the API names: pydantic's start with the field's path ("hyperparameters.lora.r:
+ * ...", "rewards.0.weight: ..."), the service's checks with the field and a value ("eval_dataset_id ds_...: ...",
+ * "reward 'length_target': param ...", "unknown base_model ..."). The longest path that fits wins. */
+function fieldOf(problem, paths) {
+  const subject = problem.replace(/^unknown /, "").replace(/^reward\b/, "rewards");
+  return paths
+    .filter((path) => subject === path || new RegExp(`^${path.replace(/[.]/g, "\\.")}(?=[.\\[:\\s])`).test(subject))
+    .sort((a, b) => b.length - a.length)[0];
 }
 
 /** One input per property of a hyperparameter object schema, prefilled with its default; read() gives the value
