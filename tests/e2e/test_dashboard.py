@@ -230,6 +230,8 @@ def test_the_dashboard_trains_watches_downloads_and_cancels(running_service, bro
     assert headers[:4] == ["#", "Completion", "Reward", "Advantage"]
     assert sorted(headers[4:]) == ["length_target", "numeric_answer"]  # a score column per reward
     driver.save_screenshot(str(artifacts / "job-page.png"))
+    driver.execute_script("arguments[0].scrollIntoView()", page.find("#samples-title"))
+    driver.save_screenshot(str(artifacts / "job-page-samples.png"))
 
     # A second job, cancelled from its page.
     second_id = page.new_job(dataset_id, group_size=2, max_steps=500, checkpoint_every=0, max_new_tokens=8)
