@@ -114,6 +114,11 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
+    # Guardrails (grpo_core.guardrails): the spec's conditions, what ended the job early, and the step of its adapter
+    # when that is not its last checkpoint (the best evaluation's). Null on jobs from before them: the defaults.
+    stop_when: Mapped[dict[str, Any] | None] = mapped_column()
+    stopped_early: Mapped[dict[str, Any] | None] = mapped_column()
+    adapter_step: Mapped[int | None] = mapped_column(Integer)
 
 
 class MetricRow(Base):

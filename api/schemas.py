@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, create_model, field_validator
 
 from grpo_core.config import GRPOConfig, LoraSettings, RewardSpec, declared_kind, field_docs
+from grpo_core.guardrails import StopWhen
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -254,6 +255,7 @@ _KINDS: dict[str, Any] = {
     "int": StrictInt,
     "float": _FiniteFloat,
     "float | None": _FiniteFloat | None,
+    "int | None": StrictInt | None,
     "str": StrictStr,
     "bool": StrictBool,
     "tuple[str, ...]": list[StrictStr],
@@ -306,6 +308,11 @@ HARDWARE_CLASSES = ("cpu", "gpu")
 Hardware = Literal["cpu", "gpu"]
 
 
+StopWhenSettings = create_model(
+    "StopWhenSettings", __config__=_STRICT_OBJECT, __doc__=StopWhen.__doc__, **_typed_fields(StopWhen)
+)
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     base_model: str = Field(description="A model name from GET /v1/models", examples=["tiny-random-llama"])
@@ -322,6 +329,12 @@ class JobCreate(BaseModel):
         description="GRPOConfig fields; omitted ones take their defaults. The operator's limits (GRPO_MAX_*) may "
         "refuse values inside these ranges.",
         examples=[{"group_size": 8, "max_steps": 20, "beta": 0.0}],
+    )
+    stop_when: StopWhenSettings | None = Field(
+        None,
+        description="Guardrails: conditions that end the job before max_steps (each off unless set); null or "
+        "omitted: none, and a run fails at 3 steps that are not finite.",
+        examples=[{"kl_above": 0.5, "kl_steps": 3, "eval_patience": 3}],
     )
 
 
@@ -353,9 +366,28 @@ class JobPublic(BaseModel):
     cancel_requested: bool
     worker_host: str | None
     error: str | None
+    stop_when: dict[str, Any] = Field(description="The guardrails the job runs with, defaults filled in")
+    stopped_early: StoppedEarly | None = Field(
+        None, description="Set when a stop_when condition ended the job (it then succeeded) before max_steps"
+    )
+    adapter_step: int | None = Field(
+        None,
+        description="The step of the job's adapter (GET .../adapter): the best evaluation's when a guardrail ended "
+        "it with stop_when.adapter best; null: its last checkpoint",
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+class StoppedEarly(BaseModel):
+    """What ended a job before max_steps (grpo_core.guardrails.StopReason)."""
+
+    reason: str = Field(description="The stop_when condition: kl_above, reward_drop, eval_patience, flat_steps or "
+                        "truncated_steps")  # fmt: skip
+    step: int
+    values: dict[str, float | None] = Field(description="The figures that decided it")
+    message: str
 
 
 class JobsPublic(BaseModel):

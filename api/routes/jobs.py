@@ -356,5 +356,8 @@ def download_checkpoint(
     response_class=FileResponse,
 )
 def download_adapter(job_id: str, session: SessionDep, tenant_id: TenantDep) -> FileResponse:
-    """The job's latest adapter (the final one once it succeeded) as a .tar.gz, sha256 in X-Checksum-SHA256."""
-    return _adapter_download(session, tenant_id, job_id, None)
+    """The job's adapter as a .tar.gz, sha256 in X-Checksum-SHA256, its step in X-Checkpoint-Step: the latest
+    checkpoint (the final one once it succeeded), or the best evaluation's when a guardrail ended the job
+    (adapter_step)."""
+    job = jobs_service.get_job(session, tenant_id=tenant_id, job_id=job_id)
+    return _adapter_download(session, tenant_id, job_id, job.adapter_step)
