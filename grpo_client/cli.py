@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         with Client(args.url, args.key) as client:
             return args.client_handler(client, args)
     except ApiError as error:
-        message = f"{error.detail} (HTTP {error.status})"
+        message = f"{error.explanation} (HTTP {error.status})"
     except httpx.HTTPError as error:
         message = f"could not reach the API at {args.url or os.environ.get('GRPO_API_URL') or DEFAULT_URL}: {error}"
     except (ChecksumMismatch, StreamLost, ValueError, OSError) as error:

@@ -39,8 +39,14 @@ class ApiError(Exception):
     when there are several (a 422 lists each invalid field)."""
 
     def __init__(self, status: int, detail: str, errors: list[str] | None = None, retry_after: float | None = None):
-        super().__init__(f"HTTP {status}: {detail}")
         self.status, self.detail, self.errors, self.retry_after = status, detail, errors or [], retry_after
+        super().__init__(f"HTTP {status}: {self.explanation}")
+
+    @property
+    def explanation(self) -> str:
+        """`detail`, followed by each problem in `errors` that it does not already name."""
+        more = [error for error in self.errors if error not in self.detail]
+        return f"{self.detail}: {'; '.join(more)}" if more else self.detail
 
 
 class ChecksumMismatch(Exception):
@@ -92,6 +98,10 @@ def parse_events(lines: Iterable[str]) -> Iterator[Event]:
             event_type = value
         elif field == "id" and value.isdigit():
             event_id = int(value)
+
+
+def _is_end(event: Event) -> bool:
+    return event.type == "status" and isinstance(event.data, dict) and event.data.get("status") in TERMINAL_STATUSES
 
 
 class _Resource:
@@ -191,8 +201,7 @@ class Jobs(_Resource):
                         failures = 0
                         if event.id is not None:
                             last_event_id = event.id
-                        if event.type == "status" and isinstance(event.data, dict) and event.data.get("status") in TERMINAL_STATUSES:
-                            finished = True
+                        finished = finished or _is_end(event)
                         yield event
             except (httpx.TransportError, ApiError) as error:
                 # 429: this tenant's streams are at their cap, which the dropped stream may still count against
