@@ -287,9 +287,7 @@ def _jobs_download(client: Client, args: argparse.Namespace) -> int:
                      "bytes": download.bytes})  # fmt: skip
     else:
         print(download.path)
-        print(
-            f"step {download.step}, {download.bytes / 1e6:.1f} MB, sha256 {download.sha256} verified", file=sys.stderr
-        )
+        print(f"step {download.step}, {_size(download.bytes)}, sha256 {download.sha256} verified", file=sys.stderr)
     return EXIT_SUCCEEDED
 
 
@@ -357,9 +355,10 @@ class ProgressView:
             self._line(f"held-out at step {data.get('step')}: {values}")
         elif event.type == "status":
             error = f": {data['error']}" if data.get("error") else ""
-            self._line(f"{self.job_id} {data.get('status')}{error}")
+            # The job's last line: the progress line is not drawn again under it.
+            self._line(f"{self.job_id} {data.get('status')}{error}", redraw=data.get("status") not in EXIT_BY_STATUS)
         elif event.type == "checkpoint":
-            self._line(f"checkpoint at step {data.get('step')} ({(data.get('bytes') or 0) / 1e6:.1f} MB)")
+            self._line(f"checkpoint at step {data.get('step')} ({_size(data.get('bytes') or 0)})")
         elif event.type == "warning":
             self._line(f"warning: {data.get('message')}")
 
@@ -381,12 +380,17 @@ class ProgressView:
         self.stream.flush()
         self.bar_shown = True
 
-    def _line(self, text: str) -> None:
+    def _line(self, text: str, redraw: bool = True) -> None:
         if self.live and self.bar_shown:
-            self.stream.write("\r\x1b[K")  # the line goes above the progress line, which is drawn again
+            self.stream.write("\r\x1b[K")  # the line takes the progress line's place, which is drawn under it
+            self.bar_shown = redraw
         print(text, file=self.stream, flush=True)
         if self.live and self.bar_shown:
             self._progress()
+
+
+def _size(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.0f} kB"
 
 
 def _number(value: float | None) -> str:

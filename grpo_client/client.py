@@ -7,6 +7,7 @@ import json
 import os
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,11 @@ def parse_events(lines: Iterable[str]) -> Iterator[Event]:
             event_id = int(value)
 
 
+def _segment(value: str | int) -> str:
+    """An id as one path segment: an id holding `/`, `?` or `..` must not reach another endpoint."""
+    return urllib.parse.quote(str(value), safe="")
+
+
 def _is_end(event: Event) -> bool:
     return event.type == "status" and isinstance(event.data, dict) and event.data.get("status") in TERMINAL_STATUSES
 
@@ -125,7 +131,7 @@ class Datasets(_Resource):
         return self._request("GET", "/v1/datasets")["data"]
 
     def get(self, dataset_id: str) -> Dataset:
-        return self._request("GET", f"/v1/datasets/{dataset_id}")
+        return self._request("GET", f"/v1/datasets/{_segment(dataset_id)}")
 
 
 class Jobs(_Resource):
@@ -163,24 +169,26 @@ class Jobs(_Resource):
         return self._request("GET", "/v1/jobs", params=params)["data"]
 
     def get(self, job_id: str) -> Job:
-        return self._request("GET", f"/v1/jobs/{job_id}")
+        return self._request("GET", f"/v1/jobs/{_segment(job_id)}")
 
     def cancel(self, job_id: str) -> Job:
         """Stop a queued job at once, or a running one before its next step."""
-        return self._request("POST", f"/v1/jobs/{job_id}/cancel")
+        return self._request("POST", f"/v1/jobs/{_segment(job_id)}/cancel")
 
     def metrics(self, job_id: str, *, after_step: int = -1) -> list[Metric]:
         """Every metric row after `after_step` (train rows, and eval rows: step 0 is before training), all pages."""
         rows: list[Metric] = []
         cursor: int | None = after_step
         while cursor is not None:
-            page = self._request("GET", f"/v1/jobs/{job_id}/metrics", params={"after_step": cursor, "limit": 1000})
+            page = self._request(
+                "GET", f"/v1/jobs/{_segment(job_id)}/metrics", params={"after_step": cursor, "limit": 1000}
+            )
             rows += page["data"]
             cursor = page["next_after_step"]
         return rows
 
     def checkpoints(self, job_id: str) -> list[Checkpoint]:
-        return self._request("GET", f"/v1/jobs/{job_id}/checkpoints")["data"]
+        return self._request("GET", f"/v1/jobs/{_segment(job_id)}/checkpoints")["data"]
 
     def watch(self, job_id: str, *, last_event_id: int | None = None) -> Iterator[Event]:
         """The job's events (status, metrics, checkpoint, warning) as they happen, from the first one or from after
@@ -194,7 +202,7 @@ class Jobs(_Resource):
             timeout = httpx.Timeout(self._client.timeout, read=STREAM_READ_TIMEOUT)
             try:
                 with self._client.http.stream(
-                    "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=timeout
+                    "GET", f"/v1/jobs/{_segment(job_id)}/events", headers=headers, timeout=timeout
                 ) as response:
                     _raise_for_status(response)
                     for event in parse_events(response.iter_lines()):
@@ -228,7 +236,11 @@ class Jobs(_Resource):
         API's X-Checksum-SHA256 header before the file takes its name: on a mismatch ChecksumMismatch is raised
         and no file is left behind, not even a partial one."""
         dest = Path(dest)
-        path = f"/v1/jobs/{job_id}/adapter" if step is None else f"/v1/jobs/{job_id}/checkpoints/{step}/adapter"
+        path = (
+            f"/v1/jobs/{_segment(job_id)}/adapter"
+            if step is None
+            else f"/v1/jobs/{_segment(job_id)}/checkpoints/{_segment(step)}/adapter"
+        )
         with self._client.http.stream("GET", path) as response:
             _raise_for_status(response)
             expected = response.headers.get("X-Checksum-SHA256", "").lower()
