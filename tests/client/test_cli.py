@@ -3,6 +3,8 @@ GRPO_API_URL and GRPO_API_KEY in the environment; exit statuses and `--json` out
 
 import hashlib
 import json
+import os
+import pty
 import subprocess
 import sys
 import time
@@ -22,6 +24,25 @@ def grpo(running_service, api_key, *args, timeout=300):
     return subprocess.run(
         [sys.executable, "-m", "api.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def watch_on_a_terminal(running_service, api_key, job_id) -> tuple[int, str]:
+    """`grpo jobs watch` with stderr on a pseudo-terminal, as a person runs it: its exit status and what the
+    terminal received."""
+    env = {**running_service.env, "GRPO_API_URL": running_service.base_url, "GRPO_API_KEY": api_key}
+    leader, follower = pty.openpty()
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "jobs", "watch", job_id], env=env, stdout=subprocess.DEVNULL, stderr=follower
+    )
+    os.close(follower)
+    received = b""
+    try:
+        while chunk := os.read(leader, 65536):
+            received += chunk
+    except OSError:  # EIO: the command exited and closed the terminal
+        pass
+    os.close(leader)
+    return watch.wait(timeout=60), received.decode()
 
 
 def one_error_line(done) -> str:
@@ -60,6 +81,10 @@ def test_upload_create_watch_download(running_service, api_key, tmp_path):
     assert job["status"] == "succeeded" and job["progress"] == {"step": 3, "max_steps": 3, "fraction": 1.0}
     assert job["hyperparameters"]["group_size"] == 2 and job["hyperparameters"]["lora"]["r"] == 4, "--set parsed"
     assert job["rewards"] == [{**TINY_REWARDS[0], "weight": 1.0}, {**TINY_REWARDS[1], "weight": 1.0, "params": {}}]
+    # On a terminal: one progress line redrawn in place (bar, step, reward, ETA), the job's end on the last line.
+    status, screen = watch_on_a_terminal(running_service, api_key, job_id)
+    assert status == 0 and f"\r\x1b[K[{'#' * 24}] step 3/3  reward " in screen, screen
+    assert screen.rstrip().endswith(f"\x1b[K{job_id} succeeded"), screen
     listed = json.loads(grpo(running_service, api_key, "jobs", "list", "--status", "succeeded", "--json").stdout)
     assert job_id in [j["id"] for j in listed]
 
