@@ -7,7 +7,8 @@ grpo rewards list
 grpo models list                    the API's catalog (`grpo models list --file [PATH]`: a local models file)
 
 Every verb takes --url (default $GRPO_API_URL, else http://127.0.0.1:8000), --key (default $GRPO_API_KEY) and
---json: one JSON document on stdout, or for watch one JSON event per line. Otherwise ids go to stdout (so
+--json: one JSON document on stdout; watch prints one JSON event per line ({"id", "event", "data"}), and
+create --watch the job's line before its events. Otherwise ids go to stdout (so
 `DS=$(grpo datasets upload train.jsonl)` works), tables as tab-separated lines, and progress to stderr: a live
 progress line (step, reward, ETA) when stderr is a terminal, a line per event when it is not.
 

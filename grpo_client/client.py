@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import os
@@ -82,7 +83,8 @@ def parse_events(lines: Iterable[str]) -> Iterator[Event]:
     blank line ends an event, `:` starts a comment (the server's keep-alives). An event cut off before its blank
     line (a dropped connection) is never yielded."""
     event_id: int | None = None
-    event_type, data = "message", []
+    event_type = "message"
+    data: list[str] = []
     for line in lines:
         if not line:
             if data:
@@ -175,9 +177,10 @@ class Jobs(_Resource):
         """Stop a queued job at once, or a running one before its next step."""
         return self._request("POST", f"/v1/jobs/{_segment(job_id)}/cancel")
 
-    def metrics(self, job_id: str, *, after_step: int = -1) -> list[Metric]:
+    # builtins.list: inside these classes `list` is the list() method.
+    def metrics(self, job_id: str, *, after_step: int = -1) -> builtins.list[Metric]:
         """Every metric row after `after_step` (train rows, and eval rows: step 0 is before training), all pages."""
-        rows: list[Metric] = []
+        rows: builtins.list[Metric] = []
         cursor: int | None = after_step
         while cursor is not None:
             page = self._request(
@@ -187,7 +190,7 @@ class Jobs(_Resource):
             cursor = page["next_after_step"]
         return rows
 
-    def checkpoints(self, job_id: str) -> list[Checkpoint]:
+    def checkpoints(self, job_id: str) -> builtins.list[Checkpoint]:
         return self._request("GET", f"/v1/jobs/{_segment(job_id)}/checkpoints")["data"]
 
     def watch(self, job_id: str, *, last_event_id: int | None = None) -> Iterator[Event]:

@@ -3,6 +3,8 @@ dropped connection, and downloads checked against their sha256."""
 
 import hashlib
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -10,6 +12,15 @@ import pytest
 
 from grpo_client import ApiError, ChecksumMismatch, Client, Event, parse_events
 from tests.client.conftest import TINY_JOB, TINY_REWARDS, embedded_only, write_prompts
+
+
+def test_the_client_imports_nothing_of_the_service():
+    code = (
+        "import sys, grpo_client, grpo_client.cli; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'api', 'worker', 'grpo_core', 'torch', 'pydantic'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
 
 
 def test_parse_events_follows_the_sse_rules():
