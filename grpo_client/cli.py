@@ -24,13 +24,14 @@ import json
 import os
 import sys
 from collections import deque
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
 
 from grpo_client.client import DEFAULT_URL, ApiError, ChecksumMismatch, Client, StreamLost
-from grpo_client.types import Event, Job, RewardRef
+from grpo_client.types import Event, Job, Model, RewardRef
 
 EXIT_SUCCEEDED, EXIT_FAILED, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 2, 3
 EXIT_BY_STATUS = {"succeeded": EXIT_SUCCEEDED, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}
@@ -196,13 +197,22 @@ def _datasets_upload(client: Client, args: argparse.Namespace) -> int:
     return EXIT_SUCCEEDED
 
 
-def _datasets_list(client: Client, args: argparse.Namespace) -> int:
-    datasets = client.datasets.list()
+def _table(args: argparse.Namespace, rows: Sequence[Any], line: Callable[[Any], str]) -> int:
+    """The rows as one JSON document with --json, else as a line each."""
     if args.json:
-        _print_json(datasets)
-    for d in [] if args.json else datasets:
-        print(f"{d['id']}\t{d['name']}\t{d['rows']} rows\t{', '.join(d['fields'])}\t{d['created_at']}")
+        _print_json(rows)
+    else:
+        for row in rows:
+            print(line(row))
     return EXIT_SUCCEEDED
+
+
+def _datasets_list(client: Client, args: argparse.Namespace) -> int:
+    return _table(
+        args,
+        client.datasets.list(),
+        lambda d: f"{d['id']}\t{d['name']}\t{d['rows']} rows\t{', '.join(d['fields'])}\t{d['created_at']}",
+    )
 
 
 def _datasets_get(client: Client, args: argparse.Namespace) -> int:
@@ -242,12 +252,7 @@ def _job_line(job: Job) -> str:
 
 
 def _jobs_list(client: Client, args: argparse.Namespace) -> int:
-    jobs = client.jobs.list(args.status, limit=100)
-    if args.json:
-        _print_json(jobs)
-    for job in [] if args.json else jobs:
-        print(_job_line(job))
-    return EXIT_SUCCEEDED
+    return _table(args, client.jobs.list(args.status, limit=100), _job_line)
 
 
 def _jobs_get(client: Client, args: argparse.Namespace) -> int:
@@ -293,26 +298,21 @@ def _jobs_download(client: Client, args: argparse.Namespace) -> int:
 
 
 def _rewards_list(client: Client, args: argparse.Namespace) -> int:
-    rewards = client.rewards.list()
-    if args.json:
-        _print_json(rewards)
-    for reward in [] if args.json else rewards:
-        print(f"{reward['id'] or reward['name']}\t{reward['kind']}\t{reward['description']}")
-    return EXIT_SUCCEEDED
+    # An upload is named in a job by its id.
+    return _table(args, client.rewards.list(), lambda r: f"{r['id'] or r['name']}\t{r['kind']}\t{r['description']}")
 
 
 def models_list(client: Client, args: argparse.Namespace) -> int:
     """`grpo models list`: the models a job can name, from the API."""
-    models = client.models.list()
-    if args.json:
-        _print_json(models)
-    for model in [] if args.json else models:
-        template = "chat template" if model["has_chat_template"] else "no chat template"
-        print(
-            f"{model['name']}\t{model['parameters']:,} parameters\t{model['context_length']} tokens\t{template}\t"
-            f"{'built-in' if model['builtin'] else 'registered'}\t{model['description']}"
-        )
-    return EXIT_SUCCEEDED
+    return _table(args, client.models.list(), _model_line)
+
+
+def _model_line(model: Model) -> str:
+    template = "chat template" if model["has_chat_template"] else "no chat template"
+    return (
+        f"{model['name']}\t{model['parameters']:,} parameters\t{model['context_length']} tokens\t{template}\t"
+        f"{'built-in' if model['builtin'] else 'registered'}\t{model['description']}"
+    )
 
 
 def _watch(client: Client, job: Job, as_json: bool) -> int:

@@ -214,24 +214,21 @@ class Jobs(_Resource):
                             last_event_id = event.id
                         finished = finished or _is_end(event)
                         yield event
+                # The server ends the stream only once the job has ended and every event was sent; a stream closed
+                # cleanly before that (by a proxy, say) is resumed like a dropped one.
+                if finished or self.get(job_id)["status"] in TERMINAL_STATUSES:
+                    return
+                problem, retry_after = "the stream ended before the job did", None
             except (httpx.TransportError, ApiError) as error:
                 # 429: this tenant's streams are at their cap, which the dropped stream may still count against
                 # until the server notices it is gone. Anything else the API says is final.
                 if isinstance(error, ApiError) and error.status != 429:
                     raise
-                failures += 1
-                if failures > RECONNECT_ATTEMPTS:
-                    raise StreamLost(f"the event stream of {job_id} dropped and did not come back: {error}") from error
-                wait = getattr(error, "retry_after", None) or 0.5 * 2**failures
-                time.sleep(min(wait, MAX_RETRY_WAIT))
-                continue
-            # The server ends the stream only once the job has ended and every event was sent; a stream closed
-            # cleanly before that (a proxy's timeout) is resumed like a dropped one.
-            if finished or self.get(job_id)["status"] in TERMINAL_STATUSES:
-                return
+                problem, retry_after = str(error) or type(error).__name__, getattr(error, "retry_after", None)
             failures += 1
             if failures > RECONNECT_ATTEMPTS:
-                raise StreamLost(f"the event stream of {job_id} kept ending before the job did")
+                raise StreamLost(f"the event stream of {job_id} dropped and did not come back: {problem}")
+            time.sleep(min(retry_after or 0.5 * 2**failures, MAX_RETRY_WAIT))
 
     def download(self, job_id: str, dest: str | os.PathLike[str] = ".", *, step: int | None = None) -> Download:
         """Write the job's adapter archive (.tar.gz; the latest checkpoint, or `step`'s) to `dest`, a file path or
