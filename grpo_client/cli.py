@@ -169,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
         message = f"could not reach the API at {args.url or os.environ.get('GRPO_API_URL') or DEFAULT_URL}: {error}"
     except (ChecksumMismatch, StreamLost, ValueError, OSError) as error:
         message = str(error)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a watched job goes on: `grpo jobs cancel ID` stops it
+        print(f"grpo {_verb(args)}: interrupted", file=sys.stderr)
         return 130
     print(f"grpo {_verb(args)}: {message}", file=sys.stderr)
     return EXIT_ERROR

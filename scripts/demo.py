@@ -93,6 +93,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     began = time.monotonic()
+    # SIGTERM (a timeout, a CI runner) unwinds like Ctrl-C, so the finally below stops the service this started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     shutil.rmtree(args.data_dir, ignore_errors=True)
     env = {**os.environ, "GRPO_DATA_DIR": str(args.data_dir.resolve())}
