@@ -41,7 +41,7 @@ chaos: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy grpo_core
+	$(BIN)/mypy grpo_core grpo_client
 
 demo: install
 	$(BIN)/python scripts/demo.py
