@@ -224,6 +224,7 @@ async function jobPage(jobId, signal) {
   const progress = h("span", { id: "job-progress" });
   const streamState = h("span", { id: "stream-state", class: "muted" });
   const error = h("pre", { id: "job-error", class: "error", role: "alert", hidden: true });
+  const stoppedEarly = h("p", { id: "job-stopped-early", role: "status", hidden: true });
   const cancel = h("button", { type: "button", id: "cancel-job", class: "danger" }, "Cancel job");
   const warnings = h("ul", { id: "job-warnings", class: "warnings" });
   const chartsArea = h("div", { class: "charts" });
@@ -238,6 +239,7 @@ async function jobPage(jobId, signal) {
       cancel,
     ),
     error,
+    stoppedEarly,
     warnings,
     h("h2", {}, "Curves"),
     chartsArea,
@@ -266,6 +268,14 @@ async function jobPage(jobId, signal) {
     replace(progress, `step ${job.progress.step} / ${job.progress.max_steps}`);
     error.hidden = !job.error;
     error.textContent = job.error || "";
+    // A guardrail (stop_when) ended the job: say which, and which checkpoint is its adapter.
+    stoppedEarly.hidden = !job.stopped_early;
+    if (job.stopped_early) {
+      const adapter = job.adapter_step === null ? "its last checkpoint" : `the checkpoint of step ${job.adapter_step}`;
+      stoppedEarly.textContent =
+        `Stopped early at step ${job.stopped_early.step} (${job.stopped_early.reason}): ` +
+        `${job.stopped_early.message}. Its adapter is ${adapter}.`;
+    }
     cancel.disabled = isTerminal(job.status) || job.cancel_requested;
     cancel.textContent = job.cancel_requested && !isTerminal(job.status) ? "Cancelling…" : "Cancel job";
     samples.setLastStep(job.progress.step);
