@@ -35,6 +35,12 @@ def submit(tenant_id, dataset_id, stop_when, rewards=LENGTH, eval_dataset_id=Non
         return job.id
 
 
+def held_out(tenant_id):
+    rows = "".join(json.dumps({"prompt": f"What is {i} + 2?", "answer": i + 2}) + "\n" for i in range(3))
+    with session_scope() as session:
+        return datasets_service.create_dataset(session, tenant_id=tenant_id, name="e.jsonl", content=rows.encode()).id
+
+
 def finished(job_id):
     assert run_job(job_id) == "succeeded"
     with session_scope() as session:
@@ -83,11 +89,7 @@ def test_flat_groups_end_the_job(tenant_and_dataset):  # noqa: F811
 
 def test_early_stopping_keeps_the_best_evaluations_adapter(tenant_and_dataset, tmp_path):  # noqa: F811
     tenant_id, dataset_id = tenant_and_dataset
-    rows = "".join(json.dumps({"prompt": f"What is {i} + 2?", "answer": i + 2}) + "\n" for i in range(3))
-    with session_scope() as session:
-        eval_id = datasets_service.create_dataset(
-            session, tenant_id=tenant_id, name="e.jsonl", content=rows.encode()
-        ).id
+    eval_id = held_out(tenant_id)
     # No later evaluation can beat the one before training by 1000: patience 2 ends the job at step 2, and the best
     # adapter is the untrained one of step 0.
     job_id = submit(
@@ -112,11 +114,7 @@ def test_early_stopping_keeps_the_best_evaluations_adapter(tenant_and_dataset, t
 
 def test_last_adapter_when_asked(tenant_and_dataset, tmp_path):  # noqa: F811
     tenant_id, dataset_id = tenant_and_dataset
-    rows = "".join(json.dumps({"prompt": f"What is {i} + 2?", "answer": i + 2}) + "\n" for i in range(3))
-    with session_scope() as session:
-        eval_id = datasets_service.create_dataset(
-            session, tenant_id=tenant_id, name="e.jsonl", content=rows.encode()
-        ).id
+    eval_id = held_out(tenant_id)
     job_id = submit(
         tenant_id,
         dataset_id,
