@@ -387,8 +387,9 @@ class JobPublic(BaseModel):
         description=f"Jobs forked from this one, oldest first, at most {CHILDREN_SHOWN}. In the answers of GET "
         "/v1/jobs/{id} and POST /v1/jobs; null in lists and in a cancel's answer",
     )
-    children_count: int | None = Field(None, description="How many jobs were forked from this one (null where "
-        "children is)")
+    children_count: int | None = Field(
+        None, description="How many jobs were forked from this one (null where children is)"
+    )
     progress: Progress
     cancel_requested: bool
     worker_host: str | None

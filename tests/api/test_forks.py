@@ -100,7 +100,9 @@ def test_another_tenants_job_is_refused_exactly_like_one_that_does_not_exist(ser
     unknown = refused(service, bob, fork_spec(bobs_dataset, missing))
     assert theirs == [f"init_from.job_id: job {parent!r} not found"]
     assert unknown == [f"init_from.job_id: job {missing!r} not found"]
-    assert refused(service, bob, fork_spec(bobs_dataset, "../../etc")) == ["init_from.job_id: job '../../etc' not found"]
+    assert refused(service, bob, fork_spec(bobs_dataset, "../../etc")) == [
+        "init_from.job_id: job '../../etc' not found"
+    ]
     assert service.get(f"/v1/jobs/{parent}", headers=alice).json()["children_count"] == 0
 
 
