@@ -46,6 +46,10 @@ def assert_equal_tensors(left, right):
         assert torch.equal(left[name], right[name]), name
 
 
+def differs(left, right):
+    return any(not torch.equal(left[name], right[name]) for name in left)
+
+
 def test_a_fork_starts_from_the_parents_adapter_bit_for_bit_and_then_trains_its_own(tmp_path, parent):
     recorder = Recorder()
     trainer = fork_trainer(tmp_path, parent, step=1, callbacks=[recorder])
@@ -62,11 +66,9 @@ def test_a_fork_starts_from_the_parents_adapter_bit_for_bit_and_then_trains_its_
     assert_equal_tensors(tensors(own[0]), tensors(parent_step_1))
     assert (own[0] / ADAPTER).read_bytes() == (parent_step_1 / ADAPTER).read_bytes()
     # Not the parent's step 2, and the fork trained from its start: step 1 moved the adapter.
-    assert any(
-        not torch.equal(a, b)
-        for a, b in zip(tensors(own[0]).values(), tensors(parent / "checkpoints" / "step-000002").values())
-    )
-    assert any(not torch.equal(a, b) for a, b in zip(tensors(own[0]).values(), tensors(own[1]).values()))
+    assert differs(tensors(own[0]), tensors(parent / "checkpoints" / "step-000002"))
+    assert differs(tensors(own[0]), tensors(own[1]))
+    assert any(value.any() for name, value in tensors(own[0]).items() if "lora_B" in name), "the parent trained B"
     # Fresh optimizer by default: no moments at step 0, and the fork's own learning rate.
     state = load_trainer_state(read_checkpoint(own[0]))
     assert state["optimizer"]["state"] == {} and state["optimizer"]["param_groups"][0]["lr"] == 5e-5
@@ -114,3 +116,24 @@ def test_a_fork_point_that_is_gone_or_of_another_shape_is_refused(tmp_path, pare
     with pytest.raises(ForkPointUnusable, match="other layers or shapes"):
         fork_trainer(tmp_path / "shape", parent, step=1, lora=LoraSettings(r=2, alpha=8)).train()
     assert list_checkpoints(tmp_path / "shape" / "checkpoints") == []
+
+
+def test_grpo_train_forks_from_a_checkpoint_folder_named_in_its_config(tmp_path, parent):
+    import yaml
+
+    from grpo_core.cli import main
+
+    config = {
+        "base_model": "tiny-random-llama",
+        "dataset": "builtin:arithmetic",
+        "output_dir": "fork",
+        "rewards": [{"name": "length_target", "params": {"target": 40}}],
+        "hyperparameters": {"group_size": 2, "max_steps": 1, "max_new_tokens": 6, "lora": {"r": 4, "alpha": 8}},
+        "init_from": {"checkpoint": str(parent / "checkpoints" / "step-000002")},
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", str(tmp_path / "job.yaml"), "--device", "cpu"]) == 0
+    start = tensors(tmp_path / "fork" / "checkpoints" / "step-000000")
+    assert_equal_tensors(start, tensors(parent / "checkpoints" / "step-000002"))
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump({**config, "init_from": {"path": "x"}}))
+    assert main(["train", str(tmp_path / "job.yaml")]) == 2
