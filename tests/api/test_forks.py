@@ -122,6 +122,7 @@ def test_another_tenants_job_is_refused_exactly_like_one_that_does_not_exist(ser
     ],
 )
 def test_a_fork_the_parents_adapter_does_not_fit_is_refused(service, alice, dataset_id, parent, change, expected):
+    change = dict(change)  # the parameters are shared by both databases' runs
     spec = fork_spec(dataset_id, parent, step=change.pop("step", 2), lora=change.pop("lora", LORA))
     if spec["hyperparameters"]["lora"] is None:
         del spec["hyperparameters"]["lora"]
