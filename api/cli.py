@@ -6,7 +6,13 @@ grpo migrate                             apply database migrations
 grpo keys create --tenant NAME           print a new API key (once; only its hash is stored)
 grpo train CONFIG.yaml [--resume] [--device auto|cpu|cuda|cuda:N]   run a job locally without the service
 grpo models add NAME SOURCE [...]        register a base model (a checkpoint folder or hub id) in the models file
-grpo models list                         the models a job may name
+grpo models list [--file [PATH]]         the models a job may name: the API's (--file: the local models file's)
+
+and the client verbs, which talk to a running service (grpo_client/cli.py: options, output, exit status):
+grpo datasets upload FILE | list | get ID
+grpo jobs create --model M --dataset D --reward NAME[:WEIGHT] --set KEY=VALUE [--watch]
+grpo jobs list | get ID | cancel ID | watch ID | download ID [--step N] [--output PATH]
+grpo rewards list
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import argparse
 import os
 import sys
 from pathlib import Path
+
+from grpo_client import cli as client_cli
 
 
 def _use_data_dir(data_dir: Path | None) -> None:
@@ -157,10 +165,27 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("--chat-template", type=Path, help="a Jinja chat template file, replacing the tokenizer's")
     add.add_argument("--replace", action="store_true", help="replace an entry of the same name")
     add.add_argument("--models-file", type=Path, help="default: $GRPO_MODELS_FILE")
-    listing = models.add_parser("list", help="the built-in models and the models file's")
-    listing.add_argument("--models-file", type=Path, help="default: $GRPO_MODELS_FILE")
+    listing = models.add_parser(
+        "list", parents=[client_cli.OPTIONS], help="the models a job can name, from the API (--file: from the file)"
+    )
+    listing.add_argument(
+        "--file",
+        dest="local_models",
+        type=Path,
+        nargs="?",
+        const=True,  # --file alone: the settings' models file
+        metavar="PATH",
+        help="list the built-in models and a models file's (default: $GRPO_MODELS_FILE) here, without the API",
+    )
+    listing.set_defaults(client_handler=client_cli.models_list, models_file=None)
+    client_cli.register(commands)
     args = parser.parse_args(argv)
     _use_data_dir(getattr(args, "sub_data_dir", None) or args.data_dir)
+    if args.command == "models" and args.models_command == "list" and args.local_models is not None:
+        args.models_file = None if args.local_models is True else args.local_models
+        return models_command(args)
+    if getattr(args, "client_handler", None):
+        return client_cli.run(args)
     if args.command == "models":
         return models_command(args)
 

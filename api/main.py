@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.dashboard import mount_dashboard
 from api.limits import REWARD_BODY_BYTES, BodySizeLimit, TenantSlots
 from api.metrics import add_metrics
 from api.routes import catalog, datasets, health, jobs, rewards
@@ -117,6 +118,7 @@ def create_app() -> FastAPI:
     )
     for router in (health.router, datasets.router, catalog.router, rewards.router, jobs.router):
         app.include_router(router)
+    mount_dashboard(app)
 
     def body_limit(path: str) -> int:
         # Uploads have their own cap (the route answers 413 with the exact figure); every other body is a small

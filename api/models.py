@@ -126,6 +126,11 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
+    # Guardrails (grpo_core.guardrails): the spec's conditions, what ended the job early, and the step of its adapter
+    # when that is not its last checkpoint (the best evaluation's). Null on jobs from before them: the defaults.
+    stop_when: Mapped[dict[str, Any] | None] = mapped_column()
+    stopped_early: Mapped[dict[str, Any] | None] = mapped_column()
+    adapter_step: Mapped[int | None] = mapped_column(Integer)
 
 
 class MetricRow(Base):
@@ -210,3 +215,28 @@ class RewardOutput(Base):
 
 
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+class PromptStats(Base):
+    """Per-prompt difficulty: one dataset row's groups over a job's steps (worker/writes.py record_prompt_groups).
+    A group's reward is the mean of its finite rewards (null when none was finite)."""
+
+    __tablename__ = "prompt_stats"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    row: Mapped[int] = mapped_column(Integer, primary_key=True)  # index in the job's training dataset
+    groups: Mapped[int] = mapped_column(Integer)  # times sampled: one group of group_size completions each
+    reward_sum: Mapped[float] = mapped_column()  # of every finite reward of its groups
+    reward_count: Mapped[int] = mapped_column(Integer)  # how many rewards reward_sum adds
+    zero_variance_groups: Mapped[int] = mapped_column(Integer)  # groups whose rewards were all equal
+    first_step: Mapped[int] = mapped_column(Integer)
+    first_reward: Mapped[float | None] = mapped_column()
+    last_step: Mapped[int] = mapped_column(Integer)
+    last_reward: Mapped[float | None] = mapped_column()
+
+
+class PromptStatStep(Base):
+    """A step whose groups are in prompt_stats: the same step run again after a resume adds nothing."""
+
+    __tablename__ = "prompt_stat_steps"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, create_model, field_validator
 
 from grpo_core.config import GRPOConfig, LoraSettings, RewardSpec, declared_kind, field_docs
+from grpo_core.guardrails import StopWhen
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -254,6 +255,7 @@ _KINDS: dict[str, Any] = {
     "int": StrictInt,
     "float": _FiniteFloat,
     "float | None": _FiniteFloat | None,
+    "int | None": StrictInt | None,
     "str": StrictStr,
     "bool": StrictBool,
     "tuple[str, ...]": list[StrictStr],
@@ -324,6 +326,11 @@ class InitFrom(BaseModel):
     )
 
 
+StopWhenSettings = create_model(
+    "StopWhenSettings", __config__=_STRICT_OBJECT, __doc__=StopWhen.__doc__, **_typed_fields(StopWhen)
+)
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     base_model: str = Field(description="A model name from GET /v1/models", examples=["tiny-random-llama"])
@@ -346,6 +353,12 @@ class JobCreate(BaseModel):
         description="Fork: start from this checkpoint's adapter instead of a fresh one, with this spec's own rewards, "
         "datasets and hyperparameters. base_model, lora.r, lora.alpha and lora.target_modules must be the parent's. "
         "The adapter is copied into this job's step-0 checkpoint when it starts",
+    )
+    stop_when: StopWhenSettings | None = Field(
+        None,
+        description="Guardrails: conditions that end the job before max_steps (each off unless set); null or "
+        "omitted: none, and a run fails at 3 steps that are not finite.",
+        examples=[{"kl_above": 0.5, "kl_steps": 3, "eval_patience": 3}],
     )
 
 
@@ -394,9 +407,28 @@ class JobPublic(BaseModel):
     cancel_requested: bool
     worker_host: str | None
     error: str | None
+    stop_when: dict[str, Any] = Field(description="The guardrails the job runs with, defaults filled in")
+    stopped_early: StoppedEarly | None = Field(
+        None, description="Set when a stop_when condition ended the job (it then succeeded) before max_steps"
+    )
+    adapter_step: int | None = Field(
+        None,
+        description="The step of the job's adapter (GET .../adapter): the best evaluation's when a guardrail ended "
+        "it with stop_when.adapter best; null: its last checkpoint",
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+class StoppedEarly(BaseModel):
+    """What ended a job before max_steps (grpo_core.guardrails.StopReason)."""
+
+    reason: str = Field(description="The stop_when condition: kl_above, reward_drop, eval_patience, flat_steps or "
+                        "truncated_steps")  # fmt: skip
+    step: int
+    values: dict[str, float | None] = Field(description="The figures that decided it")
+    message: str
 
 
 class JobsPublic(BaseModel):
@@ -424,6 +456,35 @@ class CheckpointPublic(BaseModel):
 
 class CheckpointsPublic(BaseModel):
     data: list[CheckpointPublic]
+
+
+PROMPT_PAGE = 200  # most prompts in one page of GET /v1/jobs/{id}/prompts (each cut like a sample's)
+PromptOrder = Literal["hardest", "easiest", "most_improved"]
+
+
+class JobPromptPublic(BaseModel):
+    row: int = Field(description="The prompt's row in the job's training dataset (0-based; blank lines not counted)")
+    prompt: str | list[dict[str, Any]] | None = Field(
+        description="The row's prompt or chat messages (long strings cut, with a marker); null when the dataset "
+        "file cannot be read"
+    )
+    times_sampled: int = Field(description="Groups sampled from it (with dynamic_sampling, dropped groups too)")
+    mean_reward: float | None = Field(
+        description="Mean weighted reward of all its completions (finite ones); null when none was finite"
+    )
+    zero_variance_share: float = Field(
+        description="Share of its groups whose rewards were all equal: groups that taught nothing"
+    )
+    first_step: int = Field(description="The step it was first sampled in")
+    first_reward: float | None = Field(description="Mean reward of its group at first sight")
+    latest_step: int = Field(description="The step it was last sampled in")
+    latest_reward: float | None = Field(description="Mean reward of its group at latest sight")
+    improvement: float | None = Field(description="latest_reward - first_reward")
+
+
+class JobPromptsPublic(BaseModel):
+    data: list[JobPromptPublic]
+    count: int = Field(description="Prompts the job has sampled, over all pages")
 
 
 class Health(BaseModel):

@@ -1,6 +1,8 @@
 """Does GRPO teach the real model? Held-out reward before and after training on the demo task, over seeds.
 
     .venv/bin/python benchmarks/learning.py --seeds 0 1 2 --steps 60
+    .venv/bin/python benchmarks/learning.py --seeds 0 --steps 40 --set importance_sampling_level=sequence \
+        --set num_iterations=2 --set epsilon=3e-4 --set epsilon_high=4e-4      # GSPO
 
 Trains SmolLM2-135M-Instruct on single-digit addition (reward 1 when the last number is the sum) and evaluates on
 the 20 held-out pairs, never trained on: sampled at temperature 1 (eval_samples_per_prompt each) and greedy.
@@ -10,6 +12,7 @@ Prints one line per evaluation and a summary table with the spread over seeds. N
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -50,7 +53,15 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--eval-every", type=int, default=20)
     parser.add_argument("--loss-type", default="grpo")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other GRPOConfig field (VALUE read as JSON when it parses, else as a string); repeatable",
+    )
     args = parser.parse_args()
+    overrides = dict(_setting(item) for item in args.set)
 
     train_rows, eval_rows = arithmetic_task()
     summary = []
@@ -66,6 +77,7 @@ def main() -> None:
             eval_every=args.eval_every,
             checkpoint_every=0,
             lora=LoraSettings(r=args.lora_r, alpha=2 * args.lora_r),
+            **overrides,
         )
         recorder = Recorder(seed)
         with tempfile.TemporaryDirectory() as output_dir:
@@ -86,6 +98,7 @@ def main() -> None:
     print(
         f"\n{args.model}, {args.steps} steps, G={args.group_size}, lr={args.learning_rate}, LoRA r={args.lora_r}, "
         f"{args.max_new_tokens} new tokens, held-out: {len(eval_rows)} prompts"
+        + (f", {overrides}" if overrides else "")
     )
     print("seed | sampled before -> after | greedy before -> after | wall")
     for seed, before, after, wall in summary:
@@ -99,6 +112,14 @@ def main() -> None:
     print(
         f"sampled rise: mean {statistics.mean(rises):+.3f}, min {min(rises):+.3f}, max {max(rises):+.3f}, stdev {spread:.3f}"
     )
+
+
+def _setting(item: str) -> tuple[str, object]:
+    name, _, value = item.partition("=")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
 
 
 if __name__ == "__main__":

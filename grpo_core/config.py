@@ -207,6 +207,7 @@ _KINDS: dict[str, tuple[Any, str]] = {
     "int": (_is_integer, "an integer"),
     "float": (_is_finite_number, "a finite number"),
     "float | None": (lambda v: v is None or _is_finite_number(v), "a finite number or null"),
+    "int | None": (lambda v: v is None or _is_integer(v), "an integer or null"),
     "str": (lambda v: isinstance(v, str), "a string"),
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "tuple[str, ...]": (
@@ -241,6 +242,20 @@ def _type_problems(config: GRPOConfig) -> list[str]:
         if not check(value):
             problems.append(f"{name} must be {expected}, got {json_repr(value)}")
     return problems
+
+
+def field_problems(instance: Any, prefix: str = "") -> list[str]:
+    """Every type problem of a flat config dataclass's fields, or when there is none every range problem (see
+    GRPOConfig.problems), each naming the field as prefix + name."""
+    fields = [(prefix + spec.name, spec, getattr(instance, spec.name)) for spec in dataclasses.fields(instance)]
+    problems = []
+    for name, spec, value in fields:
+        check, expected = _KINDS[declared_kind(name, spec)]
+        if not check(value):
+            problems.append(f"{name} must be {expected}, got {json_repr(value)}")
+    if problems:
+        return problems
+    return [problem for name, spec, value in fields if (problem := range_problem(name, spec, value))]
 
 
 _BOUND_WORDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}

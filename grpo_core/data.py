@@ -275,3 +275,31 @@ def write_jsonl(rows: Iterable[Mapping[str, Any]], path: str | Path) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
+
+
+def read_rows(path: str | Path, indices: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """The rows at `indices` (numbered as load_jsonl numbers them: blank lines skipped) of a JSONL file, read line by
+    line and parsed only where wanted, up to the last one wanted: a page of per-prompt figures names a few rows of a
+    file that may hold a million, and should not cost a parse of all of it. Lines split as split_lines splits them.
+    An index past the last row is left out; a bad wanted line raises DatasetError."""
+    wanted = set(indices)
+    found: dict[int, dict[str, Any]] = {}
+    if not wanted:
+        return found
+    index = 0
+    with open(path, "rb") as file:
+        for number, raw in enumerate(file, start=1):  # a binary file's lines end at \n alone, as split_lines'
+            if number == 1 and raw.startswith(_UTF8_BOM):
+                raw = raw[len(_UTF8_BOM) :]
+            raw = raw.removesuffix(b"\n").removesuffix(b"\r")
+            if not raw.strip():
+                continue
+            if index in wanted:
+                row, problem = _parse_line(raw)
+                if row is None:
+                    raise DatasetError([LineError(number, str(problem))])
+                found[index] = row
+                if len(found) == len(wanted):
+                    break
+            index += 1
+    return found

@@ -18,6 +18,7 @@ before that step updates anything.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +45,7 @@ from grpo_core.config import GRPOConfig, LoraSettings, RewardSpec
 from grpo_core.data import dataset_fields, extra_rows_for_step, reward_prompt, rows_for_step
 from grpo_core.device import deterministic_kernels, dtype_name, forked_rng, resolve_device, resolve_dtype
 from grpo_core.distributed import LOCAL, World, prompt_share
+from grpo_core.guardrails import GuardrailState, StopReason, StopWhen, check_eval, check_step
 from grpo_core.models import load_base_model
 from grpo_core.packed_linear import pack_frozen_linears
 from grpo_core.reward_process import RewardFailure
@@ -105,7 +107,12 @@ class StepAbandoned(Exception):
 
 
 class NonFiniteUpdate(ArithmeticError):
-    """An update's loss or gradient norm was not finite: it was not applied, and the run cannot go on."""
+    """An update's loss or gradient norm was not finite: it was not applied. The trainer skips the step, and fails
+    the run at stop_when.max_non_finite_steps such steps."""
+
+
+class NonFiniteWeights(NonFiniteUpdate):
+    """An update left adapter weights that are not finite: they are in the model, so the run cannot go on."""
 
 
 class ResumeMismatch(ValueError):
@@ -119,8 +126,11 @@ class TooManyRewardFailures(RewardFailure):
 @dataclass
 class TrainResult:
     final_step: int
-    stopped_early: bool
-    adapter_dir: Path  # the last checkpoint's folder, loadable with PeftModel.from_pretrained
+    stopped_early: bool  # a stop was requested (should_stop or stop_requested): the run did not end on its own
+    adapter_dir: Path  # the run's adapter (loadable with PeftModel.from_pretrained): the last checkpoint's folder,
+    # or with stopped_by and stop_when.adapter "best", that of the best evaluation
+    adapter_step: int = 0  # the step of adapter_dir
+    stopped_by: StopReason | None = None  # the guardrail (stop_when) that ended the run before max_steps
 
 
 # --- pieces -------------------------------------------------------------------------------------------------------
@@ -271,7 +281,7 @@ def update_policy(
             optimizer.step()
             # Finite gradients can still give non-finite weights: AdamW's decay multiplies by 1 - lr x weight_decay.
             if not all(bool(torch.isfinite(p).all()) for p in trainable):
-                raise NonFiniteUpdate(
+                raise NonFiniteWeights(
                     f"the update left adapter weights that are not finite (learning rate {learning_rate:g}, "
                     f"weight_decay {config.weight_decay:g}); the run stops, and no checkpoint holds them"
                 )
@@ -552,6 +562,7 @@ class GRPOTrainer:
         device: str | torch.device = "auto",
         world: World = LOCAL,
         fork_point: ForkPoint | None = None,
+        stop_when: StopWhen | None = None,
     ):
         if not train_rows:
             raise ValueError("the training dataset is empty")
@@ -563,6 +574,10 @@ class GRPOTrainer:
         self.world = world
         self._stop_seen = False  # a stop requested mid-step on a rank of several, acted on between steps
         self._drawn_indices: list[list[int]] = []  # the step's row indices, a list per sampling round
+        self.stop_when = stop_when or StopWhen()
+        self.guardrails = GuardrailState()  # restored with a checkpoint
+        self._stopped_by: StopReason | None = None
+        self._last_eval_step: int | None = None  # the step of this train() call's last evaluation
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.reward_specs = list(rewards)
@@ -651,6 +666,9 @@ class GRPOTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         restore_rng_state(state["rng"], self.device)
+        self.guardrails = GuardrailState.from_dict(state.get("guardrails"))
+        # A run a guardrail ended stays ended: its last checkpoint says so, and resuming it trains no further.
+        self._stopped_by = StopReason(**state["stopped_by"]) if state.get("stopped_by") else None
         return state["step"]
 
     def _save(self, step: int) -> Checkpoint | None:
@@ -664,6 +682,8 @@ class GRPOTrainer:
             "rng": capture_rng_state(self.device),
             "config": self.config.to_dict(),
             "run": self._run_settings(),
+            "guardrails": self.guardrails.to_dict(),
+            "stopped_by": self._stopped_by.to_dict() if self._stopped_by else None,
         }
         checkpoint = save_checkpoint(self.checkpoint_dir, step, self.model, state)
         for callback in self.writers:
@@ -677,20 +697,51 @@ class GRPOTrainer:
                 return
             raise StepAbandoned("stop requested")
 
-    def _evaluate(self, step: int, scorer: RewardScorer) -> None:
-        if not self.eval_rows or self.config.eval_every == 0 or not self.world.is_main:
-            return
-        metrics = evaluate(
-            self.model,
-            self.tokenizer,
-            self.eval_rows,
-            self.rewards,
-            self.config,
-            scorer=scorer,
-            check_stop=self._check_stop,
+    def _evaluate(self, step: int, scorer: RewardScorer) -> tuple[bool, StopReason | None]:
+        """Evaluate at `step` (rank 0; every rank calls this at the same points) and check the eval-side guardrail.
+        Returns whether it was the best evaluation so far and whether eval_patience ends the run, both agreed by
+        every rank. Nothing happens without eval rows and eval_every."""
+        if not self.eval_rows or self.config.eval_every == 0:
+            return False, None
+        improved, reason = False, None
+        if self.world.is_main:
+            metrics = evaluate(
+                self.model,
+                self.tokenizer,
+                self.eval_rows,
+                self.rewards,
+                self.config,
+                scorer=scorer,
+                check_stop=self._check_stop,
+            )
+            for callback in self.writers:
+                callback.on_eval(step, metrics)
+            improved, reason = check_eval(self.stop_when, self.guardrails, step, metrics)
+        self._last_eval_step = step
+        if self.world.size > 1:
+            improved, reason = self.world.gather_objects((improved, reason))[0]
+        return improved, reason
+
+    @property
+    def _keeps_best(self) -> bool:
+        """Whether the best evaluation's adapter is kept (saved when it ran), to be the run's adapter should a
+        guardrail end it."""
+        return (
+            self.stop_when.adapter == "best"
+            and self.stop_when.any_condition
+            and bool(self.eval_rows)
+            and self.config.eval_every > 0
         )
-        for callback in self.writers:
-            callback.on_eval(step, metrics)
+
+    def _evaluate_and_keep(
+        self, step: int, scorer: RewardScorer, checkpoint: Checkpoint | None
+    ) -> tuple[Checkpoint | None, StopReason | None]:
+        """_evaluate, then a checkpoint of `step` when it was the best evaluation so far and the best is kept.
+        Returns the last checkpoint saved and the eval-side stop reason, if any."""
+        improved, reason = self._evaluate(step, scorer)
+        if improved and self._keeps_best and (checkpoint is None or checkpoint.step != step):
+            checkpoint = self._save(step)
+        return checkpoint, reason
 
     def train(self, resume: bool = False) -> TrainResult:
         """Train to max_steps. resume=True continues from the latest sound checkpoint in output_dir (from step 0
@@ -699,8 +750,14 @@ class GRPOTrainer:
 
         A stop (should_stop between steps, stop_requested within one) ends the run early with a checkpoint of the
         last finished step. A built-in reward that hangs raises RewardTimeout, a reward failing on too many samples
-        TooManyRewardFailures, a tenant reward's sandbox that keeps dying SandboxRestartsExhausted; a non-finite loss or gradient norm raises
-        NonFiniteUpdate naming the step; neither saves a checkpoint of the failed step.
+        TooManyRewardFailures, a tenant reward's sandbox that keeps dying SandboxRestartsExhausted; neither saves a
+        checkpoint of the failed step. A step whose loss or gradient norm is not finite is skipped (nothing of it
+        applied, with a warning); the stop_when.max_non_finite_steps-th such step raises NonFiniteUpdate naming it.
+
+        Guardrails (stop_when) end the run before max_steps when their condition holds: the result's stopped_by
+        says which, a checkpoint of that step is saved (and says so: resuming from it trains no further), the
+        final evaluation runs, and the adapter is the best evaluation's when stop_when.adapter is "best" and there
+        is an eval set.
 
         On a CUDA device the run uses torch's deterministic algorithms (grpo_core.device.deterministic_kernels):
         slower kernels for attention's backward, the price of a bit-exact resume."""
@@ -725,53 +782,103 @@ class GRPOTrainer:
             limits=self.sandbox_limits,
             check_stop=self._check_stop,
         )
+        self._last_eval_step = None
         with scorer, deterministic_kernels(self.device):
             step, checkpoint, stopped_early = self._run_steps(step, checkpoint, scorer)
-            if checkpoint is None or checkpoint.step != step:
-                checkpoint = self._save(step)
-            if not stopped_early:
+            if not stopped_early and self._last_eval_step != step:
                 try:
-                    self._evaluate(step, scorer)
+                    checkpoint, _reason = self._evaluate_and_keep(step, scorer, checkpoint)
                 except StepAbandoned:
                     stopped_early = True
+            if checkpoint is None or checkpoint.step != step:
+                checkpoint = self._save(step)
         self.world.barrier()  # rank 0's last checkpoint is on disk
-        if checkpoint is None:
-            checkpoint = list_checkpoints(self.checkpoint_dir)[-1]
-        return TrainResult(step, stopped_early, checkpoint.path)
+        checkpoints = list_checkpoints(self.checkpoint_dir)
+        adapter = checkpoint or checkpoints[-1]
+        best = self.guardrails.best_eval_step
+        if self._stopped_by is not None and self._keeps_best and best is not None:
+            adapter = next((c for c in checkpoints if c.step == best), adapter)
+        return TrainResult(step, stopped_early, adapter.path, adapter.step, self._stopped_by)
 
     def _run_steps(
         self, step: int, checkpoint: Checkpoint | None, scorer: RewardScorer
     ) -> tuple[int, Checkpoint | None, bool]:
-        """Steps after `step` up to max_steps, with their checkpoints and evaluations. Returns the last finished
-        step, the last checkpoint saved, and whether a stop ended the run early."""
+        """Steps after `step` up to max_steps, with their checkpoints and evaluations, until a guardrail ends the
+        run (self._stopped_by). Returns the last finished step, the last checkpoint saved, and whether a stop
+        request ended the run early."""
         config = self.config
         try:
             if step == 0:
-                self._evaluate(0, scorer)
-            while step < config.max_steps:
+                checkpoint, self._stopped_by = self._evaluate_and_keep(0, scorer, checkpoint)
+            while step < config.max_steps and self._stopped_by is None:
                 stop = self._stop_seen or any(callback.should_stop() for callback in self.callbacks)
                 if self.world.any(stop):
                     return step, checkpoint, True
-                metrics, rollout, rows = self._step(step, scorer)
-                step += 1
-                for callback in self.writers:
-                    callback.on_step(step, metrics)
-                for message in reward_warnings(gather_scores(self.world, rollout.samples.scores), self.rewards):
-                    self._warn(f"step {step}: {message}")
-                groups = self._drawn_groups(rollout)
-                for callback in self.writers:
-                    callback.on_prompt_groups(step, groups)
-                if self.sample_groups_per_step:
-                    samples, outputs = step_samples(rollout, rows, self.rewards, self.sample_groups_per_step)
-                    for callback in self.writers:
-                        callback.on_samples(step, samples, outputs)
-                if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.max_steps:
-                    checkpoint = self._save(step)
+                undo = self._snapshot() if config.num_iterations > 1 else None
+                try:
+                    metrics, rollout, rows = self._step(step, scorer)
+                except NonFiniteUpdate as error:
+                    if isinstance(error, NonFiniteWeights):
+                        raise
+                    step += 1
+                    self._skip_non_finite_step(step, error, undo)
+                else:
+                    step += 1
+                    self._report_step(step, metrics, rollout, rows)
+                    self._stopped_by = check_step(self.stop_when, self.guardrails, step, metrics)
+                reason = None
                 if config.eval_every and step % config.eval_every == 0 and step < config.max_steps:
-                    self._evaluate(step, scorer)
+                    checkpoint, reason = self._evaluate_and_keep(step, scorer, checkpoint)
+                self._stopped_by = self._stopped_by or reason
+                if self._stopped_by is not None:
+                    self._warn(f"step {step}: stopping early: {self._stopped_by.message}")
+                    checkpoint = self._save(step)  # says the run ended here, so a resume trains no further
+                elif config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.max_steps:
+                    if checkpoint is None or checkpoint.step != step:
+                        checkpoint = self._save(step)
         except StepAbandoned:
             return step, checkpoint, True
         return step, checkpoint, False
+
+    def _report_step(self, step: int, metrics: dict[str, float], rollout: Rollout, rows: list) -> None:
+        """Hand a finished step to the callbacks: metrics, warnings, the groups it drew and its samples."""
+        for callback in self.writers:
+            callback.on_step(step, metrics)
+        for message in reward_warnings(gather_scores(self.world, rollout.samples.scores), self.rewards):
+            self._warn(f"step {step}: {message}")
+        groups = self._drawn_groups(rollout)
+        for callback in self.writers:
+            callback.on_prompt_groups(step, groups)
+        if self.sample_groups_per_step:
+            samples, outputs = step_samples(rollout, rows, self.rewards, self.sample_groups_per_step)
+            for callback in self.writers:
+                callback.on_samples(step, samples, outputs)
+
+    def _snapshot(self) -> tuple[list[torch.Tensor], dict, dict]:
+        """The adapter weights, optimizer and scheduler before a step of several updates, to undo it if a later
+        update is not finite (the earlier ones were applied). LoRA-sized: a few copies of the adapter."""
+        trainable = [p.detach().clone() for p in self.model.parameters() if p.requires_grad]
+        return trainable, copy.deepcopy(self.optimizer.state_dict()), self.scheduler.state_dict()
+
+    def _skip_non_finite_step(self, step: int, error: NonFiniteUpdate, undo) -> None:
+        """Step `step` had an update that is not finite: none of it stays applied. Counted; the limit-th raises."""
+        if undo is not None:
+            weights, optimizer_state, scheduler_state = undo
+            with torch.no_grad():
+                trainable = [p for p in self.model.parameters() if p.requires_grad]
+                for param, saved in zip(trainable, weights, strict=True):
+                    param.copy_(saved)
+            self.optimizer.load_state_dict(optimizer_state)
+            self.scheduler.load_state_dict(scheduler_state)
+        self.guardrails.non_finite_steps += 1
+        count, limit = self.guardrails.non_finite_steps, self.stop_when.max_non_finite_steps
+        if count >= limit:
+            raise NonFiniteUpdate(
+                f"{error}; {count} steps were not finite (stop_when.max_non_finite_steps is {limit})"
+            ) from None
+        for callback in self.writers:
+            callback.on_step(step, {"skipped_non_finite": 1.0, "non_finite_steps": float(count)})
+        self._warn(f"{error}; the step was skipped ({count} of {limit} allowed before the run fails)")
 
     def _step(self, step: int, scorer: RewardScorer) -> tuple[dict[str, float], Rollout, list[Mapping[str, Any]]]:
         """Step `step` + 1: its metrics, rollout and rows. Abandoned (StepAbandoned), it changed no weight, and its

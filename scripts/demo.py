@@ -1,15 +1,14 @@
 """`make demo`: the whole product once, through the REST API, on the real SmolLM2-135M-Instruct.
 
-Starts `grpo serve` on a fresh data folder, creates an API key, uploads the demo task (single-digit addition,
-train and held-out splits), submits a GRPO job, follows its event stream, downloads the adapter, checks its
-sha256, loads it with peft, prints the held-out reward before and after, and stops the service it started.
+Starts `grpo serve` on a fresh data folder, creates an API key, and with the Python client (grpo_client) uploads
+the demo task (single-digit addition, train and held-out splits), submits a GRPO job, follows its event stream,
+downloads the adapter (its sha256 checked), loads it with peft, prints the held-out reward before and after, and
+stops the service it started.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from grpo_client import Client
 from grpo_core import arithmetic_task
 
 HYPERPARAMETERS = {
@@ -37,8 +37,9 @@ HYPERPARAMETERS = {
 }
 
 
-def jsonl(rows) -> bytes:
-    return "".join(json.dumps(row) + "\n" for row in rows).encode()
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
 
 
 def wait_ready(base_url: str, service: subprocess.Popen, timeout: float = 180) -> None:
@@ -55,35 +56,30 @@ def wait_ready(base_url: str, service: subprocess.Popen, timeout: float = 180) -
     sys.exit("grpo serve did not become ready in time")
 
 
-def follow(client: httpx.Client, job_id: str, max_steps: int) -> None:
+def follow(client: Client, job_id: str, max_steps: int) -> None:
     """Print the job's progress from its Server-Sent Events until it finishes."""
     recent: list[float] = []
     started = time.monotonic()
-    with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=None) as response:
-        event = None
-        for line in response.iter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                data = json.loads(line[6:])
-                if event == "status":
-                    print(f"[{time.monotonic() - started:5.0f}s] job {data['status']}", flush=True)
-                elif event == "metrics" and data["kind"] == "eval":
-                    values = data["values"]
-                    print(
-                        f"[{time.monotonic() - started:5.0f}s] held-out reward at step {data['step']}: "
-                        f"sampled {values['eval_reward_sampled']:.3f}, greedy {values['eval_reward_greedy']:.3f}",
-                        flush=True,
-                    )
-                elif event == "metrics":
-                    values = data["values"]
-                    recent = (recent + [values["reward_mean"]])[-10:]
-                    print(
-                        f"[{time.monotonic() - started:5.0f}s] step {data['step']:3d}/{max_steps}  reward {values['reward_mean']:.3f}"
-                        f"  (last 10 steps: {sum(recent) / len(recent):.3f})  length {values['completion_length_mean']:.0f}"
-                        f"  {values['step_seconds']:.1f}s/step",
-                        flush=True,
-                    )
+    for event in client.jobs.watch(job_id):
+        data = event.data
+        if event.type == "status":
+            print(f"[{time.monotonic() - started:5.0f}s] job {data['status']}", flush=True)
+        elif event.type == "metrics" and data["kind"] == "eval":
+            values = data["values"]
+            print(
+                f"[{time.monotonic() - started:5.0f}s] held-out reward at step {data['step']}: "
+                f"sampled {values['eval_reward_sampled']:.3f}, greedy {values['eval_reward_greedy']:.3f}",
+                flush=True,
+            )
+        elif event.type == "metrics":
+            values = data["values"]
+            recent = (recent + [values["reward_mean"]])[-10:]
+            print(
+                f"[{time.monotonic() - started:5.0f}s] step {data['step']:3d}/{max_steps}  reward {values['reward_mean']:.3f}"
+                f"  (last 10 steps: {sum(recent) / len(recent):.3f})  length {values['completion_length_mean']:.0f}"
+                f"  {values['step_seconds']:.1f}s/step",
+                flush=True,
+            )
 
 
 def main() -> int:
@@ -97,6 +93,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     began = time.monotonic()
+    # SIGTERM (a timeout, a CI runner) unwinds like Ctrl-C, so the finally below stops the service this started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     shutil.rmtree(args.data_dir, ignore_errors=True)
     env = {**os.environ, "GRPO_DATA_DIR": str(args.data_dir.resolve())}
@@ -121,49 +119,33 @@ def main() -> int:
     )
     try:
         wait_ready(base_url, service)
-        client = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+        client = Client(base_url, key)
         train_rows, eval_rows = arithmetic_task()
-        train_id = (
-            client.post("/v1/datasets", files={"file": ("train.jsonl", jsonl(train_rows))})
-            .raise_for_status()
-            .json()["id"]
-        )
-        eval_id = (
-            client.post("/v1/datasets", files={"file": ("heldout.jsonl", jsonl(eval_rows))})
-            .raise_for_status()
-            .json()["id"]
-        )
+        train_id = client.datasets.upload(write_jsonl(args.data_dir / "train.jsonl", train_rows))["id"]
+        eval_id = client.datasets.upload(write_jsonl(args.data_dir / "heldout.jsonl", eval_rows))["id"]
         print(f"uploaded {len(train_rows)} training prompts and {len(eval_rows)} held-out prompts ('What is 6 + 8?')")
 
-        spec = {
-            "base_model": args.model,
-            "dataset_id": train_id,
-            "eval_dataset_id": eval_id,
-            "rewards": [{"name": "numeric_answer", "weight": 1.0}],
-            "hyperparameters": {
-                **HYPERPARAMETERS,
-                "max_steps": args.steps,
-                "eval_every": args.steps,
-                "seed": args.seed,
-            },
-        }
-        job = client.post("/v1/jobs", json=spec).raise_for_status().json()
+        job = client.jobs.create(
+            model=args.model,
+            dataset=train_id,
+            eval_dataset=eval_id,
+            rewards=[{"name": "numeric_answer", "weight": 1.0}],
+            hyperparameters={**HYPERPARAMETERS, "max_steps": args.steps, "eval_every": args.steps, "seed": args.seed},
+        )
         print(f"submitted {job['id']}: {args.model}, {args.steps} steps, G={HYPERPARAMETERS['group_size']}")
         follow(client, job["id"], args.steps)
 
-        job = client.get(f"/v1/jobs/{job['id']}").json()
+        job = client.jobs.get(job["id"])
         if job["status"] != "succeeded":
             print(f"job {job['status']}: {job['error']}")
             return 1
-        download = client.get(f"/v1/jobs/{job['id']}/adapter").raise_for_status()
-        digest = hashlib.sha256(download.content).hexdigest()
-        assert digest == download.headers["X-Checksum-SHA256"], "checksum mismatch"
+        download = client.jobs.download(job["id"], args.data_dir / "adapter.tar.gz")  # raises if the sha256 differs
         adapter_root = args.data_dir / "downloaded"
-        with tarfile.open(fileobj=io.BytesIO(download.content), mode="r:gz") as archive:
+        with tarfile.open(download.path, mode="r:gz") as archive:
             folder = adapter_root / archive.getnames()[0].split("/")[0]
             archive.extractall(adapter_root, filter="data")
         print(
-            f"downloaded the adapter ({len(download.content) / 1e6:.1f} MB, sha256 {digest[:16]}... verified) to {folder}"
+            f"downloaded the adapter ({download.bytes / 1e6:.1f} MB, sha256 {download.sha256[:16]}... verified) to {folder}"
         )
 
         from peft import PeftModel
@@ -174,7 +156,7 @@ def main() -> int:
         PeftModel.from_pretrained(base, folder)
         print("loaded it with PeftModel.from_pretrained onto the base model")
 
-        evals = [m for m in client.get(f"/v1/jobs/{job['id']}/metrics").json()["data"] if m["kind"] == "eval"]
+        evals = [m for m in client.jobs.metrics(job["id"]) if m["kind"] == "eval"]
         before, after = evals[0]["values"], evals[-1]["values"]
         print()
         print(f"held-out reward ({len(eval_rows)} questions never trained on), before -> after {args.steps} steps:")

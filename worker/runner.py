@@ -35,6 +35,7 @@ import time
 import uuid
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
 from sqlalchemy import select
@@ -48,8 +49,10 @@ from api.settings import get_settings
 from grpo_core import GRPOConfig, GRPOTrainer, RewardSpec, TrainerCallback, load_jsonl
 from grpo_core.checkpoint import Checkpoint, ForkPoint
 from grpo_core.distributed import LOCAL, RankFailed, World, is_peer_failure, run_ranks
+from grpo_core.guardrails import StopWhen
 from grpo_core.rewards import is_tenant_reward
 from grpo_core.sandbox import SandboxUnavailable
+from grpo_core.trainer import TrainResult
 from worker import leases, writes
 from worker import metrics as worker_metrics
 from worker.leases import LeaseLost
@@ -128,6 +131,11 @@ class DatabaseReporter(TrainerCallback):
                 session, job_id=self.job_id, step=step, samples=samples, outputs=outputs, group_size=self.group_size
             )
 
+    def on_prompt_groups(self, step: int, groups: list[dict]) -> None:
+        with session_scope() as session:
+            leases.held_job(session, job_id=self.job_id, owner=self.owner)
+            writes.record_prompt_groups(session, job_id=self.job_id, step=step, groups=groups)
+
     def on_warning(self, message: str) -> None:
         with session_scope() as session:
             leases.held_job(session, job_id=self.job_id, owner=self.owner)
@@ -163,6 +171,26 @@ def _finish(job_id: str, owner: str, status: str, error: str | None = None) -> N
     with session_scope() as session:
         job = leases.held_job(session, job_id=job_id, owner=owner)
         jobs_service.set_status(session, job=job, status=status, error=error, lease_owner=None, lease_expires_at=None)
+
+
+def _guardrail_outcome(result: TrainResult) -> dict[str, Any]:
+    """What a guardrail decided, as the job row stores it: stopped_early (None unless one ended the run) and the
+    step of the job's adapter when it is not the last checkpoint."""
+    if result.stopped_by is None:
+        return {"stopped_early": None, "adapter_step": None}
+    best = result.adapter_step if result.adapter_step != result.final_step else None
+    return {"stopped_early": result.stopped_by.to_dict(), "adapter_step": best}
+
+
+def _succeed(job_id: str, owner: str, guardrail: dict[str, Any]) -> str:
+    """The run ended on its own: at max_steps, or early by a guardrail (the trainer warned when it stopped, and the
+    status event carries stopped_early)."""
+    with session_scope() as session:
+        job = leases.held_job(session, job_id=job_id, owner=owner)
+        jobs_service.set_status(
+            session, job=job, status="succeeded", lease_owner=None, lease_expires_at=None, **guardrail
+        )
+    return "succeeded"
 
 
 def _stopped_early(job_id: str, owner: str) -> str:
@@ -234,6 +262,7 @@ def run_job(job_id: str) -> str:
             "fork_point": None
             if job.parent_job_id is None
             else ForkPoint(artifacts.checkpoint_dir(job.parent_job_id, job.parent_step), job.parent_optimizer),
+            "stop_when": StopWhen.from_dict(job.stop_when),
         }
         # The job's tenant's own rewards it names (id -> source); a name missing here is refused by the trainer.
         tenant_names = [r["name"] for r in job.rewards if is_tenant_reward(r["name"])]
@@ -247,17 +276,15 @@ def run_job(job_id: str) -> str:
     worker_metrics.job_started(job_id)
     try:
         if spec["config"].processes > 1:
-            stopped_early = _train_on_ranks(job_id, owner, heartbeat, spec, tenant_rewards)
+            stopped_early, guardrail = _train_on_ranks(job_id, owner, heartbeat, spec, tenant_rewards)
         else:
             reporter = DatabaseReporter(job_id, owner, heartbeat, group_size=spec["config"].group_size)
             figures = StepFigures(partial(worker_metrics.observe_step, job_id))
-            stopped_early = (
-                _make_trainer(job_id, spec, tenant_rewards, [reporter, figures]).train(resume=True).stopped_early
-            )
+            result = _make_trainer(job_id, spec, tenant_rewards, [reporter, figures]).train(resume=True)
+            stopped_early, guardrail = result.stopped_early, _guardrail_outcome(result)
         if stopped_early:
             return _stopped_early(job_id, owner)
-        _finish(job_id, owner, "succeeded")
-        return "succeeded"
+        return _succeed(job_id, owner, guardrail)
     except RankDied as error:
         log.warning("job %s: %s; the attempt ends and the job is queued again to resume", job_id, error)
         try:
@@ -316,6 +343,7 @@ def _make_trainer(
         device=settings.device if device is None else device,
         world=world,
         fork_point=spec["fork_point"],
+        stop_when=spec["stop_when"],
     )
 
 
@@ -368,11 +396,14 @@ def _rank_train(world: World, device, job_id, owner, spec, tenant_rewards, stop,
             outcomes.put(("error", type(error).__name__, str(error)))
         raise
     if world.is_main:
-        outcomes.put(("done", result.stopped_early, ""))
+        outcomes.put(("done", result.stopped_early, _guardrail_outcome(result)))
 
 
-def _train_on_ranks(job_id: str, owner: str, heartbeat: Heartbeat, spec: dict, tenant_rewards: dict) -> bool:
-    """Run the job on config.processes ranks; returns whether it stopped early. Raises LeaseLost when the lease
+def _train_on_ranks(
+    job_id: str, owner: str, heartbeat: Heartbeat, spec: dict, tenant_rewards: dict
+) -> tuple[bool, dict[str, Any]]:
+    """Run the job on config.processes ranks; returns whether a stop request ended it early, and
+    _guardrail_outcome of rank 0's result. Raises LeaseLost when the lease
     went (the ranks are killed first), RankDied when a rank died, and a rank's own error when one raised."""
     import torch.multiprocessing as mp
 
@@ -412,8 +443,8 @@ def _train_on_ranks(job_id: str, owner: str, heartbeat: Heartbeat, spec: dict, t
             raise LeaseLost(message) from None
         raise RankError(f"{name}: {message}") from None
     observe_figures()
-    _kind, stopped_early, _ = outcomes.get()
-    return bool(stopped_early)
+    _kind, stopped_early, guardrail = outcomes.get()
+    return bool(stopped_early), guardrail
 
 
 class RankError(RuntimeError):

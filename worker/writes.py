@@ -1,15 +1,18 @@
 """What a worker writes while it trains: a metrics row per step and kind, a checkpoint row per saved adapter, each
-with its event, and a step's stored samples and reward output. Rows are unique per (job, step) (samples per
-position, outputs per reward), so a step replayed after a crash writes nothing twice."""
+with its event, a step's stored samples and reward output, and its groups folded into per-prompt figures. Rows are
+unique per (job, step) (samples per position, outputs per reward; prompt figures through a row per step folded in),
+so a step replayed after a crash writes nothing twice."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from api.models import CheckpointRow, MetricRow, RewardOutput, SampleRow, utcnow
+from api.models import CheckpointRow, MetricRow, PromptStats, PromptStatStep, RewardOutput, SampleRow, utcnow
 from api.services import jobs as jobs_service
 from api.services import progress as progress_service
 
@@ -64,3 +67,79 @@ def record_samples(
     for reward, text in outputs.items():
         values = {"job_id": job_id, "step": step, "reward": reward, "text": text, "created_at": now}
         _insert_ignoring_duplicates(session, RewardOutput.__table__, values)
+
+
+# Rows per INSERT of prompt figures: 10 parameters each stays under SQLite's 32766 and PostgreSQL's 65535.
+PROMPT_ROWS_PER_STATEMENT = 1000
+
+
+def is_zero_variance(rewards: Sequence[float]) -> bool:
+    """Whether a group's rewards are all equal, as the trainer counts it (grpo_core.algorithms.zero_std_groups:
+    NaN as 0, Bessel's std under 1e-8): such a group has no learning signal."""
+    values = [0.0 if math.isnan(r) else r for r in rewards]
+    mean = sum(values) / len(values)
+    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return variance**0.5 < 1e-8
+
+
+def _fold_groups(job_id: str, step: int, groups: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A step's groups as one prompt_stats row per dataset row: a row drawn more than once in the step (dynamic
+    sampling's later rounds may draw it again) adds up its groups, its first group is its first sight and its last
+    the latest. A group's reward is the mean of its finite rewards (None when none is)."""
+    folded: dict[int, dict[str, Any]] = {}
+    for group in groups:
+        finite = [r for r in group["rewards"] if math.isfinite(r)]
+        mean = sum(finite) / len(finite) if finite else None
+        row = folded.setdefault(
+            group["row"],
+            {
+                "job_id": job_id,
+                "row": group["row"],
+                "groups": 0,
+                "reward_sum": 0.0,
+                "reward_count": 0,
+                "zero_variance_groups": 0,
+                "first_step": step,
+                "first_reward": mean,
+                "last_step": step,
+            },
+        )
+        row["groups"] += 1
+        row["reward_sum"] += sum(finite)
+        row["reward_count"] += len(finite)
+        row["zero_variance_groups"] += is_zero_variance(group["rewards"])
+        row["last_reward"] = mean
+    return list(folded.values())
+
+
+def record_prompt_groups(session: Session, *, job_id: str, step: int, groups: Sequence[dict[str, Any]]) -> bool:
+    """Fold a step's groups (grpo_core's TrainerCallback.on_prompt_groups: {"row", "rewards"} each) into the job's
+    per-prompt figures; True when folded in (False: the step was recorded already).
+
+    A resumed job runs again the steps after its last checkpoint. Like its metrics and samples, a step's figures
+    are the first run's: the step's prompt_stat_steps row is inserted in the same transaction as the figures, and a
+    step that already has one adds nothing. (A guard per prompt row, such as "only steps after its last_step", would
+    not do: a step run again may draw other rows, with dynamic sampling and rewards that vary, and would count
+    those.) Each prompt row is one upsert: counts and sums add, the latest sight moves, the first stays."""
+    if not _insert_ignoring_duplicates(session, PromptStatStep.__table__, {"job_id": job_id, "step": step}):
+        return False
+    rows = _fold_groups(job_id, step, groups)
+    table = PromptStats.__table__
+    dialect = sqlite if session.get_bind().dialect.name == "sqlite" else postgresql
+    for start in range(0, len(rows), PROMPT_ROWS_PER_STATEMENT):
+        statement = dialect.insert(table).values(rows[start : start + PROMPT_ROWS_PER_STATEMENT])
+        added = statement.excluded
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[table.c.job_id, table.c.row],
+                set_={
+                    "groups": table.c.groups + added.groups,
+                    "reward_sum": table.c.reward_sum + added.reward_sum,
+                    "reward_count": table.c.reward_count + added.reward_count,
+                    "zero_variance_groups": table.c.zero_variance_groups + added.zero_variance_groups,
+                    "last_step": added.last_step,
+                    "last_reward": added.last_reward,
+                },
+            )
+        )
+    return True

@@ -17,20 +17,24 @@ from api.models import TERMINAL_STATUSES, Event
 from api.queue import enqueue_job
 from api.schemas import (
     MAX_INT,
+    PROMPT_PAGE,
     SAMPLE_PAGE,
     CheckpointPublic,
     CheckpointsPublic,
     JobCreate,
+    JobPromptsPublic,
     JobPublic,
     JobsPublic,
     JobStatus,
     MetricsPublic,
+    PromptOrder,
     SamplesPublic,
     error_responses,
 )
 from api.services import NotFound
 from api.services import jobs as jobs_service
 from api.services import progress as progress_service
+from api.services import prompts as prompts_service
 from api.services import rewards as rewards_service
 from api.settings import get_settings
 
@@ -159,6 +163,29 @@ async def get_samples(
     and position order, each with its reward, advantage, per-reward scores and errors; `outputs` holds what
     tenant reward code printed during the page's steps."""
     return await run_read(_samples, tenant_id, job_id, step, after, limit)
+
+
+def _prompts(tenant_id: str, job_id: str, order: PromptOrder, limit: int, offset: int) -> JobPromptsPublic:
+    with session_scope() as session:
+        job = jobs_service.get_job(session, tenant_id=tenant_id, job_id=job_id)
+        page, count = prompts_service.list_prompt_stats(session, job_id=job.id, order=order, limit=limit, offset=offset)
+        dataset_id = job.dataset_id
+    return prompts_service.prompts_public(page, count, dataset_id=dataset_id)
+
+
+@router.get("/{job_id}/prompts", name="prompts", response_model=JobPromptsPublic, responses=NOT_FOUND)
+async def get_prompts(
+    job_id: str,
+    tenant_id: TenantDep,
+    order: PromptOrder = "hardest",
+    limit: Annotated[int, Query(ge=1, le=PROMPT_PAGE)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
+) -> JobPromptsPublic:
+    """Per-prompt difficulty over the run so far: each training row the job sampled, with how often, its mean
+    reward, the share of its groups that were flat (every reward equal), and its reward at first and latest sight.
+    `hardest` orders by mean reward, lowest first; `easiest` highest first; `most_improved` by latest minus first
+    reward, largest first; ties by row. A step's figures count once, even when a resumed job runs it again."""
+    return await run_read(_prompts, tenant_id, job_id, order, limit, offset)
 
 
 class _EventStream(StreamingResponse):
@@ -332,5 +359,8 @@ def download_checkpoint(
     response_class=FileResponse,
 )
 def download_adapter(job_id: str, session: SessionDep, tenant_id: TenantDep) -> FileResponse:
-    """The job's latest adapter (the final one once it succeeded) as a .tar.gz, sha256 in X-Checksum-SHA256."""
-    return _adapter_download(session, tenant_id, job_id, None)
+    """The job's adapter as a .tar.gz, sha256 in X-Checksum-SHA256, its step in X-Checkpoint-Step: the latest
+    checkpoint (the final one once it succeeded), or the best evaluation's when a guardrail ended the job
+    (adapter_step)."""
+    job = jobs_service.get_job(session, tenant_id=tenant_id, job_id=job_id)
+    return _adapter_download(session, tenant_id, job_id, job.adapter_step)

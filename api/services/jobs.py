@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from api import artifacts
 from api.models import TERMINAL_STATUSES, CheckpointRow, Dataset, Event, Job, utcnow
-from api.schemas import CHILDREN_SHOWN, JobChild, JobCreate, JobPublic, Progress, StoredRewardRef
+from api.schemas import CHILDREN_SHOWN, JobChild, JobCreate, JobPublic, Progress, StoppedEarly, StoredRewardRef
 from api.services import InvalidInput, NotFound
 from api.services import datasets as datasets_service
 from api.services import progress as progress_service
@@ -21,8 +21,29 @@ from api.services.catalog import model_catalog
 from api.settings import Settings, get_settings
 from grpo_core.catalog import default_target_modules
 from grpo_core.config import GRPOConfig, RewardSpec
+from grpo_core.guardrails import StopWhen
 from grpo_core.rewards import RewardFunction, RewardSpecError, is_tenant_reward, resolve_rewards
 from grpo_core.spec import BaseModelSpec
+
+
+def stop_when_of(spec: JobCreate) -> StopWhen:
+    """The spec's guardrails, defaults filled in (its pydantic model checked the types and ranges already)."""
+    return StopWhen.from_dict(spec.stop_when.model_dump() if spec.stop_when is not None else None)
+
+
+def _guardrail_problems(spec: JobCreate, config: GRPOConfig) -> list[str]:
+    """Conditions that could never fire with this spec: accepted, they would look like protection and be none."""
+    stop_when, problems = stop_when_of(spec), []
+    if stop_when.kl_above is not None and config.beta == 0:
+        problems.append(
+            "stop_when.kl_above: the KL to the reference is only measured with hyperparameters.beta > 0 (beta is 0)"
+        )
+    if stop_when.eval_patience is not None and (spec.eval_dataset_id is None or config.eval_every == 0):
+        problems.append(
+            "stop_when.eval_patience: early stopping needs held-out evaluations: set eval_dataset_id and "
+            "hyperparameters.eval_every > 0"
+        )
+    return problems
 
 
 def validate_job_spec(session: Session, *, tenant_id: str, spec: JobCreate) -> GRPOConfig:
@@ -83,6 +104,8 @@ def validate_job_spec(session: Session, *, tenant_id: str, spec: JobCreate) -> G
             problems += _reward_problems(resolved, datasets)
     if spec.rewards and all(r.weight == 0 for r in spec.rewards) and len(resolved) == len(registered):
         problems.append("rewards: every weight is 0, so every advantage would be 0 and nothing would train")
+    if config is not None:
+        problems += _guardrail_problems(spec, config)
     if problems:
         raise InvalidInput("the job spec is invalid; nothing was queued", problems)
     assert config is not None
@@ -290,6 +313,7 @@ def create_job(session: Session, *, tenant_id: str, spec: JobCreate, idempotency
         eval_dataset_id=spec.eval_dataset_id,
         rewards=[r.model_dump() for r in spec.rewards],
         hyperparameters=config.to_dict(),
+        stop_when=stop_when_of(spec).to_dict(),
         max_steps=config.max_steps,
         status="queued",
     )
@@ -326,6 +350,7 @@ def _replayed(job: Job, spec: JobCreate, idempotency_key: str) -> Job:
         "rewards": [reward.model_dump() for reward in spec.rewards],
         "hyperparameters": hyperparameters,
         "init_from": spec.init_from.model_dump() if spec.init_from is not None else None,
+        "stop_when": stop_when_of(spec).to_dict(),
     }
     differing = [name for name, value in requested.items() if getattr(job, name) != value]
     if differing:
@@ -398,6 +423,8 @@ def set_status(session: Session, *, job: Job, status: str, error: str | None = N
     data: dict[str, Any] = {"status": status, "step": job.step, "attempt": job.attempt}
     if error:
         data["error"] = error
+    if fields.get("stopped_early"):
+        data["stopped_early"] = fields["stopped_early"]
     record_event(session, job_id=job.id, type="status", data=data)
 
 
@@ -445,6 +472,10 @@ def job_public(job: Job, children: tuple[list[JobChild], int] | None = None) -> 
         cancel_requested=job.cancel_requested,
         worker_host=job.worker_host,
         error=job.error,
+        # Jobs from before guardrails ran with none: the defaults.
+        stop_when=job.stop_when or StopWhen().to_dict(),
+        stopped_early=StoppedEarly(**job.stopped_early) if job.stopped_early else None,
+        adapter_step=job.adapter_step,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,

@@ -36,6 +36,7 @@ def test_operation_ids_are_unique_and_named_tag_then_verb(schema):
     assert by_route[("GET", "/v1/jobs/{job_id}/events")] == "jobs-events"
     assert by_route[("GET", "/v1/jobs/{job_id}/checkpoints/{step}/adapter")] == "jobs-checkpoint-adapter"
     assert by_route[("GET", "/v1/jobs/{job_id}/adapter")] == "jobs-adapter"
+    assert by_route[("GET", "/v1/jobs/{job_id}/prompts")] == "jobs-prompts"
     assert by_route[("POST", "/v1/datasets")] == "datasets-upload"
     assert by_route[("GET", "/v1/models")] == "models-list"
     assert by_route[("DELETE", "/v1/rewards/{reward_id}")] == "rewards-delete"

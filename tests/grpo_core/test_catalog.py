@@ -186,7 +186,7 @@ def test_a_model_without_a_chat_template_gets_its_prompt_as_it_is(tmp_path, no_t
 
 def test_models_list_shows_the_built_ins_and_the_file(tmp_path, capsys):
     models_file = write(tmp_path / "models.yaml", {"mine": ENTRY})
-    assert grpo(["models", "list", "--models-file", str(models_file)]) == 0
+    assert grpo(["models", "list", "--file", str(models_file)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in lines] == [*BASE_MODELS, "mine"]
     assert lines[-1].split("\t")[1:4] == ["1,000 parameters", "2048 tokens", "no chat template"]

@@ -9,6 +9,7 @@ from grpo_core.data import (
     is_number,
     load_jsonl,
     parse_jsonl,
+    read_rows,
     render_prompt,
     rows_for_step,
     summarize_dataset,
@@ -99,6 +100,17 @@ def test_line_ends_and_a_bom_read_as_plain_lines(content, rows, tmp_path):
     assert len(parse_jsonl(content)) == rows
     (tmp_path / "d.jsonl").write_bytes(content)
     assert load_jsonl(tmp_path / "d.jsonl") == parse_jsonl(content)
+
+
+def test_read_rows_numbers_rows_as_load_jsonl_does(tmp_path):
+    # Per-prompt figures name rows by their index in load_jsonl's list; read_rows reads a few of them back.
+    rows = [{"prompt": f"p{i}"} for i in range(4)]
+    lines = [json.dumps(row).encode() for row in rows]
+    content = b"\xef\xbb\xbf" + lines[0] + b"\r\n\n  \n" + lines[1] + b"\n" + lines[2] + b"\r\n\n" + lines[3]
+    (tmp_path / "d.jsonl").write_bytes(content)
+    assert load_jsonl(tmp_path / "d.jsonl") == rows
+    assert read_rows(tmp_path / "d.jsonl", [3, 0, 9]) == {0: rows[0], 3: rows[3]}
+    assert read_rows(tmp_path / "d.jsonl", []) == {}
 
 
 DEEP = b'{"prompt": "x", "deep": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"

@@ -10,6 +10,7 @@ from grpo_core import GRPOConfig, GRPOTrainer, LoraSettings, RewardSpec, Trainer
 from grpo_core.algorithms import compute_group_advantages
 from grpo_core.checkpoint import list_checkpoints
 from grpo_core.data import rows_for_step
+from grpo_core.guardrails import StopWhen
 from grpo_core.sandbox import SandboxLimits, sandbox_available
 
 # Random weights never write the right sum, so a length reward gives the mixed groups that make a gradient.
@@ -456,11 +457,14 @@ def test_a_non_finite_loss_is_never_applied_and_the_run_fails_naming_the_step(tm
         rewards=[RewardSpec("huge")],
         config=tiny_config(max_steps=1),
         output_dir=tmp_path / "run",
+        stop_when=StopWhen(max_non_finite_steps=1),
     )
     trainer.setup()
     lora_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
     with pytest.raises(
-        ArithmeticError, match=r"^step 1: loss is (nan|inf) \(grad norm nan\); nothing was applied$"
+        ArithmeticError,
+        match=r"^step 1: loss is (nan|inf) \(grad norm nan\); nothing was applied; 1 steps were not finite "
+        r"\(stop_when.max_non_finite_steps is 1\)$",
     ) as caught:
         trainer.train()
     params = dict(trainer.model.named_parameters())

@@ -388,15 +388,23 @@ def test_a_worker_shutting_down_mid_step_checkpoints_the_last_finished_step_and_
 def test_a_job_whose_loss_is_not_finite_fails_naming_the_step_with_no_nan_checkpoint(tenant_and_dataset, hostile):
     # The installed reward returns 1e300, finite and so accepted, but inf as float32: the loss is NaN. Before, such
     # a job "succeeded" with an adapter whose weights were all NaN.
+    # Each such step is skipped with a warning, and the third (stop_when.max_non_finite_steps) fails the job.
     hostile()
-    job_id = make_job(*tenant_and_dataset, rewards=[{"name": "huge"}], max_steps=1, checkpoint_every=1)
+    job_id = make_job(*tenant_and_dataset, rewards=[{"name": "huge"}], max_steps=5, checkpoint_every=1)
     assert run_job(job_id) == "failed"
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert re.fullmatch(
-            r"NonFiniteUpdate: step 1: loss is (nan|inf) \(grad norm nan\); nothing was applied", job.error
+            r"NonFiniteUpdate: step 3: loss is (nan|inf) \(grad norm nan\); nothing was applied; 3 steps were not "
+            r"finite \(stop_when.max_non_finite_steps is 3\)",
+            job.error,
         )
-    assert counts(job_id) == (0, [])
+        skipped = session.scalars(select(MetricRow.values).where(MetricRow.job_id == job_id).order_by(MetricRow.step))
+        assert [values for values in skipped] == [
+            {"skipped_non_finite": 1.0, "non_finite_steps": 1.0},
+            {"skipped_non_finite": 1.0, "non_finite_steps": 2.0},
+        ]
+    assert counts(job_id) == (2, [1, 2])  # the checkpoints of skipped steps hold the unchanged, finite adapter
 
 
 def test_the_heartbeat_renews_the_lease_and_notes_a_cancel_within_its_poll(tenant_and_dataset):

@@ -3,16 +3,16 @@
 A fork (a job submitted with `init_from`) records the job and checkpoint step it started from and whether it
 carried that checkpoint's optimizer state. Jobs created before this revision are not forks.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-11-30 13:20:00
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
