@@ -40,8 +40,13 @@ def job_dir(job_id: str) -> Path:
     return get_settings().artifacts_dir / "jobs" / _checked(job_id)
 
 
+def checkpoint_dir(job_id: str, step: int) -> Path:
+    """A job's checkpoint folder for `step`, as grpo_core.checkpoint names it."""
+    return job_dir(job_id) / "checkpoints" / f"step-{int(step):06d}"
+
+
 def checkpoint_archive(job_id: str, step: int) -> Path:
-    return job_dir(job_id) / "checkpoints" / f"step-{int(step):06d}" / ARCHIVE_NAME
+    return checkpoint_dir(job_id, step) / ARCHIVE_NAME
 
 
 def servable(path: Path) -> Path:

@@ -92,6 +92,18 @@ class Job(Base):
     eval_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))
     rewards: Mapped[list[Any]] = mapped_column()
     hyperparameters: Mapped[dict[str, Any]] = mapped_column()
+    # A fork's lineage: the job and checkpoint step it started from, and whether it carried that checkpoint's
+    # optimizer state. NULL (and false) for a job trained from a fresh adapter.
+    parent_job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), index=True)
+    parent_step: Mapped[int | None] = mapped_column(Integer)
+    parent_optimizer: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    @property
+    def init_from(self) -> dict[str, Any] | None:
+        """The `init_from` the job was submitted with (None for a job that is not a fork)."""
+        if self.parent_job_id is None:
+            return None
+        return {"job_id": self.parent_job_id, "step": self.parent_step, "optimizer": self.parent_optimizer}
 
     @property
     def processes(self) -> int:

@@ -308,6 +308,24 @@ HARDWARE_CLASSES = ("cpu", "gpu")
 Hardware = Literal["cpu", "gpu"]
 
 
+CHILDREN_SHOWN = 100  # most children GET /v1/jobs/{id} lists (children_count counts them all)
+
+
+class InitFrom(BaseModel):
+    """A checkpoint of one of this tenant's jobs to start from (a fork)."""
+
+    model_config = ConfigDict(extra="forbid")
+    job_id: str = Field(max_length=40, description="The parent job: one of this tenant's", examples=["job_0123"])
+    step: StrictInt = Field(
+        ge=0, le=MAX_INT, description="A step the parent saved a checkpoint at (GET /v1/jobs/{id}/checkpoints)"
+    )
+    optimizer: StrictBool = Field(
+        False,
+        description="Carry the checkpoint's AdamW moments and update count (false: a fresh optimizer). The "
+        "learning rate, its schedule and weight decay are always this job's own",
+    )
+
+
 StopWhenSettings = create_model(
     "StopWhenSettings", __config__=_STRICT_OBJECT, __doc__=StopWhen.__doc__, **_typed_fields(StopWhen)
 )
@@ -329,6 +347,12 @@ class JobCreate(BaseModel):
         description="GRPOConfig fields; omitted ones take their defaults. The operator's limits (GRPO_MAX_*) may "
         "refuse values inside these ranges.",
         examples=[{"group_size": 8, "max_steps": 20, "beta": 0.0}],
+    )
+    init_from: InitFrom | None = Field(
+        None,
+        description="Fork: start from this checkpoint's adapter instead of a fresh one, with this spec's own rewards, "
+        "datasets and hyperparameters. base_model, lora.r, lora.alpha and lora.target_modules must be the parent's. "
+        "The adapter is copied into this job's step-0 checkpoint when it starts",
     )
     stop_when: StopWhenSettings | None = Field(
         None,
@@ -353,6 +377,12 @@ class Progress(BaseModel):
     fraction: float
 
 
+class JobChild(BaseModel):
+    id: str
+    step: int = Field(description="The parent's checkpoint step it forked from")
+    status: JobStatus
+
+
 class JobPublic(BaseModel):
     id: str
     status: JobStatus
@@ -362,6 +392,17 @@ class JobPublic(BaseModel):
     eval_dataset_id: str | None
     rewards: list[StoredRewardRef]
     hyperparameters: dict[str, Any] = Field(description="The full config the job runs with, defaults filled in")
+    parent_job_id: str | None = Field(None, description="A fork's parent job (its init_from.job_id); else null")
+    parent_step: int | None = Field(None, description="The parent's checkpoint step a fork started from; else null")
+    parent_optimizer: bool = Field(False, description="Whether a fork carried the parent checkpoint's optimizer state")
+    children: list[JobChild] | None = Field(
+        None,
+        description=f"Jobs forked from this one, oldest first, at most {CHILDREN_SHOWN}. In the answers of GET "
+        "/v1/jobs/{id} and POST /v1/jobs; null in lists and in a cancel's answer",
+    )
+    children_count: int | None = Field(
+        None, description="How many jobs were forked from this one (null where children is)"
+    )
     progress: Progress
     cancel_requested: bool
     worker_host: str | None

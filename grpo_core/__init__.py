@@ -18,6 +18,7 @@ _EXPORTS = {
     "compute_policy_loss": "algorithms",
     "k3_kl": "algorithms",
     "loss_normaliser": "algorithms",
+    "ForkPoint": "checkpoint",
     "GRPOConfig": "config",
     "LoraSettings": "config",
     "RewardSpec": "config",

@@ -146,3 +146,49 @@ def load_trainer_state(checkpoint: Checkpoint) -> dict[str, Any]:
     # weights_only=False: the file holds Python RNG tuples and numpy state; it is one we wrote ourselves.
     # map_location: a GPU run's optimizer state loads on any machine; load_state_dict moves it to the parameters.
     return torch.load(checkpoint.path / TRAINER_STATE, weights_only=False, map_location="cpu")
+
+
+@dataclass(frozen=True)
+class ForkPoint:
+    """Another run's checkpoint folder that a run starts from (a fork): its adapter weights, and with
+    optimizer=True its AdamW moments too. The caller names the folder; nothing here knows whose it is."""
+
+    path: Path
+    optimizer: bool = False
+
+
+class ForkPointUnusable(ValueError):
+    """The checkpoint to fork from is missing, incomplete, changed since it was saved, or of another shape."""
+
+
+def load_fork_point(model, optimizer, fork: ForkPoint) -> None:
+    """Load the fork point's adapter weights into `model`'s LoRA (bit for bit), and with fork.optimizer its AdamW
+    state into `optimizer`. Only the per-weight state (moments, update count) is carried: the learning rate,
+    weight decay and schedule stay the forking run's own. Raises ForkPointUnusable when the checkpoint cannot be
+    trusted or its tensors are not the shape of this model's adapter."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    checkpoint = read_checkpoint(Path(fork.path), verify=True)
+    if checkpoint is None:
+        raise ForkPointUnusable(
+            f"the checkpoint to start from ({Path(fork.path).name}) is missing, incomplete, or changed since it was "
+            "saved"
+        )
+    weights = load_file(checkpoint.path / "adapter_model.safetensors")
+    own = get_peft_model_state_dict(model)
+    if {k: v.shape for k, v in weights.items()} != {k: v.shape for k, v in own.items()}:
+        raise ForkPointUnusable(
+            f"the adapter at step {checkpoint.step} has other layers or shapes than this run's LoRA "
+            "(base model, lora.r and lora.target_modules must be the ones it was trained with)"
+        )
+    set_peft_model_state_dict(model, weights)
+    if not fork.optimizer:
+        return
+    saved = load_trainer_state(checkpoint)["optimizer"]
+    fresh = optimizer.state_dict()
+    shapes = [p.shape for group in optimizer.param_groups for p in group["params"]]
+    moments = {index: state["exp_avg"].shape for index, state in saved["state"].items()}
+    if any(index >= len(shapes) or shape != shapes[index] for index, shape in moments.items()):
+        raise ForkPointUnusable(f"the optimizer state at step {checkpoint.step} does not fit this run's adapter")
+    optimizer.load_state_dict({"state": saved["state"], "param_groups": fresh["param_groups"]})

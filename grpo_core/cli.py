@@ -9,12 +9,15 @@ A config file:
     rewards:
       - {name: numeric_answer, weight: 1.0}
     hyperparameters: {group_size: 8, max_steps: 20, eval_every: 10}
+    init_from: {checkpoint: runs/parent/checkpoints/step-000010, optimizer: false}  # optional: a fork
 
 Relative paths are read relative to the config file. Rewards score in a child process, as in the service: a
 reward call longer than --reward-timeout seconds (default 60) is killed and ends the run with an error naming it.
 --device picks where it trains (auto: the GPU when torch sees one, else the CPU; cpu, cuda, cuda:N).
 hyperparameters.processes above 1 trains on that many processes started here (one GPU each on a GPU, gloo ranks
-on the CPU; grpo_core/distributed.py); rank 0 writes the metrics and the progress bar.
+on the CPU; grpo_core/distributed.py); rank 0 writes the metrics and the progress bar. init_from starts a run
+without checkpoints of its own from another run's checkpoint folder (its adapter; with optimizer: true its AdamW
+moments too), saved as this run's step 0.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from grpo_core.checkpoint import Checkpoint, list_checkpoints
+from grpo_core.checkpoint import Checkpoint, ForkPoint, list_checkpoints
 from grpo_core.config import GRPOConfig, RewardSpec
 from grpo_core.data import DatasetError, arithmetic_task, load_jsonl
 from grpo_core.device import check_device_name, resolve_device
@@ -152,7 +155,16 @@ def _trainer(spec, base, config, output_dir, callbacks, reward_timeout_seconds, 
         reward_timeout_seconds=reward_timeout_seconds,
         device=device,
         world=world,
+        fork_point=_fork_point(spec.get("init_from"), base),
     )
+
+
+def _fork_point(init_from: Any, base: Path) -> ForkPoint | None:
+    if init_from is None:
+        return None
+    if not isinstance(init_from, dict) or set(init_from) - {"checkpoint", "optimizer"} or "checkpoint" not in init_from:
+        raise ValueError("init_from: expected {checkpoint: a checkpoint folder, optimizer: true or false}")
+    return ForkPoint(base / init_from["checkpoint"], optimizer=bool(init_from.get("optimizer", False)))
 
 
 def _train_rank(world, device, spec, base, config, output_dir, resume, resume_step, reward_timeout_seconds) -> None:

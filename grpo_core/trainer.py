@@ -31,9 +31,11 @@ import torch
 from grpo_core.algorithms import LossStats, compute_policy_loss, loss_normaliser, zero_std_group_fraction
 from grpo_core.checkpoint import (
     Checkpoint,
+    ForkPoint,
     capture_rng_state,
     changed_files,
     list_checkpoints,
+    load_fork_point,
     load_trainer_state,
     remove_partial_checkpoints,
     restore_rng_state,
@@ -534,6 +536,10 @@ class GRPOTrainer:
     stop_requested, and the ranks agree at the start of each step (any rank asking stops all): with several
     processes a stop requested mid-step takes effect when the step in progress has finished, since a rank that
     left a step alone would leave the others waiting in a collective.
+
+    fork_point: another run's checkpoint folder to start from when this run has no checkpoint of its own (a fork):
+    its adapter, and with fork_point.optimizer its AdamW moments (grpo_core.checkpoint.load_fork_point), saved at
+    once as this run's step-0 checkpoint.
     """
 
     def __init__(
@@ -555,6 +561,7 @@ class GRPOTrainer:
         sample_groups_per_step: int = 2,
         device: str | torch.device = "auto",
         world: World = LOCAL,
+        fork_point: ForkPoint | None = None,
         stop_when: StopWhen | None = None,
     ):
         if not train_rows:
@@ -596,6 +603,7 @@ class GRPOTrainer:
         self.cache_dir = cache_dir
         self.models_file = models_file
         self.reward_timeout_seconds = reward_timeout_seconds
+        self.fork_point = fork_point
         # Built by setup(): kept out of __init__ so a bad spec is refused before any model is loaded.
         self.model: Any = None
         self.tokenizer: Any = None
@@ -760,6 +768,13 @@ class GRPOTrainer:
         self.world.barrier()
         checkpoint = self._resume_point() if resume else None
         step = self._restore(checkpoint) if checkpoint else 0
+        if checkpoint is None and self.fork_point is not None:
+            # A fork's first start: the parent's adapter, saved at once as this run's step 0, so a resume (after a
+            # crash) continues from this run's own checkpoints and never reads the parent's again. The barrier
+            # keeps rank 0's save after every rank has looked for a checkpoint of its own.
+            self.world.barrier()
+            load_fork_point(self.model, self.optimizer, self.fork_point)
+            checkpoint = self._save(0)
         scorer = RewardScorer(
             self.reward_specs,
             timeout_seconds=self.reward_timeout_seconds,

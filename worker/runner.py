@@ -47,7 +47,7 @@ from api.queue import enqueue_job
 from api.services import jobs as jobs_service
 from api.settings import get_settings
 from grpo_core import GRPOConfig, GRPOTrainer, RewardSpec, TrainerCallback, load_jsonl
-from grpo_core.checkpoint import Checkpoint
+from grpo_core.checkpoint import Checkpoint, ForkPoint
 from grpo_core.distributed import LOCAL, RankFailed, World, is_peer_failure, run_ranks
 from grpo_core.guardrails import StopWhen
 from grpo_core.rewards import is_tenant_reward
@@ -258,6 +258,10 @@ def run_job(job_id: str) -> str:
             "config": GRPOConfig.from_dict(job.hyperparameters),
             "train": job.dataset_id,
             "eval": job.eval_dataset_id,
+            # A fork reads its parent's checkpoint only while it has none of its own (its first start).
+            "fork_point": None
+            if job.parent_job_id is None
+            else ForkPoint(artifacts.checkpoint_dir(job.parent_job_id, job.parent_step), job.parent_optimizer),
             "stop_when": StopWhen.from_dict(job.stop_when),
         }
         # The job's tenant's own rewards it names (id -> source); a name missing here is refused by the trainer.
@@ -338,6 +342,7 @@ def _make_trainer(
         sample_groups_per_step=settings.sample_groups_per_step,
         device=settings.device if device is None else device,
         world=world,
+        fork_point=spec["fork_point"],
         stop_when=spec["stop_when"],
     )
 

@@ -67,7 +67,8 @@ def create_job(
             log.warning("broker unreachable; job %s stays queued for the reconciler to send", job.id, exc_info=True)
     else:
         response.headers["Idempotent-Replayed"] = "true"
-    return jobs_service.job_public(job)
+    children = jobs_service.job_children(session, tenant_id=tenant_id, job_id=job.id)
+    return jobs_service.job_public(job, children)
 
 
 @router.get("", name="list", response_model=JobsPublic)
@@ -97,11 +98,13 @@ def _json(model: BaseModel) -> Response:
 def _job(tenant_id: str, job_id: str) -> Response:
     with session_scope() as session:
         job = jobs_service.get_job(session, tenant_id=tenant_id, job_id=job_id)
-    return _json(jobs_service.job_public(job))
+        children = jobs_service.job_children(session, tenant_id=tenant_id, job_id=job.id)
+    return _json(jobs_service.job_public(job, children))
 
 
 @router.get("/{job_id}", name="get", response_model=JobPublic, responses=NOT_FOUND)
 async def get_job(job_id: str, tenant_id: TenantDep) -> Response:
+    """The job, with its progress, its lineage when it is a fork, and the jobs forked from it."""
     return await run_read(_job, tenant_id, job_id)
 
 

@@ -11,8 +11,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import artifacts
-from api.models import TERMINAL_STATUSES, Dataset, Event, Job, utcnow
-from api.schemas import JobCreate, JobPublic, Progress, StoppedEarly, StoredRewardRef
+from api.models import TERMINAL_STATUSES, CheckpointRow, Dataset, Event, Job, utcnow
+from api.schemas import CHILDREN_SHOWN, JobChild, JobCreate, JobPublic, Progress, StoppedEarly, StoredRewardRef
 from api.services import InvalidInput, NotFound
 from api.services import datasets as datasets_service
 from api.services import progress as progress_service
@@ -82,7 +82,9 @@ def validate_job_spec(session: Session, *, tenant_id: str, spec: JobCreate) -> G
             config, lora=dataclasses.replace(config.lora, target_modules=default_target_modules(model))
         )
     if config is not None:
-        problems += _limit_problems(config, get_settings())
+        problems += _limit_problems(config, get_settings(), fork=spec.init_from is not None)
+        if spec.init_from is not None:
+            problems += _fork_problems(session, tenant_id=tenant_id, spec=spec, config=config)
         if model is not None:
             problems += _model_problems(config, model, spec.base_model, datasets, get_settings())
     # An uploaded reward is named by its id and checked against this tenant's uploads; the rest by the registry.
@@ -114,8 +116,9 @@ def _over(field: str, value: int, limit: int, setting: str, what: str = "") -> s
     return f"hyperparameters.{field}: {value}{what} is above the operator's limit of {limit} (GRPO_{setting.upper()})"
 
 
-def _limit_problems(config: GRPOConfig, settings: Settings) -> list[str]:
-    """The operator's upper bounds on the sizes a spec sets (api/settings.py)."""
+def _limit_problems(config: GRPOConfig, settings: Settings, fork: bool = False) -> list[str]:
+    """The operator's upper bounds on the sizes a spec sets (api/settings.py). A fork saves one checkpoint more
+    (step 0, the parent's adapter)."""
     single = [
         ("group_size", config.group_size, "max_group_size"),
         ("prompts_per_step", config.prompts_per_step, "max_prompts_per_step"),
@@ -144,6 +147,7 @@ def _limit_problems(config: GRPOConfig, settings: Settings) -> list[str]:
         )
     # Every checkpoint is kept (each is downloadable), so their number bounds the job's disk.
     saves = (config.max_steps - 1) // config.checkpoint_every + 1 if config.checkpoint_every else 1
+    saves += fork
     if saves > settings.max_checkpoints_per_job:
         problems.append(
             f"hyperparameters.checkpoint_every: {config.checkpoint_every} with max_steps {config.max_steps} saves "
@@ -155,6 +159,57 @@ def _limit_problems(config: GRPOConfig, settings: Settings) -> list[str]:
         problems.append(
             f"hyperparameters.warmup_steps: {config.warmup_steps} is more than the run's {updates} optimizer updates "
             f"(max_steps x num_iterations): the learning rate would never reach learning_rate"
+        )
+    return problems
+
+
+# The files a fork reads from its parent's checkpoint folder (grpo_core/checkpoint.py's layout).
+FORK_FILES = ("manifest.json", "adapter_config.json", "adapter_model.safetensors", "trainer_state.pt")
+
+
+def _fork_problems(session: Session, *, tenant_id: str, spec: JobCreate, config: GRPOConfig) -> list[str]:
+    """What makes `spec.init_from` unusable: a parent that is not this tenant's job (another tenant's answers as
+    one that does not exist), a step it saved no checkpoint at or whose files are gone, or a base model or LoRA
+    shape the parent's adapter does not fit. lora.alpha must match too: it scales the adapter's output, so with
+    another alpha the fork would not start from the parent's policy. lora.dropout may differ (GRPO's passes run
+    without it)."""
+    init = spec.init_from
+    assert init is not None
+    parent = None
+    if artifacts.is_server_id(init.job_id):
+        parent = session.scalar(_JOB_OF_TENANT, {"job_id": init.job_id, "tenant_id": tenant_id})
+    if parent is None:
+        return [f"init_from.job_id: job {init.job_id!r} not found"]
+    problems = []
+    if spec.base_model != parent.base_model:
+        problems.append(
+            f"base_model: {spec.base_model!r} is not the parent job's {parent.base_model!r}; a fork trains the "
+            "parent's adapter, which fits only the base model it was trained on"
+        )
+    theirs = parent.hyperparameters["lora"]
+    for name, mine, parents in [
+        ("r", config.lora.r, theirs["r"]),
+        ("alpha", f"{config.lora.alpha:g}", f"{theirs['alpha']:g}"),  # stored as a float: 8.0 is shown 8
+        ("target_modules", sorted(config.lora.target_modules), sorted(theirs["target_modules"])),
+    ]:
+        if mine != parents:
+            problems.append(
+                f"hyperparameters.lora.{name}: {mine} is not the parent job's {parents}; a fork keeps the parent's "
+                "adapter shape and scale (set it to the parent's)"
+            )
+    steps = session.scalars(
+        select(CheckpointRow.step).where(CheckpointRow.job_id == parent.id).order_by(CheckpointRow.step)
+    ).all()
+    if init.step not in steps:
+        shown = ", ".join(map(str, steps[:20])) + (", ..." if len(steps) > 20 else "")
+        problems.append(
+            f"init_from.step: job {parent.id} has no checkpoint at step {init.step}; "
+            + (f"it has checkpoints at steps {shown}" if steps else "it has saved no checkpoint yet")
+        )
+    elif not all((artifacts.checkpoint_dir(parent.id, init.step) / name).is_file() for name in FORK_FILES):
+        problems.append(
+            f"init_from.step: the files of job {parent.id}'s checkpoint at step {init.step} are gone from the "
+            "artifacts store; fork another step"
         )
     return problems
 
@@ -262,6 +317,9 @@ def create_job(session: Session, *, tenant_id: str, spec: JobCreate, idempotency
         max_steps=config.max_steps,
         status="queued",
     )
+    if spec.init_from is not None:
+        job.parent_job_id, job.parent_step = spec.init_from.job_id, spec.init_from.step
+        job.parent_optimizer = spec.init_from.optimizer
     job.enqueued_at = utcnow()
     session.add(job)
     try:
@@ -291,6 +349,7 @@ def _replayed(job: Job, spec: JobCreate, idempotency_key: str) -> Job:
         "eval_dataset_id": spec.eval_dataset_id,
         "rewards": [reward.model_dump() for reward in spec.rewards],
         "hyperparameters": hyperparameters,
+        "init_from": spec.init_from.model_dump() if spec.init_from is not None else None,
         "stop_when": stop_when_of(spec).to_dict(),
     }
     differing = [name for name, value in requested.items() if getattr(job, name) != value]
@@ -375,7 +434,26 @@ def record_event(session: Session, *, job_id: str, type: str, data: dict[str, An
     session.add(Event(job_id=job_id, type=type, data=progress_service.finite(data)))
 
 
-def job_public(job: Job) -> JobPublic:
+_CHILDREN = (
+    select(Job.id, Job.parent_step, Job.status)
+    .where(Job.parent_job_id == bindparam("job_id"), Job.tenant_id == bindparam("tenant_id"))
+    .order_by(Job.created_at, Job.id)
+    .limit(CHILDREN_SHOWN)
+)
+
+
+def job_children(session: Session, *, tenant_id: str, job_id: str) -> tuple[list[JobChild], int]:
+    """The jobs forked from `job_id` (the first CHILDREN_SHOWN, oldest first) and how many there are."""
+    rows = session.execute(_CHILDREN, {"job_id": job_id, "tenant_id": tenant_id}).all()
+    children = [JobChild(id=row.id, step=row.parent_step, status=row.status) for row in rows]
+    count = len(children)
+    if count == CHILDREN_SHOWN:  # there may be more: count them (a fork's parent is always the same tenant's)
+        count = session.scalar(select(func.count()).where(Job.parent_job_id == job_id)) or 0
+    return children, count
+
+
+def job_public(job: Job, children: tuple[list[JobChild], int] | None = None) -> JobPublic:
+    """The job as the API shows it; `children` (job_children's answer) only where GET /v1/jobs/{id} lists them."""
     return JobPublic(
         id=job.id,
         status=job.status,  # type: ignore[arg-type]
@@ -385,6 +463,11 @@ def job_public(job: Job) -> JobPublic:
         eval_dataset_id=job.eval_dataset_id,
         rewards=[StoredRewardRef(**r) for r in job.rewards],
         hyperparameters=job.hyperparameters,
+        parent_job_id=job.parent_job_id,
+        parent_step=job.parent_step,
+        parent_optimizer=job.parent_optimizer,
+        children=children[0] if children is not None else None,
+        children_count=children[1] if children is not None else None,
         progress=Progress(step=job.step, max_steps=job.max_steps, fraction=round(job.step / job.max_steps, 4)),
         cancel_requested=job.cancel_requested,
         worker_host=job.worker_host,

@@ -115,6 +115,16 @@ def test_no_tenant_reaches_another_tenants_objects(database, tmp_path):
                     answers[1].content, missing["dataset"]
                 ):
                     unlike_missing.append((caller, f"POST /v1/jobs {field}", answers[0].text, answers[1].text))
+            # So is a fork of the other tenant's job, at a step it has a checkpoint at.
+            cells += 1
+            answers = [
+                http.post("/v1/jobs", json={**spec, "init_from": {"job_id": job, "step": STEPS[0]}})
+                for job in (theirs["job"], missing["job"])
+            ]
+            if answers[0].status_code != 422:
+                leaks["read"].append((caller, "POST /v1/jobs init_from", answers[0].status_code, answers[0].text))
+            if normalised(answers[0].content, theirs["job"]) != normalised(answers[1].content, missing["job"]):
+                unlike_missing.append((caller, "POST /v1/jobs init_from", answers[0].text, answers[1].text))
 
         # Lists show only one's own objects.
         list_leaks = []
