@@ -218,7 +218,6 @@ def run_preflight(preflight_id: str) -> str:
 
     try:
         result = measure_preflight(**spec, check_stop=check_stop)
-        check_stop()  # a model load or an update past the deadline still ends as a timeout
     except PreflightStopped as stop:
         if shutting_down.is_set():
             _finish(preflight_id, "queued", started_at=None, deadline_at=None, worker_host=None)
