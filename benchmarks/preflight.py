@@ -96,7 +96,11 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--prompts-per-step", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--tasks", nargs="+", choices=list(tasks()), default=list(tasks()), help="tasks to pre-flight")
+    parser.add_argument("--no-job", action="store_true", help="skip running the addition job")
     args = parser.parse_args()
+    if not args.no_job and "addition" not in args.tasks:
+        args.tasks.append("addition")  # the job's estimate comes from its pre-flight
     hyperparameters = {
         "group_size": args.group_size,
         "prompts_per_step": args.prompts_per_step,
@@ -115,6 +119,8 @@ def main() -> None:
             client = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
             specs = {}
             for name, (rows, rewards) in tasks().items():
+                if name not in args.tasks:
+                    continue
                 content = "".join(json.dumps(row) + "\n" for row in rows).encode()
                 dataset = client.post("/v1/datasets", files={"file": (f"{name}.jsonl", content)}).json()
                 specs[name] = {
@@ -126,6 +132,8 @@ def main() -> None:
             print(f"model {args.model}, {args.prompts} prompts, hyperparameters {hyperparameters}\n", flush=True)
             results = {}
             for name, spec in specs.items():
+                if name not in args.tasks:
+                    continue
                 created = client.post("/v1/jobs/preflight", json=spec)
                 created.raise_for_status()
                 preflight = wait(client, f"/v1/preflights/{created.json()['id']}")
@@ -148,6 +156,8 @@ def main() -> None:
                 for warning in result["warnings"]:
                     print(f"   warning: {warning}")
                 print(flush=True)
+            if args.no_job:
+                return
             created = client.post("/v1/jobs", json=specs["addition"])
             created.raise_for_status()
             job = wait(client, f"/v1/jobs/{created.json()['id']}")
