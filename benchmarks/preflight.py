@@ -4,9 +4,9 @@ duration of a job against the measured duration of the same job.
     .venv/bin/python benchmarks/preflight.py            # about 10 minutes on a laptop CPU
 
 Starts its own API and Celery worker (SQLite and the folder broker, in a temporary folder) and, through REST:
-1. pre-flights three tasks with the same hyperparameters: the bundled addition task (the base model solves some
-   single-digit sums: expect ok), multiplying two 4-digit numbers (it almost never does: expect too_hard), and
-   "Reply with the word yes." scored by a regex (it almost always does: expect too_easy);
+1. pre-flights three tasks: the bundled addition task (the base model solves some single-digit sums: expect ok),
+   multiplying two 4-digit numbers (it almost never does: expect too_hard), and "What is 1 + 1?" scored by a
+   regex, at temperature 0.3 (it almost always answers 2: expect too_easy);
 2. runs the addition job itself for --steps steps, and compares its measured duration (started_at to finished_at,
    model load included) with the addition pre-flight's estimated_job_seconds.
 Prints each pre-flight's figures and verdict, then the comparison. Not a test: it prints figures.
@@ -31,19 +31,25 @@ import httpx
 from grpo_core.data import arithmetic_task
 
 
-def tasks(seed: int = 0) -> dict[str, tuple[list[dict], list[dict]]]:
-    """name -> (rows, rewards)."""
+def tasks(seed: int = 0) -> dict[str, tuple[list[dict], list[dict], dict]]:
+    """name -> (rows, rewards, hyperparameters of its own). At temperature 1 SmolLM2-135M solves nothing every
+    time (even "Reply with the word yes." only 4 times in 10), so the task it almost always solves, 1 + 1, is sampled
+    at temperature 0.3, as a job that wants it so would ask."""
     rng = random.Random(seed)
     multiply = []
     for _ in range(64):
         a, b = rng.randrange(1000, 10000), rng.randrange(1000, 10000)
         multiply.append({"prompt": f"What is {a} * {b}? Reply with the number only.", "answer": a * b})
     openers = ["", "Please. ", "Hello! ", "Quick one. ", "Test: ", "Hi. ", "Now: ", "OK. "]
-    yes = [{"prompt": f"{opener}Reply with the word yes."} for opener in openers for _ in range(2)]
+    easy = [{"prompt": f"{opener}What is 1 + 1?"} for opener in openers for _ in range(2)]
     return {
-        "addition": (arithmetic_task()[0], [{"name": "numeric_answer"}]),
-        "multiply-4-digit": (multiply, [{"name": "numeric_answer"}]),
-        "reply-yes": (yes, [{"name": "regex_match", "params": {"pattern": "(?i)\\byes\\b"}}]),
+        "addition": (arithmetic_task()[0], [{"name": "numeric_answer"}], {}),
+        "multiply-4-digit": (multiply, [{"name": "numeric_answer"}], {}),
+        "one-plus-one": (
+            easy,
+            [{"name": "regex_match", "params": {"pattern": "\\b2\\b|(?i:two)"}}],
+            {"temperature": 0.3},
+        ),
     }
 
 
@@ -118,7 +124,7 @@ def main() -> None:
             ).stdout.strip()  # fmt: skip
             client = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
             specs = {}
-            for name, (rows, rewards) in tasks().items():
+            for name, (rows, rewards, own) in tasks().items():
                 if name not in args.tasks:
                     continue
                 content = "".join(json.dumps(row) + "\n" for row in rows).encode()
@@ -127,7 +133,7 @@ def main() -> None:
                     "base_model": args.model,
                     "dataset_id": dataset["id"],
                     "rewards": rewards,
-                    "hyperparameters": hyperparameters,
+                    "hyperparameters": {**hyperparameters, **own},
                 }
             print(f"model {args.model}, {args.prompts} prompts, hyperparameters {hyperparameters}\n", flush=True)
             results = {}
