@@ -415,6 +415,8 @@ class PreflightResult(BaseModel):
     flat_fraction: float
     flat_low_groups: int = Field(description="Flat groups at the lowest reward seen")
     flat_high_groups: int = Field(description="Flat groups at the highest reward seen")
+    at_lowest_fraction: float = Field(description="Samples at the lowest reward seen (0 when all scored the same)")
+    at_highest_fraction: float = Field(description="Samples at the highest reward seen (0 when all scored the same)")
     completion_length_mean: float = Field(description="Tokens")
     truncated_fraction: float = Field(description="Completions cut at max_new_tokens")
     seconds_per_step: float = Field(description="One GRPO step of this job, measured on the worker")
@@ -425,8 +427,8 @@ class PreflightResult(BaseModel):
         description="max_steps x seconds_per_step + evaluations x seconds_per_evaluation + load_seconds"
     )
     verdict: VerdictLevel = Field(
-        description="ok; too_hard (almost every group at the lowest reward); too_easy (at the highest); no_signal "
-        "(almost every group flat otherwise); reward_errors (a reward failed on many samples)"
+        description="ok; too_hard (almost every group, or answer, at the lowest reward); too_easy (at the "
+        "highest); no_signal (almost every group flat otherwise); reward_errors (a reward failed on many samples)"
     )
     message: str = Field(description="The verdict in words, with the numbers behind it")
     warnings: list[str] = Field(description="Problems that do not decide the verdict, such as truncation")

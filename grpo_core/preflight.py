@@ -23,6 +23,9 @@ FLAT_GROUPS_LIMIT = 0.75
 """At or above this fraction of groups with all-equal rewards, the task gives too little signal to train on."""
 SAME_END_SHARE = 2 / 3
 """Of those flat groups, this share at the lowest (highest) reward seen makes the task too hard (too easy)."""
+SAMPLES_AT_END_LIMIT = 0.9
+"""With fewer flat groups, this fraction of all samples at the lowest (highest) reward seen still makes the task too
+hard (too easy): the few groups with a spread teach a model that already fails (solves) almost every time."""
 REWARD_ERROR_LIMIT = 0.25
 """A reward failing on more than this fraction of the samples makes the verdict reward_errors."""
 TRUNCATION_LIMIT = 0.5
@@ -56,6 +59,8 @@ class SampleFigures:
     flat_fraction: float
     flat_low_groups: int  # flat groups at the lowest reward seen (all 0 for a 0/1 reward)
     flat_high_groups: int  # flat groups at the highest reward seen
+    at_lowest_fraction: float  # samples at the lowest reward seen (0 when every sample scored the same)
+    at_highest_fraction: float  # samples at the highest reward seen (0 when every sample scored the same)
     completion_length_mean: float  # tokens
     truncated_fraction: float  # completions cut at max_new_tokens
 
@@ -107,6 +112,8 @@ def sample_figures(
         flat_fraction=len(flat) / len(groups),
         flat_low_groups=low,
         flat_high_groups=high,
+        at_lowest_fraction=0.0 if lowest == highest else sum(r == lowest for r in rewards) / count,
+        at_highest_fraction=0.0 if lowest == highest else sum(r == highest for r in rewards) / count,
         completion_length_mean=sum(lengths) / count,
         truncated_fraction=sum(bool(t) for t in truncated) / count,
     )
@@ -141,7 +148,8 @@ def _duration(seconds: float) -> str:
 
 def judge(figures: SampleFigures, max_new_tokens: int) -> Verdict:
     """The verdict on the sampled figures: reward_errors when a reward fails often, else too_hard, too_easy or
-    no_signal when at least FLAT_GROUPS_LIMIT of the groups are flat, else ok; a warning when many completions are
+    no_signal when at least FLAT_GROUPS_LIMIT of the groups are flat, else too_hard (too_easy) when at least
+    SAMPLES_AT_END_LIMIT of the samples got the lowest (highest) reward, else ok; a warning when many completions are
     cut at max_new_tokens, and one per reward that failed at all without deciding the level."""
     samples = figures.prompts * figures.group_size
     warnings = []
@@ -192,6 +200,19 @@ def judge(figures: SampleFigures, max_new_tokens: int) -> Verdict:
             "finer grades, or raise G or the temperature.",
             warnings,
         )
+    for level, share, end, advice in (
+        ("too_hard", figures.at_lowest_fraction, "lowest", "Lower the difficulty, shape the reward, or raise G."),
+        ("too_easy", figures.at_highest_fraction, "highest", "Use harder prompts or a stricter reward."),
+    ):
+        if share >= SAMPLES_AT_END_LIMIT:
+            return Verdict(
+                level,
+                f"{share:.0%} of the answers got the {end} reward (mean reward {_num(figures.reward_mean)}), and "
+                f"only {learning} of {prompts} groups gave answers different rewards: training would learn from "
+                f"{learning} prompt{'s' if learning != 1 else ''} in {prompts}, each with one odd answer or so. "
+                f"{advice}",
+                warnings,
+            )
     return Verdict(
         "ok",
         f"{learning} of {prompts} groups have answers with different rewards (mean reward "

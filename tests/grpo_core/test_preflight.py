@@ -26,6 +26,7 @@ def test_figures_from_hand_numbers():
     assert result.reward_std == pytest.approx((7 * 9 / 16 / 15) ** 0.5)
     assert (result.flat_groups, result.flat_low_groups, result.flat_high_groups) == (2, 1, 1)
     assert result.flat_fraction == 0.5
+    assert (result.at_lowest_fraction, result.at_highest_fraction) == (9 / 16, 7 / 16)
     assert result.completion_length_mean == 6.0
     assert result.truncated_fraction == 0.25
     assert result.rewards[0].mean == pytest.approx(7 / 16) and result.rewards[0].errors == 0
@@ -63,6 +64,16 @@ def test_mid_level_flat_groups_give_no_signal():
     # Flat groups at 0.5, with the lowest (0) and highest (1) seen only in one mixed group.
     rewards = [0.5] * 12 + [0.0, 1.0, 0.5, 0.5]
     assert judge(figures(rewards), max_new_tokens=32).level == "no_signal"
+
+
+def test_almost_every_answer_at_one_end_is_too_easy_or_too_hard_with_few_flat_groups():
+    # 10 groups all right, 6 with one wrong answer each: 90 of 96 samples at the highest reward, 10 of 16 flat.
+    rewards = [1.0] * 60 + [1, 1, 1, 1, 1, 0] * 6
+    figures_ = figures(rewards, group_size=6)
+    assert figures_.flat_fraction < 0.75 and figures_.at_highest_fraction == pytest.approx(90 / 96)
+    verdict = judge(figures_, max_new_tokens=32)
+    assert verdict.level == "too_easy" and verdict.message.startswith("94% of the answers got the highest reward")
+    assert judge(figures([1.0 - r for r in rewards], group_size=6), max_new_tokens=32).level == "too_hard"
 
 
 def test_mixed_groups_are_ok():
