@@ -450,3 +450,8 @@ class PreflightPublic(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+class PreflightsPublic(BaseModel):
+    data: list[PreflightPublic]
+    count: int = Field(description="Pre-flights of this tenant, over all pages")

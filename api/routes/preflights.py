@@ -1,14 +1,15 @@
 import logging
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from api.deps import SessionDep, TenantDep
 from api.queue import enqueue_preflight
-from api.schemas import JobCreate, PreflightPublic, error_responses
+from api.schemas import MAX_INT, JobCreate, PreflightPublic, PreflightsPublic, error_responses
 from api.services import preflights as preflights_service
 
-# POST sits under /v1/jobs (it takes a job's body); the record is read at /v1/preflights/{id}, apart from the jobs'
-# own /v1/jobs/{job_id}/... paths.
+# Created and listed at /v1/jobs/preflight (it takes a job's body; the list also keeps GET /v1/jobs/{job_id} from
+# answering for that path), read one by one at /v1/preflights/{id}, apart from the jobs' own /v1/jobs/{job_id}/...
 router = APIRouter(tags=["preflights"], responses=error_responses(401, 413, 422))
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,18 @@ def create_preflight(spec: JobCreate, session: SessionDep, tenant_id: TenantDep)
         # Queued in the database: a worker's reconciler sends it once the broker is back.
         log.warning("broker unreachable; pre-flight %s stays queued for the reconciler", preflight.id, exc_info=True)
     return preflights_service.preflight_public(preflight)
+
+
+@router.get("/v1/jobs/preflight", name="list", response_model=PreflightsPublic)
+def list_preflights(
+    session: SessionDep,
+    tenant_id: TenantDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
+) -> PreflightsPublic:
+    """This tenant's pre-flights, newest first."""
+    preflights, count = preflights_service.list_preflights(session, tenant_id=tenant_id, limit=limit, offset=offset)
+    return PreflightsPublic(data=[preflights_service.preflight_public(p) for p in preflights], count=count)
 
 
 @router.get("/v1/preflights/{preflight_id}", name="get", response_model=PreflightPublic, responses=error_responses(404))

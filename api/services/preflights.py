@@ -65,6 +65,13 @@ def get_preflight(session: Session, *, tenant_id: str, preflight_id: str) -> Pre
     return preflight
 
 
+def list_preflights(session: Session, *, tenant_id: str, limit: int, offset: int) -> tuple[list[Preflight], int]:
+    query = select(Preflight).where(Preflight.tenant_id == tenant_id)
+    count = session.scalar(select(func.count()).select_from(query.subquery()))
+    preflights = session.scalars(query.order_by(Preflight.created_at.desc(), Preflight.id).limit(limit).offset(offset))
+    return list(preflights), count or 0
+
+
 def preflight_public(preflight: Preflight) -> PreflightPublic:
     return PreflightPublic(
         id=preflight.id,

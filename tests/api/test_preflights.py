@@ -17,6 +17,8 @@ def test_a_preflight_is_queued_and_read_back_by_its_tenant_only(service, alice, 
     assert queued_messages() == 1
     read = service.get(f"/v1/preflights/{preflight['id']}", headers=alice)
     assert read.status_code == 200 and read.json() == preflight
+    assert service.get("/v1/jobs/preflight", headers=alice).json() == {"data": [preflight], "count": 1}
+    assert service.get("/v1/jobs/preflight", headers=bob).json() == {"data": [], "count": 0}
     # Another tenant's pre-flight answers exactly as one that does not exist.
     theirs = service.get(f"/v1/preflights/{preflight['id']}", headers=bob)
     missing = service.get("/v1/preflights/pf_" + "0" * 32, headers=bob)

@@ -204,6 +204,7 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(database, tmp_
                 "job_id": job_id,
                 "step": "1",
                 "reward_id": "rwd_" + "0" * 32,
+                "preflight_id": "pf_" + "0" * 32,
                 "reward": "numeric_answer",
             },
         )
