@@ -240,3 +240,34 @@ class PromptStatStep(Base):
     __tablename__ = "prompt_stat_steps"
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     step: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class Preflight(Base):
+    """A pre-flight: the base model sampled on a job spec's first prompts, its step timed, before any training. The
+    spec is stored as a job's is; `result` holds grpo_core.preflight.report's figures once it succeeded."""
+
+    __tablename__ = "preflights"
+    __table_args__ = (
+        Index("ix_preflights_tenant_status", "tenant_id", "status"),
+        Index("ix_preflights_status_deadline", "status", "deadline_at"),
+    )
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("pf"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    base_model: Mapped[str] = mapped_column(String(200))
+    hardware: Mapped[str] = mapped_column(String(20))
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
+    eval_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))
+    rewards: Mapped[list[Any]] = mapped_column()
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column()
+    prompts: Mapped[int] = mapped_column(Integer)  # how many prompts it samples (GRPO_PREFLIGHT_PROMPTS at submit)
+    status: Mapped[str] = mapped_column(String(20), default="queued")  # queued, running, succeeded, failed
+    # A worker claims it (queued -> running, compare-and-set) with a deadline; the reconciler fails one still running
+    # past it (its worker died or hung), so no pre-flight stays running forever.
+    deadline_at: Mapped[datetime | None] = mapped_column()
+    enqueued_at: Mapped[datetime | None] = mapped_column()
+    worker_host: Mapped[str | None] = mapped_column(String(200))
+    result: Mapped[dict[str, Any] | None] = mapped_column()
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()

@@ -10,6 +10,7 @@ from celery import Celery
 from api.settings import get_settings
 
 RUN_JOB_TASK = "grpo.run_job"
+RUN_PREFLIGHT_TASK = "grpo.run_preflight"
 
 
 @lru_cache
@@ -83,6 +84,12 @@ def enqueue_job(job_id: str, hardware: str, processes: int = 1) -> None:
     """Send "run job X" to the queue of its hardware class and process count. Call only after the job row is
     committed."""
     get_celery().send_task(RUN_JOB_TASK, args=[job_id], queue=queue_for(hardware, processes=processes))
+
+
+def enqueue_preflight(preflight_id: str, hardware: str) -> None:
+    """Send "run pre-flight X" to the queue its job would go to (on one process: a pre-flight times one rank's
+    step). Call only after the pre-flight row is committed."""
+    get_celery().send_task(RUN_PREFLIGHT_TASK, args=[preflight_id], queue=queue_for(hardware))
 
 
 def broker_reachable() -> bool:

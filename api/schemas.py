@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from grpo_core.config import GRPOConfig, LoraSettings, RewardSpec, declared_kind, field_docs
 from grpo_core.guardrails import StopWhen
+from grpo_core.preflight import VerdictLevel
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -33,8 +34,9 @@ ERROR_DESCRIPTIONS = {
     413: "Request body larger than the limit (GRPO_MAX_BODY_KB; dataset uploads GRPO_MAX_UPLOAD_MB; reward uploads "
     "and dry runs 1 MiB)",
     422: "Invalid request: `detail` says what is wrong, `errors` lists each problem",
-    429: "Too many at once: event streams open (GRPO_MAX_STREAMS_PER_TENANT, GRPO_MAX_STREAMS) or reward checks "
-    "running (GRPO_MAX_REWARD_CHECKS_PER_TENANT, GRPO_MAX_REWARD_CHECKS), this tenant's or this API process's; "
+    429: "Too many at once: event streams open (GRPO_MAX_STREAMS_PER_TENANT, GRPO_MAX_STREAMS), reward checks "
+    "running (GRPO_MAX_REWARD_CHECKS_PER_TENANT, GRPO_MAX_REWARD_CHECKS), this tenant's or this API process's, or "
+    "pre-flights queued or running (GRPO_MAX_PREFLIGHTS_PER_TENANT); "
     "`detail` names the cap, header Retry-After says when to try again",
     503: "The server cannot do this at the moment (for reward code: no sandbox can run here, an operator's problem); "
     "`detail` says why",
@@ -491,3 +493,67 @@ class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     database: bool | None = None
     broker: bool | None = None
+
+
+PreflightStatus = Literal["queued", "running", "succeeded", "failed"]
+
+
+class PreflightRewardFigures(BaseModel):
+    name: str
+    mean: float = Field(description="Mean raw score of this reward over the sampled completions")
+    errors: int = Field(description="Completions this reward failed on (raised, timed out, not a number; scored 0)")
+
+
+class PreflightResult(BaseModel):
+    """The base model at the job's temperature and G on the first `prompts` prompts the job would train on, and one
+    real GRPO step of the job timed on the worker (grpo_core/preflight.py)."""
+
+    prompts: int
+    group_size: int
+    reward_mean: float
+    reward_std: float
+    rewards: list[PreflightRewardFigures] = Field(description="Each reward function of the spec, in its order")
+    flat_groups: int = Field(description="Groups whose rewards were all equal: zero advantage, nothing learned")
+    flat_fraction: float
+    flat_low_groups: int = Field(description="Flat groups at the lowest reward seen")
+    flat_high_groups: int = Field(description="Flat groups at the highest reward seen")
+    at_lowest_fraction: float = Field(description="Samples at the lowest reward seen (0 when all scored the same)")
+    at_highest_fraction: float = Field(description="Samples at the highest reward seen (0 when all scored the same)")
+    completion_length_mean: float = Field(description="Tokens")
+    truncated_fraction: float = Field(description="Completions cut at max_new_tokens")
+    seconds_per_step: float = Field(description="One GRPO step of this job, measured on the worker")
+    load_seconds: float = Field(description="Loading the model on the worker, measured")
+    evaluations: int = Field(description="Held-out evaluations the job would run")
+    seconds_per_evaluation: float = Field(description="Estimated from the measured sampling pace")
+    estimated_job_seconds: float = Field(
+        description="max_steps x seconds_per_step + evaluations x seconds_per_evaluation + load_seconds"
+    )
+    verdict: VerdictLevel = Field(
+        description="ok; too_hard (almost every group, or answer, at the lowest reward); too_easy (at the "
+        "highest); no_signal (almost every group flat otherwise); reward_errors (a reward failed on many samples)"
+    )
+    message: str = Field(description="The verdict in words, with the numbers behind it")
+    warnings: list[str] = Field(description="Problems that do not decide the verdict, such as truncation")
+
+
+class PreflightPublic(BaseModel):
+    id: str
+    status: PreflightStatus
+    base_model: str
+    hardware: str
+    dataset_id: str
+    eval_dataset_id: str | None
+    rewards: list[StoredRewardRef]
+    hyperparameters: dict[str, Any] = Field(description="The full config, defaults filled in, as the job would run")
+    prompts: int = Field(description="Prompts sampled (GRPO_PREFLIGHT_PROMPTS, at most the dataset's rows)")
+    result: PreflightResult | None = Field(description="Set once status is succeeded")
+    worker_host: str | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class PreflightsPublic(BaseModel):
+    data: list[PreflightPublic]
+    count: int = Field(description="Pre-flights of this tenant, over all pages")

@@ -207,6 +207,15 @@ class Settings(BaseSettings):
         description="Largest prompt, in tokens, as bounded from its UTF-8 bytes with the chat template (conservative)",
     )
     max_dataset_rows: int = Field(1_000_000, ge=1, le=MAX_INT, description="Most rows in an uploaded dataset")
+    preflight_prompts: int = Field(
+        16, ge=1, le=256, description="Prompts a pre-flight samples its groups on (the first a job would train on)"
+    )
+    preflight_timeout_seconds: float = Field(
+        600.0, gt=0, description="A pre-flight running longer than this is stopped and failed (model load included)"
+    )
+    max_preflights_per_tenant: int = Field(
+        2, ge=1, le=MAX_INT, description="Pre-flights one tenant may have queued or running at once (429 past it)"
+    )
 
     @field_validator("reward_packages")
     @classmethod

@@ -2,10 +2,11 @@
 
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
-from api.queue import RUN_JOB_TASK, get_celery
+from api.queue import RUN_JOB_TASK, RUN_PREFLIGHT_TASK, get_celery
 from api.settings import get_settings
 from grpo_core.device import resolve_device
 from worker import metrics as worker_metrics
+from worker.preflight import run_preflight
 from worker.reconciler import Reconciler
 from worker.runner import run_job, shutting_down
 
@@ -22,6 +23,11 @@ _reconciler: Reconciler | None = None
 def run_job_task(job_id: str) -> str:
     # Thin on purpose: the job is re-read from the database by id, and claimed, inside run_job.
     return run_job(job_id)
+
+
+@app.task(name=RUN_PREFLIGHT_TASK)
+def run_preflight_task(preflight_id: str) -> str:
+    return run_preflight(preflight_id)
 
 
 @worker_ready.connect

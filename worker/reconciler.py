@@ -8,6 +8,8 @@ set of compare-and-set updates, so any number of workers can run it at once with
 - A queued job sent longer ago than GRPO_REQUEUE_QUEUED_AFTER_SECONDS may have lost its message (a broker
   restarted without persistence, an API killed between commit and send). It is sent again; a duplicate message
   is harmless, since the lease lets only one delivery train.
+- Pre-flights: one still running past its deadline_at lost its worker (or hung) and is failed; one queued longer
+  than GRPO_REQUEUE_QUEUED_AFTER_SECONDS is sent again (its claim is a compare-and-set, so it runs once).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from datetime import timedelta
 from sqlalchemy import select, update
 
 from api.db import session_scope
-from api.models import Job, utcnow
-from api.queue import enqueue_job
+from api.models import Job, Preflight, utcnow
+from api.queue import enqueue_job, enqueue_preflight
 from api.services import jobs as jobs_service
 from api.settings import get_settings
 
@@ -73,7 +75,36 @@ def reconcile_once() -> list[str]:
                 to_send.append((job.id, job.hardware, job.processes))
     for job_id, hardware, processes in to_send:  # after the commit, like every send
         enqueue_job(job_id, hardware, processes)
-    return [job_id for job_id, _hardware, _processes in to_send]
+    return [job_id for job_id, _hardware, _processes in to_send] + reconcile_preflights()
+
+
+def reconcile_preflights() -> list[str]:
+    """Fail the pre-flights running past their deadline, send again those queued too long; returns the ids sent."""
+    settings = get_settings()
+    now = utcnow()
+    with session_scope() as session:
+        session.execute(
+            update(Preflight)
+            .where(Preflight.status == "running", Preflight.deadline_at < now)
+            .values(
+                status="failed",
+                finished_at=now,
+                error="the worker running this pre-flight stopped without finishing it (killed, or stuck); "
+                "submit it again",
+            )
+            .execution_options(synchronize_session=False)
+        )
+        stale_before = now - timedelta(seconds=settings.requeue_queued_after_seconds)
+        to_send = session.execute(
+            update(Preflight)
+            .where(Preflight.status == "queued", Preflight.enqueued_at < stale_before)
+            .values(enqueued_at=now)
+            .returning(Preflight.id, Preflight.hardware)
+            .execution_options(synchronize_session=False)
+        ).all()
+    for preflight_id, hardware in to_send:
+        enqueue_preflight(preflight_id, hardware)
+    return [preflight_id for preflight_id, _hardware in to_send]
 
 
 class Reconciler(threading.Thread):

@@ -9,8 +9,9 @@ No worker runs: jobs stay queued. The event stream (SSE) is fuzzed too: schemath
 `max-stream-events` events of a stream and then hangs up, so a queued job's never-ending stream costs one event.
 
 Every check runs, positive_data_acceptance (ST202: a schema-valid request is not refused) included, with one
-documented allowance: five operations may also answer 422 to schema-valid data, because what makes them valid is
-more than a schema can say. POST /v1/datasets needs a file that is JSONL; POST /v1/jobs needs a dataset id that is
+documented allowance: six operations may also answer 422 to schema-valid data, because what makes them valid is
+more than a schema can say. POST /v1/datasets needs a file that is JSONL; POST /v1/jobs (and POST
+/v1/jobs/preflight, which takes the same body) needs a dataset id that is
 the caller's, reward params that fit the named reward and the dataset's fields, and sizes whose product (completions
 per step, prompt plus completion tokens) is within the operator's limits; POST /v1/rewards needs Python source that
 defines `reward`; a dry run (POST /v1/rewards/{reward}/test) needs params and item fields that fit the reward; and
@@ -74,6 +75,11 @@ checks.positive_data_acceptance.expected-statuses = [{SEMANTIC_422}]
 
 [[operations]]
 include-path = "/v1/jobs"
+include-method = "POST"
+checks.positive_data_acceptance.expected-statuses = [{SEMANTIC_422}]
+
+[[operations]]
+include-path = "/v1/jobs/preflight"
 include-method = "POST"
 checks.positive_data_acceptance.expected-statuses = [{SEMANTIC_422}]
 
@@ -198,6 +204,7 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(database, tmp_
                 "job_id": job_id,
                 "step": "1",
                 "reward_id": "rwd_" + "0" * 32,
+                "preflight_id": "pf_" + "0" * 32,
                 "reward": "numeric_answer",
             },
         )
