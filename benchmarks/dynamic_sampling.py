@@ -24,14 +24,14 @@ from grpo_core.trainer import evaluate
 class Budget(TrainerCallback):
     """Stops the run at the first step boundary after `seconds`, and keeps the per-step figures."""
 
-    def __init__(self, seconds: float, label: str):
-        self.seconds, self.label = seconds, label
+    def __init__(self, seconds: float, label: str, prompts_per_step: int):
+        self.seconds, self.label, self.prompts_per_step = seconds, label, prompts_per_step
         self.started = time.perf_counter()
         self.steps: list[dict] = []
 
     def on_step(self, step, metrics):
         self.steps.append(metrics)
-        drawn = metrics.get("prompts_drawn", 1.0)
+        drawn = metrics.get("prompts_drawn", self.prompts_per_step)
         print(
             f"{self.label} step {step:3d} reward {metrics['reward_mean']:.3f} "
             f"zero-std {metrics['zero_std_group_fraction']:.2f} drawn {drawn:.0f} {metrics['step_seconds']:.2f}s",
@@ -56,7 +56,7 @@ def run(seed: int, dynamic: bool, args, train_rows, eval_rows) -> dict:
         lora=LoraSettings(r=16, alpha=32),
     )
     label = f"seed {seed} {'dynamic' if dynamic else 'plain  '}"
-    budget = Budget(args.minutes * 60, label)
+    budget = Budget(args.minutes * 60, label, args.prompts_per_step)
     rewards = [RewardSpec("numeric_answer")]
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = GRPOTrainer(
