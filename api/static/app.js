@@ -346,6 +346,11 @@ async function jobPage(jobId, signal) {
       }
     },
   });
+  if (signal.aborted) return;
+  // The stream has ended because the job has. A status event's own read of the job can have failed (the API was
+  // restarting just then) and the stream resumes after that event, so read the final state once more.
+  job = await getJSON(path, { signal });
+  showJob();
 }
 
 function specList(job) {

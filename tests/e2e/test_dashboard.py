@@ -283,7 +283,9 @@ def test_the_job_page_resumes_its_event_stream_after_the_api_restarts(running_se
     page = Page(driver)
     client = running_service.client("dashboard-restart")
     key = client.headers["Authorization"].removeprefix("Bearer ")
-    job_id = submit(client, upload_arithmetic(client), max_steps=24, checkpoint_every=0)
+    # Long enough to be still training when the API goes (a tiny step takes well under 0.1 s when the machine is idle).
+    steps = 300
+    job_id = submit(client, upload_arithmetic(client), max_steps=steps, checkpoint_every=0)
     driver.get(running_service.base_url + "/")
     page.sign_in(key)
     page.until_text("#view h1", "Jobs")
@@ -301,7 +303,7 @@ def test_the_job_page_resumes_its_event_stream_after_the_api_restarts(running_se
         page.until_text("#job-status", "succeeded")
         page.until_text("#stream-state", "finished")
         assert driver.execute_script("return window.sameDocument") is True, "the page was reloaded"
-        assert page.find("[data-chart=reward]").get_attribute("data-points") == "24"
+        assert page.find("[data-chart=reward]").get_attribute("data-points") == str(steps)
         every_event = read_events(client, job_id)
         assert events_before < len(every_event), "some events should come through the second stream"
         assert page.find("#stream-state").get_attribute("data-events") == str(len(every_event))
