@@ -1,71 +1,98 @@
-"""A sandbox for tenants' reward code: bubblewrap namespaces, a seccomp filter and rlimits around a fresh Python.
+"""A sandbox for tenants' reward code: an unprivileged uid, bubblewrap namespaces, a seccomp filter by syscall name,
+a cgroup per sandbox and rlimits around a fresh Python.
 
-What it guarantees (Linux, bubblewrap installed, the kernel allowing user namespaces):
-- no network: its own network namespace has only its own loopback, so nothing on the host (API, database,
-  Redis, even on 127.0.0.1) can be reached;
-- no view of the host's files beyond a read-only Python: the standard library of `sys.base_prefix`, /usr (for
-  shared libraries), and one file of this project (grpo_core/sandbox_child.py). Not the venv's site-packages,
-  not the project, not the data folder, not /etc, not the host's /proc (it gets its own). `/tmp` is a private
-  tmpfs (max_tmp_mb) and the only writable place (bwrap's own root and /dev are remounted read-only).
-  Site-packages folders under /usr and the base prefix are hidden under empty tmpfs;
-- an empty environment (PATH, HOME, LANG, PYTHONDONTWRITEBYTECODE only), uid/gid 65534 in its own user, pid, ipc,
-  uts and cgroup namespaces, all capabilities dropped, no new privileges, its own session (no TIOCSTI);
-- no new processes: on x86_64 a seccomp filter makes fork, vfork and clone without CLONE_THREAD fail with EAGAIN
-  (threads still work; clone3 answers ENOSYS so libc falls back to clone). RLIMIT_NPROC is also set: uid 65534
-  inside maps to the caller's uid outside, and the kernel counts processes per user namespace and uid, so the
-  limit counts the sandbox's own processes (bwrap's init and the interpreter included: measured, a limit of 5
-  stopped a fork loop after 3 forks when the caller was an unprivileged user). The kernel does not enforce it at
-  all when the caller's uid is root, so when the service runs as root the seccomp filter is what stops a fork bomb;
-- limits set before the tenant's code runs: address space (memory_mb), CPU seconds over the process's life,
-  open files, file size; a wall-clock timeout per call of `reward` (per item in the per-sample shape, per batch
-  in the batch shape), past which the whole sandbox is killed (its pid namespace dies with it) and the items not
-  yet scored go to a fresh one; printed output kept up to a bound, with a marker;
-- the parent never unpickles what the sandbox sends: answers are JSON, size-bounded and checked.
+What it guarantees (Linux, bubblewrap installed, the kernel allowing unprivileged user namespaces):
+- never host root: when the service runs as root the launcher drops to a dedicated uid and gid (`run_as`,
+  GRPO_SANDBOX_UID/GID, default 65000: owns no file, is no other service's user, and is mapped in the usual
+  65,536-id container user namespaces), supplementary groups cleared, before bubblewrap starts; as any other user,
+  that user. Inside, uid 65534 maps to it (`/proc/self/uid_map` reads `65534 65000 1`), so host-root-owned files
+  such as /proc/sys/* and /proc/kcore are the "other" class to it;
+- no network: its own network namespace has only its own loopback;
+- no view of the host's files beyond a read-only Python: /usr, the interpreter's prefix, the operator's package
+  folders, and this project's one child script (copied in, so no project path is bound). /tmp is a private tmpfs
+  (max_tmp_mb), the only writable place. Site-packages are hidden under empty tmpfs. bubblewrap's options reach it
+  through a file descriptor (`--args`), so /proc/1/cmdline names no host path but the interpreter's;
+- no nested namespaces (`--disable-userns`, and the filter refuses unshare, setns, mount...), no new processes
+  (fork and non-thread clone answer EAGAIN), and none of io_uring, bpf, perf_event_open, userfaultfd, keyrings,
+  ptrace, process_vm_*, modules or kexec: see grpo_core/syscall_filter.py (a deny-list, and why), x86_64 and
+  aarch64;
+- limits the kernel enforces on the whole sandbox: one cgroup each (grpo_core/cgroups.py, v1 or v2) with
+  memory.max (tmpfs, SysV shm and memfd pages are charged to it: past it the OOM killer ends the sandbox), pids.max
+  (processes and threads) and a CPU bound; and rlimits on address space, CPU seconds, open files and file size.
+  Where no cgroup can be had the sandbox refuses to start unless `allow_without_cgroup` (then memory held outside
+  the address space, such as shm and memfd, and threads of a root-run service are unbounded);
+- a wall-clock timeout per call of `reward` (per item in the per-sample shape, per batch in the batch shape), past
+  which the sandbox is killed (its pid namespace and cgroup die with it) and the items left go to a fresh one;
+- answers bounded before they are parsed: each frame is read up to the call's remaining output budget plus a
+  constant per item, within the call's deadline, and parsed as JSON that the parent checks field by field;
+  anything else (too large, truncated, not UTF-8, huge numbers, deep nesting, wrong types) is the malformed-answer
+  path: the sandbox is killed and restarted, the item fails with the reason. The parent never unpickles.
 
-What it does not guarantee: the seccomp filter only restricts process creation (x32-ABI syscalls answer ENOSYS
-and i386 ones kill the process, but every other x86_64 syscall, nested user namespaces included, is open to the
-kernel's attack surface); on other architectures there is no filter at all; /usr is visible read-only (so is
-any package installed under it, though not on sys.path); CPU use is not capped by a cgroup (a reward can use one
-core for its whole timeout); tenant code can write forged answers on its own socket, which can only corrupt its
-own scores. Where bubblewrap cannot run, RewardSandbox refuses unless `allow_unsandboxed` is set (dangerous: then
-tenant code runs as the service's user with only the rlimits). A killed sandbox's bwrap init is reparented to
-the host's (or container's) pid 1, which must reap it (tini or docker's --init in a container).
+What it does not guarantee: the host's world-readable /proc files (loadavg, meminfo, stat) are readable, as they
+are to any unprivileged user; timing side channels are not closed; /usr is visible read-only. Where bubblewrap
+cannot run, RewardSandbox refuses unless `allow_unsandboxed` (dangerous: then tenant code runs with only the
+unprivileged uid, the cgroup and the rlimits, and sees the host's files and network). A killed sandbox's bwrap
+init is reparented to the host's (or container's) pid 1, which must reap it (tini or docker's --init).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import pickle
+import select
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from grpo_core.cgroups import CgroupLimits, CgroupParent, SandboxCgroup, find_cgroup_parent
 from grpo_core.reward_process import RewardFailure
 
 MAX_SOURCE_BYTES = 256 * 1024
+DEFAULT_UID = DEFAULT_GID = 65000
 _CHILD = Path(__file__).with_name("sandbox_child.py")
 _CHILD_INSIDE = "/opt/reward/child.py"
-_SANDBOX_UID = 65534
+_SANDBOX_UID = 65534  # the uid tenant code sees inside its user namespace
 _MALFORMED = "the reward process sent a malformed answer; it was killed and will be restarted"
-_BASE = ["--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv"]
-_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+_BASE = [
+    "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+    "--clearenv",
+]  # fmt: skip
+_ENV = {
+    "PATH": "/usr/bin:/bin",
+    "HOME": "/tmp",
+    "LANG": "C.UTF-8",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    # One core is the sandbox's CPU bound: thread pools sized to the host's cores would only hit pids.max.
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+# Writes the launcher's pid into each cgroup.procs named before "--", then execs the rest: the tenant's code starts
+# inside its cgroup, with no window outside it.
+_LAUNCHER = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
+# What a frame may hold beyond the printed output it carries: an item's (value, error) with a 2,000-character
+# error JSON-escaped, or a load answer's keyword names (bounded by the source's size).
+_ITEM_BYTES = 32 * 1024
+_LOAD_BYTES = 8 * MAX_SOURCE_BYTES
+_BYTES_PER_CHAR = 12  # the most one character takes as ASCII JSON: "\ud83d\ude00" for one emoji
 
 
 class SandboxUnavailable(RuntimeError):
-    """bubblewrap cannot sandbox here and unsandboxed rewards were not allowed."""
+    """bubblewrap (or a cgroup) cannot sandbox here and the operator did not opt into less."""
 
 
 class RewardSourceError(ValueError):
@@ -78,17 +105,21 @@ class SandboxRestartsExhausted(RewardFailure):
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """What a job's reward sandboxes may use (the service's GRPO_REWARD_* settings)."""
+    """What a job's reward sandboxes may use, and as whom they run (the service's GRPO_REWARD_* and GRPO_SANDBOX_*
+    settings)."""
 
     timeout_seconds: float = 60.0
     """Longest one call of `reward` may take: one item in the per-sample shape, the batch in the batch shape."""
     start_timeout_seconds: float = 60.0
     """Longest the sandbox may take to start and load the source, its imports included."""
     memory_mb: int = 1024
-    """Address space of the sandboxed process, MiB."""
+    """Address space of the sandboxed process, and its cgroup's memory.max (shm, memfd and tmpfs included), MiB."""
     cpu_seconds: int = 3600
     """CPU seconds over the process's life; past them it is killed, and restarted for the next items."""
+    cpus: float = 1.0
+    """CPU bandwidth of the sandbox's cgroup, in cores."""
     max_processes: int = 16
+    """pids.max of its cgroup (threads count; bubblewrap's own two processes too), and RLIMIT_NPROC."""
     max_open_files: int = 64
     max_file_mb: int = 64
     """Largest file the code may write (in its private /tmp), MiB."""
@@ -99,9 +130,18 @@ class SandboxLimits:
     extra_paths: tuple[str, ...] = ()
     """Folders of packages bound read-only into the sandbox and put on its sys.path."""
     allow_unsandboxed: bool = False
-    """DANGEROUS: run the code without bubblewrap (rlimits only) where bubblewrap cannot run."""
+    """DANGEROUS: run the code without bubblewrap (uid, cgroup and rlimits only) where bubblewrap cannot run."""
+    allow_without_cgroup: bool = False
+    """Run the sandbox without a cgroup where none can be had (rlimits only bound memory and processes)."""
     max_restarts: int = 3
     """Deaths (or kills) in a row, without one item scored in between, after which score() raises."""
+    uid: int = DEFAULT_UID
+    """Host uid the sandbox runs as when the service runs as root (ignored otherwise: it runs as the service's)."""
+    gid: int = DEFAULT_GID
+    python: str = "auto"
+    """Interpreter the sandbox runs: "auto" is the service's own when `uid` can reach it, else python3 on PATH."""
+    cgroup: str = "auto"
+    """Where sandbox cgroups are made: "auto", "off", or a delegated cgroup v2 folder (grpo_core/cgroups.py)."""
 
 
 @dataclass(frozen=True)
@@ -122,14 +162,87 @@ class Scores:
     seconds: float = 0.0
 
 
-# --- availability ---------------------------------------------------------------------------------------------------
+# --- who runs it, with which interpreter, and whether it can ---------------------------------------------------------
 
 
-def _python() -> str:
-    return os.path.realpath(sys.executable)
+def run_as(limits: SandboxLimits) -> tuple[int, int]:
+    """(uid, gid) of tenant code: the dedicated pair when the service is root, else the service's own."""
+    if os.geteuid() == 0:
+        if limits.uid == 0 or limits.gid == 0:
+            raise SandboxUnavailable("GRPO_SANDBOX_UID and GRPO_SANDBOX_GID must not be 0: tenant code never runs as root")
+        return limits.uid, limits.gid
+    return os.geteuid(), os.getegid()
 
 
-def _ro_binds() -> list[str]:
+def reachable(path: str, uid: int, gid: int, *, need: int = os.R_OK | os.X_OK) -> bool:
+    """Whether `uid`/`gid` (no supplementary groups) may traverse to `path` and read (and run) it, by mode bits."""
+
+    def allowed(info: os.stat_result, bits: int) -> bool:
+        if uid == 0:
+            return True
+        shift = 6 if info.st_uid == uid else 3 if info.st_gid == gid else 0
+        wanted = ((bits & os.R_OK) and stat.S_IROTH) | ((bits & os.X_OK) and stat.S_IXOTH)
+        return (info.st_mode >> shift) & wanted == wanted
+
+    real = Path(os.path.realpath(path))
+    try:
+        for folder in reversed(real.parents):
+            if not allowed(os.stat(folder), os.X_OK):
+                return False
+        return allowed(os.stat(real), need)
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    path: str
+    base_prefix: str
+    hidden: tuple[str, ...]  # its site-packages folders, hidden under empty tmpfs
+
+
+_PROBE = (
+    "import json, sys, sysconfig; p = sysconfig.get_paths(); "
+    "print(json.dumps([sys.version_info[:2], sys.base_prefix, p['purelib'], p['platlib']]))"
+)
+
+
+@lru_cache(maxsize=8)
+def sandbox_interpreter(setting: str, uid: int, gid: int) -> Interpreter:
+    """The Python the sandbox runs, as `uid` can reach it; SandboxUnavailable naming what is wrong otherwise. The
+    service's own interpreter may live where the sandbox's uid cannot go (a pyenv under /root): "auto" then falls
+    back to python3 on PATH (tenant code needs only the standard library and the operator's package folders)."""
+    own = os.path.realpath(sys.executable)
+    if setting == "auto":
+        candidates = [own] + [p for p in (shutil.which("python3"), "/usr/bin/python3") if p]
+    else:
+        candidates = [setting]
+    for candidate in dict.fromkeys(os.path.realpath(c) for c in candidates):
+        if not reachable(candidate, uid, gid):
+            continue
+        if candidate == own:
+            base = os.path.realpath(sys.base_prefix)
+            paths = sysconfig.get_paths(vars={"base": base, "platbase": base})
+            version, found = sys.version_info[:2], [base, paths["purelib"], paths["platlib"]]
+        else:
+            try:
+                done = subprocess.run([candidate, "-I", "-S", "-c", _PROBE], capture_output=True, text=True, timeout=30)
+                version, *found = json.loads(done.stdout)
+            except (OSError, subprocess.TimeoutExpired, ValueError):
+                continue
+        if tuple(version) < (3, 10):
+            continue
+        hidden = {os.path.realpath(p) for p in found[1:]}
+        for top in ("/usr/lib", "/usr/local/lib"):
+            hidden |= {str(p) for p in Path(top).glob("python3*/*-packages")}
+        return Interpreter(candidate, os.path.realpath(found[0]), tuple(sorted(hidden)))
+    raise SandboxUnavailable(
+        f"no Python 3.10+ that uid {uid} can run: tried {', '.join(candidates)} (set GRPO_SANDBOX_PYTHON to one "
+        "whose folders are world-readable)"
+    )
+
+
+def _ro_binds(interpreter: Interpreter) -> list[str]:
     """Read-only binds of what a stdlib-only interpreter needs, and tmpfs over every site-packages in them."""
     args: list[str] = []
     for top in ("/usr", "/lib", "/lib64", "/bin"):
@@ -137,72 +250,91 @@ def _ro_binds() -> list[str]:
             args += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             args += ["--ro-bind", top, top]
-    base = os.path.realpath(sys.base_prefix)
-    if not base.startswith("/usr/"):
+    base = interpreter.base_prefix
+    if not base.startswith("/usr/") and base != "/usr":
         args += ["--ro-bind", base, base]
-    python = _python()
-    if not (python.startswith("/usr/") or python.startswith(base + "/")):
-        args += ["--ro-bind", python, python]
-    hidden = {os.path.realpath(sysconfig.get_paths(vars={"base": base, "platbase": base})["purelib"])}
-    hidden |= {str(p) for p in Path("/usr/lib").glob("python3*/*-packages")}
-    hidden |= {str(p) for p in Path("/usr/local/lib").glob("python3*/*-packages")}
-    for path in sorted(hidden):
+    if not (interpreter.path.startswith("/usr/") or interpreter.path.startswith(base + "/")):
+        args += ["--ro-bind", interpreter.path, interpreter.path]
+    for path in interpreter.hidden:
         if os.path.isdir(path):
             args += ["--tmpfs", path]
     return args
 
 
-def _seccomp_program() -> bytes | None:
-    """Classic BPF: fork/vfork fail EAGAIN, clone without CLONE_THREAD fails EAGAIN, clone3 fails ENOSYS.
-    x86_64 only (syscall numbers are per architecture); None elsewhere."""
-    if os.uname().machine != "x86_64":
-        return None
-
-    def op(code: int, jt: int, jf: int, k: int) -> bytes:
-        return struct.pack("HBBI", code, jt, jf, k)
-
-    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
-    allow, errno = 0x7FFF0000, 0x00050000
-    eagain, enosys, clone_thread = 11, 38, 0x10000
-    return b"".join(
-        [
-            op(ld, 0, 0, 4),  # 0: seccomp_data.arch
-            op(jeq, 1, 0, 0xC000003E),  # 1: AUDIT_ARCH_X86_64
-            op(ret, 0, 0, 0x80000000),  # 2: another ABI (i386 entry): kill the process
-            op(ld, 0, 0, 0),  # 3: seccomp_data.nr
-            # Jump offsets count instructions skipped: (4) x32-ABI numbers land on (14) ENOSYS, (5) fork and
-            # (6) vfork on (12) EAGAIN, (7) clone3 on (14) ENOSYS (its flags live in memory, out of the filter's
-            # reach; libc then falls back to clone), (8) clone on (10) its flags.
-            op(jge, 9, 0, 0x40000000),  # 4: __X32_SYSCALL_BIT
-            op(jeq, 6, 0, 57),  # 5: fork
-            op(jeq, 5, 0, 58),  # 6: vfork
-            op(jeq, 6, 0, 435),  # 7: clone3
-            op(jeq, 1, 0, 56),  # 8: clone
-            op(ret, 0, 0, allow),  # 9: any other syscall
-            op(ld, 0, 0, 16),  # 10: low word of args[0], clone's flags
-            op(jset, 1, 0, clone_thread),  # 11: a thread -> 13
-            op(ret, 0, 0, errno | eagain),  # 12
-            op(ret, 0, 0, allow),  # 13
-            op(ret, 0, 0, errno | enosys),  # 14
-        ]
-    )
+def _privilege_drop(uid: int, gid: int) -> list[str]:
+    """The command prefix that leaves root for (uid, gid) with no supplementary groups; nothing when not root."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+    return [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
 
 
-@lru_cache(maxsize=1)
-def sandbox_available() -> str | None:
-    """None when bubblewrap can create the sandbox's namespaces here, else a sentence saying why not."""
+def sandbox_available(limits: SandboxLimits | None = None) -> str | None:
+    """None when bubblewrap can create the sandbox's namespaces here, as the sandbox's uid, with the filter; else a
+    sentence saying why not. Cached per (python, uid, gid, package folders): probe_sandbox.cache_clear() forgets."""
+    limits = limits or SandboxLimits()
+    return probe_sandbox(limits.python, limits.uid, limits.gid, limits.extra_paths)
+
+
+@lru_cache(maxsize=8)
+def probe_sandbox(python: str, uid: int, gid: int, extra_paths: tuple[str, ...]) -> str | None:
+    limits = SandboxLimits(python=python, uid=uid, gid=gid, extra_paths=extra_paths)
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         return "bubblewrap (`bwrap`) is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
-    command = [bwrap, *_BASE, *_ro_binds(), "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", _python(), "-c", ""]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired) as error:
+        uid, gid = run_as(limits)
+        interpreter = sandbox_interpreter(limits.python, uid, gid)
+        command = _privilege_drop(uid, gid)
+        if command and not os.path.exists(command[0]):
+            return "setpriv (util-linux) is missing: it drops root for the sandbox's uid"
+        from grpo_core.syscall_filter import filter_file
+
+        with filter_file() as syscall_filter:
+            command += [bwrap, *_BASE, "--uid", str(_SANDBOX_UID), "--gid", str(_SANDBOX_UID), *_ro_binds(interpreter)]
+            command += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+            command += ["--seccomp", str(syscall_filter.fileno()), interpreter.path, "-I", "-S", "-c", ""]
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+                pass_fds=[syscall_filter.fileno()],
+            )  # fmt: skip
+    except SandboxUnavailable as error:
+        return str(error)
+    except ImportError as error:
+        return f"the seccomp filter cannot be built: {error} (pip install pyseccomp; apt-get install libseccomp2)"
+    except (OSError, ValueError, subprocess.TimeoutExpired) as error:
         return f"bubblewrap could not be started: {error}"
     if done.returncode != 0:
         detail = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit code {done.returncode}"
-        return f"the kernel refused bubblewrap's namespaces (user, network, pid...): {detail}"
+        return f"the kernel refused bubblewrap's namespaces (user, network, pid...) to uid {uid}: {detail}"
+    for path in limits.extra_paths:
+        if not reachable(path, uid, gid):
+            return f"the reward package folder {path} is not readable by the sandbox's uid {uid}"
     return None
+
+
+@lru_cache(maxsize=8)
+def cgroup_parent(setting: str) -> tuple[CgroupParent | None, str]:
+    return find_cgroup_parent(setting)
+
+
+def sandbox_level(limits: SandboxLimits) -> dict[str, Any]:
+    """Which isolation tenant code gets in this process, for /healthz: level "full" (bubblewrap, filter, cgroup),
+    "without_cgroup" (the operator allowed it), "unsandboxed" (the operator allowed it) or "refused" (tenant code
+    is not run here), with the uid it runs as and why anything is missing. Cached: cheap after the first call."""
+    problem = sandbox_available(limits)
+    parent, cgroup_detail = cgroup_parent(limits.cgroup)
+    try:
+        uid: int | None = run_as(limits)[0]
+    except SandboxUnavailable:
+        uid = None
+    if problem is not None:
+        level = "unsandboxed" if limits.allow_unsandboxed and uid is not None else "refused"
+    elif parent is None:
+        level = "without_cgroup" if limits.allow_without_cgroup else "refused"
+    else:
+        level = "full"
+    return {"level": level, "uid": uid, "bubblewrap": problem or "ok", "cgroup": cgroup_detail}
 
 
 # --- the sandboxed process ------------------------------------------------------------------------------------------
@@ -218,8 +350,8 @@ class RewardSandbox:
     one. After `max_restarts` such deaths in a row with no item answered in between, score() raises
     SandboxRestartsExhausted naming the reward: a sandbox that cannot stay up would only burn the timeout on
     every item. A source that fails to load raises RewardSourceError (permanent); no usable sandbox raises
-    SandboxUnavailable unless `allow_unsandboxed`. `check_stop`, when given, is called at every poll while the
-    parent waits; it raises to abandon the call (the sandbox is then killed).
+    SandboxUnavailable unless the operator allowed less. `check_stop`, when given, is called at every poll while
+    the parent waits; it raises to abandon the call (the sandbox is then killed).
     """
 
     def __init__(
@@ -227,50 +359,37 @@ class RewardSandbox:
         source: str,
         *,
         timeout_seconds: float,
-        memory_mb: int = 1024,
-        cpu_seconds: int = 3600,
-        max_processes: int = 16,
-        max_open_files: int = 64,
-        max_file_mb: int = 64,
-        max_tmp_mb: int = 256,
-        output_chars: int = 64 * 1024,
-        extra_paths: Sequence[str] = (),
         start_timeout_seconds: float = 30.0,
-        allow_unsandboxed: bool = False,
         poll_seconds: float = 0.05,
         name: str = "reward",
-        max_restarts: int = 3,
         check_stop: Callable[[], None] | None = None,
+        limits: SandboxLimits | None = None,
+        **overrides: Any,
     ):
         size = len(source.encode())
         if size > MAX_SOURCE_BYTES:
             raise RewardSourceError(f"reward source is {size} bytes; the limit is {MAX_SOURCE_BYTES} bytes (256 KiB)")
+        # Tests and the dry run set a few limits by name; the rest comes from `limits` (the service's settings).
+        if "extra_paths" in overrides:
+            overrides["extra_paths"] = tuple(os.path.realpath(p) for p in overrides["extra_paths"])
+        base = limits or SandboxLimits(start_timeout_seconds=start_timeout_seconds)
+        self.limits = dataclasses.replace(base, timeout_seconds=timeout_seconds, **overrides)
         self.source = source
         self.timeout_seconds = timeout_seconds
-        self.start_timeout_seconds = start_timeout_seconds
-        self.output_chars = output_chars
-        self.extra_paths = [os.path.realpath(p) for p in extra_paths]
-        self.allow_unsandboxed = allow_unsandboxed
+        self.start_timeout_seconds = self.limits.start_timeout_seconds
+        self.output_chars = self.limits.output_chars
         self.poll_seconds = poll_seconds
         self.name = name
-        self.max_restarts = max_restarts
+        self.max_restarts = self.limits.max_restarts
         self.check_stop = check_stop
         self._deaths_in_a_row = 0
-        self.tmp_bytes = max_tmp_mb * 1024 * 1024
-        self.limits = {
-            "RLIMIT_AS": memory_mb * 1024 * 1024,
-            "RLIMIT_CPU": cpu_seconds,
-            "RLIMIT_NPROC": max_processes,
-            "RLIMIT_NOFILE": max_open_files,
-            "RLIMIT_FSIZE": max_file_mb * 1024 * 1024,
-            "RLIMIT_CORE": 0,
-        }
         self.shape: str | None = None
         self.load_output = ""
         self._loaded = CheckResult(ok=False)
-        # Any, as in reward_process: both are set together by _spawn and cleared together by close()
+        # Any: set together by _spawn and cleared together by close()
         self._process: Any = None
-        self._connection: Any = None
+        self._socket: Any = None
+        self._cgroup: SandboxCgroup | None = None
 
     @classmethod
     def from_limits(
@@ -281,23 +400,7 @@ class RewardSandbox:
         name: str = "reward",
         check_stop: Callable[[], None] | None = None,
     ) -> RewardSandbox:
-        return cls(
-            source,
-            timeout_seconds=limits.timeout_seconds,
-            start_timeout_seconds=limits.start_timeout_seconds,
-            memory_mb=limits.memory_mb,
-            cpu_seconds=limits.cpu_seconds,
-            max_processes=limits.max_processes,
-            max_open_files=limits.max_open_files,
-            max_file_mb=limits.max_file_mb,
-            max_tmp_mb=limits.max_tmp_mb,
-            output_chars=limits.output_chars,
-            extra_paths=limits.extra_paths,
-            allow_unsandboxed=limits.allow_unsandboxed,
-            name=name,
-            max_restarts=limits.max_restarts,
-            check_stop=check_stop,
-        )
+        return cls(source, timeout_seconds=limits.timeout_seconds, limits=limits, name=name, check_stop=check_stop)
 
     def __enter__(self) -> RewardSandbox:
         return self
@@ -309,6 +412,17 @@ class RewardSandbox:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    def _rlimits(self) -> dict[str, int]:
+        limits = self.limits
+        return {
+            "RLIMIT_AS": limits.memory_mb * 1024 * 1024,
+            "RLIMIT_CPU": limits.cpu_seconds,
+            "RLIMIT_NPROC": limits.max_processes,
+            "RLIMIT_NOFILE": limits.max_open_files,
+            "RLIMIT_FSIZE": limits.max_file_mb * 1024 * 1024,
+            "RLIMIT_CORE": 0,
+        }
+
     def start(self) -> CheckResult:
         """Start the process and load the source; raises RewardSourceError if it is refused."""
         if self._process is not None and self._process.poll() is None:
@@ -316,33 +430,26 @@ class RewardSandbox:
         self.close()
         self._spawn()
         setup = {
-            "limits": self.limits,
+            "limits": self._rlimits(),
             "source": self.source,
-            "paths": self.extra_paths,
+            "paths": list(self.limits.extra_paths),
             "output_chars": self.output_chars,
         }
-        try:
-            self._connection.send(setup)
-        except OSError:
-            pass  # gone already: _receive says so
-        reply = self._receive(self.start_timeout_seconds)
-        if isinstance(reply, str):
+        reply = self._send(setup, self.start_timeout_seconds)
+        if reply is None:
+            reply = self._receive(self.start_timeout_seconds, _BYTES_PER_CHAR * self.output_chars + _LOAD_BYTES)
+        loaded = _checked_load(reply) if isinstance(reply, dict) else None
+        if isinstance(reply, str) or loaded is None:
             self.close()
-            raise RewardSourceError(f"loading the reward failed: {reply.replace('; it will be restarted', '')}")
-        if not reply.get("ok"):
+            why = reply if isinstance(reply, str) else _MALFORMED
+            raise RewardSourceError(f"loading the reward failed: {why.replace('; it will be restarted', '')}")
+        if not loaded.ok:
             self.close()
-            raise RewardSourceError(str(reply.get("error"))[:2000])
-        self.shape = str(reply.get("shape"))
-        self.load_output = str(reply.get("output", ""))[: self.output_chars + 100]
-        parameters = reply.get("parameters")
-        self._loaded = CheckResult(
-            ok=True,
-            shape=self.shape,
-            parameters=[str(p) for p in parameters] if isinstance(parameters, list) else None,
-            required=tuple(str(p) for p in reply.get("required") or ()),
-            output=self.load_output,
-        )
-        return self._loaded
+            raise RewardSourceError(str(loaded.error))
+        self.shape = loaded.shape
+        self.load_output = loaded.output[: self.output_chars + 100]
+        self._loaded = loaded
+        return loaded
 
     def score(
         self,
@@ -361,7 +468,7 @@ class RewardSandbox:
             raise ValueError(f"{len(prompts)} prompts, {n} completions and {len(rows)} rows: they must match")
         started = time.monotonic()
         results: list[tuple[float | None, str | None]] = []
-        outputs: list[str] = []
+        output = _Output(self.output_chars)
         restarted = False
         while len(results) < n:
             if max_failures is not None and sum(value is None for value, _ in results) > max_failures:
@@ -370,65 +477,57 @@ class RewardSandbox:
                 break
             self.start()
             first = len(results)
-            try:
-                batch = (list(prompts[first:]), list(completions[first:]), [dict(r) for r in rows[first:]])
-                self._connection.send((*batch, dict(params or {})))
-            except OSError:
-                pass  # gone already: _receive says so
-            if self.shape == "per_sample":
-                self._receive_items(n - first, results, outputs, max_failures)
+            batch = (list(prompts[first:]), list(completions[first:]), [dict(r) for r in rows[first:]])
+            failed = self._send((*batch, dict(params or {})), self.timeout_seconds)
+            if failed is not None:
+                results += [(None, failed)] * (n - first) if self.shape != "per_sample" else [(None, failed)]
+                self._died(failed)
+            elif self.shape == "per_sample":
+                self._receive_items(n - first, results, output, max_failures)
             else:
-                self._receive_batch(n - first, results, outputs)
+                self._receive_batch(n - first, results, output)
             restarted = restarted or self._process is None
-        output = "".join(outputs)
-        if len(output) > self.output_chars + 100:  # each restart brings a call's worth
-            cut = len(output) - self.output_chars
-            output = output[: self.output_chars] + f"\n[output truncated: {cut} more characters]"
-        return Scores(results, output=output, restarted=restarted, seconds=time.monotonic() - started)
+        return Scores(results, output=output.text(), restarted=restarted, seconds=time.monotonic() - started)
 
     def _receive_items(
         self,
         count: int,
         results: list[tuple[float | None, str | None]],
-        outputs: list[str],
+        output: _Output,
         max_failures: int | None,
     ) -> None:
         """Read the per-sample answers of `count` items into results, each call timed on its own, then the call's
         last output. On a timeout, a death or a wrong answer the item it was on fails and the sandbox is closed
         (_died); past max_failures it is closed too, mid-batch, and score() marks the rest."""
         for _ in range(count):
-            reply = self._receive(self.timeout_seconds)
+            reply = self._receive(self.timeout_seconds, output.budget_bytes() + _ITEM_BYTES)
             checked = _checked_results([reply.get("result")], 1) if isinstance(reply, dict) else None
-            if not isinstance(reply, dict) or checked is None:
+            if not isinstance(reply, dict) or checked is None or not output.add(reply.get("output")):
                 why = reply if isinstance(reply, str) else _MALFORMED
                 results.append((None, why))
                 self._died(why)
                 return
             self._deaths_in_a_row = 0
             results.append(checked[0])
-            outputs.append(_text(reply.get("output")))
             if max_failures is not None and sum(value is None for value, _ in results) > max_failures:
                 self.close()
                 return
-        reply = self._receive(self.timeout_seconds)
-        if not isinstance(reply, dict) or set(reply) != {"output"}:
+        reply = self._receive(self.timeout_seconds, output.budget_bytes() + _ITEM_BYTES)
+        if not isinstance(reply, dict) or set(reply) != {"output"} or not output.add(reply["output"]):
             self._died(reply if isinstance(reply, str) else _MALFORMED)
-            return
-        outputs.append(_text(reply["output"]))
 
-    def _receive_batch(self, count: int, results: list[tuple[float | None, str | None]], outputs: list[str]) -> None:
+    def _receive_batch(self, count: int, results: list[tuple[float | None, str | None]], output: _Output) -> None:
         """Read the batch shape's one answer for `count` items into results; all of them fail when it times out,
         dies or answers wrongly (_died)."""
-        reply = self._receive(self.timeout_seconds)
+        reply = self._receive(self.timeout_seconds, output.budget_bytes() + count * _ITEM_BYTES)
         checked = _checked_results(reply.get("results"), count) if isinstance(reply, dict) else None
-        if not isinstance(reply, dict) or checked is None:
+        if not isinstance(reply, dict) or checked is None or not output.add(reply.get("output")):
             why = reply if isinstance(reply, str) else _MALFORMED
             results += [(None, why)] * count
             self._died(why)
             return
         self._deaths_in_a_row = 0
         results += checked
-        outputs.append(_text(reply.get("output")))
 
     def _died(self, why: str) -> None:
         """The sandbox timed out, died or answered wrongly: kill it (the next items start a fresh one), and give up
@@ -443,97 +542,230 @@ class RewardSandbox:
             )
 
     def close(self) -> None:
-        """Kill the sandbox (killing bwrap takes its pid namespace down with it). Idempotent."""
+        """Kill the sandbox (killing bwrap takes its pid namespace down with it) and remove its cgroup. Idempotent."""
         if self._process is not None:
             self._process.kill()
             self._process.wait()
             self._process = None
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        if self._cgroup is not None:
+            self._cgroup.remove()
+            self._cgroup = None
 
     def _spawn(self) -> None:
-        problem = sandbox_available()
-        if problem is not None and not self.allow_unsandboxed:
+        limits = self.limits
+        problem = sandbox_available(limits)
+        if problem is not None and not limits.allow_unsandboxed:
             raise SandboxUnavailable(f"tenant reward code is not run unsandboxed: {problem}")
+        uid, gid = run_as(limits)
+        parent, why_none = cgroup_parent(limits.cgroup)
+        if parent is None and not limits.allow_without_cgroup:
+            raise SandboxUnavailable(
+                f"tenant reward code is not run without a cgroup: {why_none} (GRPO_REWARD_ALLOW_WITHOUT_CGROUP=1 "
+                "runs it with rlimits only)"
+            )
+        interpreter = sandbox_interpreter(limits.python, uid, gid)
         parent_end, child_end = socket.socketpair()
-        fd = str(child_end.fileno())
-        filter_file = None
+        pass_fds = [child_end.fileno()]
+        opened: list[Any] = [child_end]
         try:
+            if parent is not None:
+                cgroup_limits = CgroupLimits(limits.memory_mb * 1024 * 1024, limits.max_processes, limits.cpus)
+                self._cgroup = SandboxCgroup(parent, cgroup_limits)
+            launcher = ["/bin/sh", "-c", _LAUNCHER, "sh", *(self._cgroup.procs_files if self._cgroup else []), "--"]
+            launcher += _privilege_drop(uid, gid)
             if problem is None:
-                command = [shutil.which("bwrap") or "bwrap", *_BASE]
-                for name, value in _ENV.items():
-                    command += ["--setenv", name, value]
-                command += ["--uid", str(_SANDBOX_UID), "--gid", str(_SANDBOX_UID)]
-                command += [*_ro_binds(), "--ro-bind", str(_CHILD), _CHILD_INSIDE]
-                command += ["--proc", "/proc", "--dev", "/dev", "--size", str(self.tmp_bytes), "--tmpfs", "/tmp"]
-                # The operator's package folders last: a later mount hides an earlier one (a folder under /tmp).
-                for path in self.extra_paths:
-                    command += ["--ro-bind", path, path]
-                # bwrap's root (and /dev) are writable tmpfs: make them read-only so /tmp is the one writable place.
-                command += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/tmp"]
-                pass_fds = [child_end.fileno()]
-                program = _seccomp_program()
-                if program is not None:
-                    filter_file = tempfile.TemporaryFile()
-                    filter_file.write(program)
-                    filter_file.seek(0)
-                    command += ["--seccomp", str(filter_file.fileno())]
-                    pass_fds.append(filter_file.fileno())
-                command += [_python(), "-I", "-S", _CHILD_INSIDE, fd]
-                self._process = subprocess.Popen(
-                    command, pass_fds=pass_fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL, env={},
-                )  # fmt: skip
-            else:  # the operator's explicit, dangerous opt-out: only the rlimits and an empty environment
-                self._process = subprocess.Popen(
-                    [_python(), "-I", "-S", str(_CHILD), fd], pass_fds=(child_end.fileno(),),
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    env=dict(_ENV, HOME=tempfile.gettempdir()), cwd=tempfile.gettempdir(),
-                )  # fmt: skip
-        finally:
-            child_end.close()
-            if filter_file is not None:
-                filter_file.close()
-        self._connection = Connection(parent_end.detach())
+                from grpo_core.syscall_filter import filter_file
 
-    def _receive(self, limit: float) -> dict | str:
-        """The child's JSON answer, or a sentence saying why there is none (the process is then to be killed)."""
+                child_source = open(_CHILD, "rb")  # noqa: SIM115 (closed below, after bwrap has its copy)
+                syscall_filter = filter_file()
+                opened += [child_source, syscall_filter]
+                options = list(_BASE)
+                for name, value in _ENV.items():
+                    options += ["--setenv", name, value]
+                options += ["--uid", str(_SANDBOX_UID), "--gid", str(_SANDBOX_UID), *_ro_binds(interpreter)]
+                options += ["--ro-bind-data", str(child_source.fileno()), _CHILD_INSIDE]
+                options += ["--proc", "/proc", "--dev", "/dev"]
+                options += ["--size", str(limits.max_tmp_mb * 1024 * 1024), "--tmpfs", "/tmp"]
+                # The operator's package folders last: a later mount hides an earlier one (a folder under /tmp).
+                for path in limits.extra_paths:
+                    options += ["--ro-bind", path, path]
+                # bwrap's root (and /dev) are writable tmpfs: make them read-only so /tmp is the one writable place.
+                options += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/tmp"]
+                options += ["--seccomp", str(syscall_filter.fileno())]
+                read_end, write_end = os.pipe()
+                opened += [os.fdopen(read_end, "rb")]
+                with os.fdopen(write_end, "wb") as writer:  # a few KiB: fits the pipe's buffer
+                    writer.write(b"".join(option.encode() + b"\0" for option in options))
+                pass_fds += [child_source.fileno(), syscall_filter.fileno(), read_end]
+                bwrap = shutil.which("bwrap") or "bwrap"
+                command = [*launcher, bwrap, "--args", str(read_end), interpreter.path, "-I", "-S", _CHILD_INSIDE]
+                command.append(str(child_end.fileno()))
+                environment: dict[str, str] = {}
+                cwd = None
+            else:  # the operator's explicit, dangerous opt-out: the uid, the cgroup and the rlimits only
+                command = [*launcher, interpreter.path, "-I", "-S", "-c", _CHILD.read_text(), str(child_end.fileno())]
+                environment = dict(_ENV, HOME="/tmp")
+                cwd = "/tmp"
+            self._process = subprocess.Popen(
+                command, pass_fds=pass_fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, env=environment, cwd=cwd,
+            )  # fmt: skip
+        except BaseException:
+            parent_end.close()
+            if self._cgroup is not None:
+                self._cgroup.remove()
+                self._cgroup = None
+            raise
+        finally:
+            for handle in opened:
+                handle.close()
+        parent_end.setblocking(False)
+        self._socket = parent_end
+
+    def _wait(self, deadline: float, limit: float, *, writing: bool = False) -> str | None:
+        """Wait until the socket can be read (or written); None then, else why not (timed out, died, or the stop
+        check raised, which propagates after the sandbox is killed)."""
+        while True:
+            readers, writers = ([], [self._socket]) if writing else ([self._socket], [])
+            ready = select.select(readers, writers, [], self.poll_seconds)
+            if ready[0] or ready[1]:
+                return None
+            if self.check_stop is not None:
+                try:
+                    self.check_stop()
+                except BaseException:
+                    self.close()  # it may be mid-call: it cannot answer the next one in order
+                    raise
+            if time.monotonic() > deadline:
+                return f"timed out after {limit:g} s; the reward process was killed and will be restarted"
+            if self._process.poll() is not None and not writing:
+                return None  # whatever it wrote before dying is read; then recv says EOF
+
+    def _send(self, message: Any, limit: float) -> str | None:
+        """Send one pickled frame to the child (it trusts its parent); None, or why it could not be sent in time."""
+        data = pickle.dumps(message)
+        frame = memoryview(struct.pack("!i", len(data)) + data)
         deadline = time.monotonic() + limit
         try:
-            while not self._connection.poll(self.poll_seconds):
-                if self.check_stop is not None:
-                    try:
-                        self.check_stop()
-                    except BaseException:
-                        self.close()  # it may be mid-call: it cannot answer the next one in order
-                        raise
-                if time.monotonic() > deadline:
-                    return f"timed out after {limit:g} s; the reward process was killed and will be restarted"
-                if self._process.poll() is not None:
-                    break
-            raw = self._connection.recv_bytes(maxlength=4 * self.output_chars + 64 * 1024 * 1024)
-            reply = json.loads(raw)
-            if not isinstance(reply, dict):
-                raise ValueError("not an object")
-            return reply
-        except (EOFError, OSError, ValueError):
-            code = None
+            while frame:
+                why = self._wait(deadline, limit, writing=True)
+                if why is not None:
+                    return why
+                frame = frame[self._socket.send(frame) :]
+        except OSError:
+            return self._death_reason()
+        return None
+
+    def _read_exact(self, size: int, deadline: float, limit: float) -> bytes | str:
+        chunks, got = [], 0
+        while got < size:
+            why = self._wait(deadline, limit)
+            if why is not None:
+                return why
             try:
-                code = self._process.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-            # Killed by a signal: Popen's -N unsandboxed, bwrap's 128 + N (as a shell reports it) sandboxed.
-            number = -code if code is not None and code < 0 else code - 128 if code is not None and code > 128 else 0
-            if number in {member.value for member in signal.Signals}:
-                name = signal.Signals(number).name
-                why = {"SIGXCPU": ": past its CPU-time limit", "SIGKILL": ""}.get(name, "")
-                return f"the reward process died (killed by {name}{why}); it will be restarted"
-            return f"the reward process died (exit code {code}); it will be restarted"
+                chunk = self._socket.recv(min(size - got, 1 << 20))
+            except BlockingIOError:
+                if self._process.poll() is None:
+                    continue
+                chunk = b""  # dead, and nothing more will come
+            except OSError:
+                chunk = b""
+            if not chunk:
+                return self._death_reason()
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    def _receive(self, limit: float, max_bytes: int) -> dict | str:
+        """The child's next JSON answer, read only up to `max_bytes` and within `limit` seconds, or a sentence saying
+        why there is none (the process is then to be killed)."""
+        deadline = time.monotonic() + limit
+        header = self._read_exact(4, deadline, limit)
+        if isinstance(header, str):
+            return header
+        (size,) = struct.unpack("!i", header)
+        if not 0 <= size <= max_bytes:
+            return f"{_MALFORMED} (a frame of {size} bytes; at most {max_bytes} were allowed)"
+        raw = self._read_exact(size, deadline, limit)
+        if isinstance(raw, str):
+            return raw
+        try:
+            # Numbers as floats: a 400-digit integer is then inf (refused as not finite), never an OverflowError.
+            reply = json.loads(raw, parse_int=float)
+        except (ValueError, RecursionError):
+            return _MALFORMED
+        return reply if isinstance(reply, dict) else _MALFORMED
+
+    def _death_reason(self) -> str:
+        code = None
+        try:
+            code = self._process.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        if self._cgroup is not None and self._cgroup.oom_killed():
+            return (
+                f"the reward process died (killed past its memory limit of {self.limits.memory_mb} MiB, shared "
+                "memory and files in /tmp included); it will be restarted"
+            )
+        # Killed by a signal: Popen's -N unsandboxed, bwrap's 128 + N (as a shell reports it) sandboxed.
+        number = -code if code is not None and code < 0 else code - 128 if code is not None and code > 128 else 0
+        if number in {member.value for member in signal.Signals}:
+            name = signal.Signals(number).name
+            why = {"SIGXCPU": ": past its CPU-time limit", "SIGKILL": ""}.get(name, "")
+            return f"the reward process died (killed by {name}{why}); it will be restarted"
+        return f"the reward process died (exit code {code}); it will be restarted"
 
 
-def _text(output: Any) -> str:
-    return output if isinstance(output, str) else ""
+class _Output:
+    """The printed output of one score() call, kept up to `limit` characters (each restart brings its own), then a
+    marker. budget_bytes() is the most the next frame's output may take as JSON."""
+
+    def __init__(self, limit: int):
+        self.limit = limit + 100  # room for the child's own truncation marker
+        self.parts: list[str] = []
+        self.kept = 0
+        self.dropped = 0
+
+    def budget_bytes(self) -> int:
+        return _BYTES_PER_CHAR * max(0, self.limit - self.kept)
+
+    def add(self, text: Any) -> bool:
+        """Keep `text` within the bound; False when it is not a string (a malformed answer)."""
+        if text is None:
+            return True
+        if not isinstance(text, str):
+            return False
+        room = max(0, self.limit - self.kept)
+        self.parts.append(text[:room])
+        self.kept += min(room, len(text))
+        self.dropped += max(0, len(text) - room)
+        return True
+
+    def text(self) -> str:
+        kept = "".join(self.parts)
+        if self.dropped:
+            kept += f"\n[output truncated: {self.dropped} more characters]"
+        return kept
+
+
+def _checked_load(reply: dict) -> CheckResult | None:
+    """The load answer, checked field by field; None when anything has the wrong type."""
+    output, error = reply.get("output", ""), reply.get("error")
+    if not isinstance(output, str) or not (error is None or isinstance(error, str)):
+        return None
+    if reply.get("ok") is not True:
+        return CheckResult(ok=False, error=(error or "the reward could not be loaded")[:2000], output=output)
+    shape, parameters, required = reply.get("shape"), reply.get("parameters"), reply.get("required") or []
+    if shape not in ("per_sample", "batch") or not isinstance(required, list):
+        return None
+    if not (parameters is None or (isinstance(parameters, list) and all(isinstance(p, str) for p in parameters))):
+        return None
+    if not all(isinstance(p, str) for p in required):
+        return None
+    return CheckResult(ok=True, shape=shape, parameters=parameters, required=tuple(required), output=output)
 
 
 def _checked_results(results: Any, n: int) -> list[tuple[float | None, str | None]] | None:
@@ -546,8 +778,8 @@ def _checked_results(results: Any, n: int) -> list[tuple[float | None, str | Non
         value, error = item
         if isinstance(error, str):
             checked.append((None, error[:2000]))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            checked.append((float(value), None))
+        elif isinstance(value, float) and math.isfinite(value):
+            checked.append((value, None))
         else:
             return None
     return checked

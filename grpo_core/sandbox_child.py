@@ -80,7 +80,11 @@ def _apply_limits(limits):
 
 
 def _error(error):
-    return f"{type(error).__name__}: {error}"[:2000]
+    """A tenant exception as text; its own __str__ may raise or return anything, so that is caught too."""
+    try:
+        return f"{type(error).__name__}: {error}"[:2000]
+    except BaseException:
+        return f"{type(error).__name__} (its message could not be read)"[:2000]
 
 
 def _shape(fn):
@@ -115,13 +119,19 @@ def _shape(fn):
 
 
 def _number(value):
-    """(float, None) for a finite real number, else (None, why)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None, f"reward returned {type(value).__name__} {str(value)[:80]!r}, not a number"
-    value = float(value)
-    if not math.isfinite(value):
-        return None, f"reward returned {value}, not a finite number"
-    return value, None
+    """(float, None) for a finite real number, else (None, why). Never raises: a tenant's int or float subclass
+    may override __float__ or __repr__, and an int may be too large for a float."""
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None, f"reward returned {type(value).__name__}, not a number"
+        number = float(int.__index__(value) if isinstance(value, int) else float.__float__(value))
+    except OverflowError:
+        return None, "reward returned an integer too large for a float, not a finite number"
+    except BaseException as error:
+        return None, f"reward returned a value that cannot be read as a number ({_error(error)})"
+    if not math.isfinite(number):
+        return None, f"reward returned {number}, not a finite number"
+    return number, None
 
 
 _NOT_FIELDS = {"prompt", "messages", "completion", "prompts", "completions"}
@@ -161,7 +171,7 @@ def _score_batch(fn, accepted, prompts, completions, rows, params):
     if len(values) != len(prompts):
         why = f"reward returned {len(values)} values for {len(prompts)} completions"
         return [(None, why)] * len(prompts)
-    return [_number(value) for value in values]
+    return [_number(value) for value in values]  # _number never raises
 
 
 def main(fd):

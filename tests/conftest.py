@@ -1,4 +1,7 @@
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +15,16 @@ def tiny_model_dir():
     from grpo_core.models import resolve_model_dir
 
     return resolve_model_dir("tiny-random-llama")
+
+
+@pytest.fixture
+def readable_tmp_path():
+    """A fresh folder that any uid may traverse and read (0755, under the system's temp folder), for what the reward
+    sandbox binds: it runs as an unprivileged uid, to which pytest's root-only tmp_path is closed."""
+    folder = Path(tempfile.mkdtemp(prefix="grpo-test-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

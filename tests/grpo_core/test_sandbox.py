@@ -20,6 +20,7 @@ from grpo_core.sandbox import (
     SandboxRestartsExhausted,
     SandboxUnavailable,
     check_reward_source,
+    probe_sandbox,
     sandbox_available,
 )
 
@@ -416,7 +417,7 @@ def reward(prompt, completion, **fields):
 
 def test_refuses_when_bwrap_is_missing(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
-    sandbox_available.cache_clear()
+    probe_sandbox.cache_clear()
     try:
         assert "not installed" in sandbox_available()
         with pytest.raises(SandboxUnavailable, match="not run unsandboxed"):
@@ -425,7 +426,7 @@ def test_refuses_when_bwrap_is_missing(monkeypatch, tmp_path):
         assert math.isclose(_score(PER_SAMPLE, allow_unsandboxed=True).results[0][0], 1.5)
     finally:
         monkeypatch.undo()
-        sandbox_available.cache_clear()
+        probe_sandbox.cache_clear()
 
 
 def test_the_project_and_its_packages_cannot_be_imported():
@@ -492,8 +493,10 @@ def test_a_killed_parent_takes_its_sandbox_down():
     assert _sandboxed_pids() - before == set()
 
 
-def test_an_operators_package_folder_is_importable_and_read_only(tmp_path):
-    # What GRPO_REWARD_PACKAGES names: a folder such as `pip install --target DIR sympy` makes.
+def test_an_operators_package_folder_is_importable_and_read_only(readable_tmp_path):
+    # What GRPO_REWARD_PACKAGES names: a folder such as `pip install --target DIR sympy` makes. Under a folder the
+    # sandbox's uid can traverse (pytest's own tmp_path is private to root).
+    tmp_path = readable_tmp_path
     package = tmp_path / "packages" / "gradelib"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("def grade(text):\n    return float(text.strip() == '42')\n")
