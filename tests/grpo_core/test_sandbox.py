@@ -514,7 +514,7 @@ def reward(prompt, completion, **fields):
     with RewardSandbox(source, timeout_seconds=20, extra_paths=[str(tmp_path / "packages")]) as sandbox:
         scores = sandbox.score(["p", "p"], ["42", "41"], [{}, {}])
     assert scores.results == [(1.0, None), (0.0, None)]
-    assert "read-only: OSError" in scores.output and "wrote" not in scores.output
+    assert "read-only:" in scores.output and "wrote" not in scores.output  # EROFS, or EACCES to the uid
     assert "tampered" not in (package / "__init__.py").read_text()
     # Without the folder the same source is refused at the check, naming the import.
     refused = check_reward_source(source, timeout_seconds=20)
