@@ -489,10 +489,24 @@ class JobPromptsPublic(BaseModel):
     count: int = Field(description="Prompts the job has sampled, over all pages")
 
 
+class SandboxLevel(BaseModel):
+    """How this API process isolates tenant reward code (its upload checks and dry runs; each worker logs its own)."""
+
+    level: Literal["full", "without_cgroup", "unsandboxed", "refused"] = Field(
+        description="full: bubblewrap, the seccomp filter and a cgroup per sandbox; without_cgroup and unsandboxed: "
+        "weaker limits the operator opted into (GRPO_REWARD_ALLOW_WITHOUT_CGROUP, GRPO_REWARD_ALLOW_UNSANDBOXED); "
+        "refused: tenant code is not run here"
+    )
+    uid: int | None = Field(description="Host uid tenant code runs as (never 0)")
+    bubblewrap: str = Field(description="'ok', or why bubblewrap cannot sandbox here")
+    cgroup: str = Field(description="Where sandbox cgroups are made, or why there are none")
+
+
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     database: bool | None = None
     broker: bool | None = None
+    sandbox: SandboxLevel | None = None
 
 
 PreflightStatus = Literal["queued", "running", "succeeded", "failed"]

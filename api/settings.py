@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from api.schemas import HARDWARE_CLASSES, MAX_INT
 from grpo_core.device import DEVICE_FORMS, check_device_name
-from grpo_core.sandbox import SandboxLimits
+from grpo_core.sandbox import DEFAULT_GID, DEFAULT_UID, SandboxLimits
 
 
 class Settings(BaseSettings):
@@ -76,7 +76,10 @@ class Settings(BaseSettings):
     reward_cpu_seconds: int = Field(
         3600, ge=1, le=MAX_INT, description="CPU seconds a reward sandbox may use over its life (then restarted)"
     )
-    reward_max_processes: int = Field(16, ge=1, le=MAX_INT, description="Processes a reward sandbox may hold")
+    reward_max_processes: int = Field(
+        16, ge=4, le=MAX_INT, description="Processes and threads a reward sandbox may hold (pids.max; bubblewrap's two count)"
+    )
+    reward_cpus: float = Field(1.0, gt=0, le=1024, description="CPU cores a reward sandbox may use (its cgroup's bound)")
     reward_max_open_files: int = Field(64, ge=16, le=MAX_INT, description="Open files in a reward sandbox")
     reward_max_file_mb: int = Field(64, ge=1, le=MAX_INT, description="Largest file a reward sandbox may write, MiB")
     reward_tmp_mb: int = Field(256, ge=1, le=MAX_INT, description="Size of a reward sandbox's private /tmp, MiB")
@@ -92,6 +95,30 @@ class Settings(BaseSettings):
         False,
         description="DANGEROUS. Where bubblewrap cannot sandbox, run tenant reward code anyway, as the worker's user "
         "with only rlimits. Off: such a worker fails jobs that use tenant rewards, and the API refuses uploads",
+    )
+    reward_allow_without_cgroup: bool = Field(
+        False,
+        description="Where no cgroup can be made for a reward sandbox (cgroup v1 without root, v2 without a delegated "
+        "folder), run tenant code anyway with rlimits only: shared memory, memfd and (under root) threads are then "
+        "unbounded. Off: such a worker fails jobs that use tenant rewards, and the API refuses uploads",
+    )
+    sandbox_uid: int = Field(
+        DEFAULT_UID,
+        ge=1,
+        le=2**32 - 2,
+        description="Host uid tenant code runs as when the service runs as root (a service run as another user runs "
+        "it as that user). The default owns no file and belongs to no other service",
+    )
+    sandbox_gid: int = Field(DEFAULT_GID, ge=1, le=2**32 - 2, description="Host gid tenant code runs as, with the uid")
+    sandbox_python: str = Field(
+        "auto",
+        description="Interpreter of the reward sandbox: auto (the service's own when the sandbox's uid can reach it, "
+        "else python3 on PATH), or a path whose folders that uid can read",
+    )
+    sandbox_cgroup: str = Field(
+        "auto",
+        description="Where each reward sandbox's cgroup is made: auto (cgroup v1 under the service's own cgroups, as "
+        "root; cgroup v2 in /sys/fs/cgroup/grpo-sandbox when delegated), off, or a delegated cgroup v2 folder",
     )
     reward_max_failure_fraction: float = Field(
         0.5,
@@ -277,7 +304,13 @@ class Settings(BaseSettings):
             output_chars=self.reward_output_chars,
             extra_paths=tuple(self.reward_package_dirs),
             allow_unsandboxed=self.reward_allow_unsandboxed,
+            allow_without_cgroup=self.reward_allow_without_cgroup,
             max_restarts=self.reward_max_restarts,
+            cpus=self.reward_cpus,
+            uid=self.sandbox_uid,
+            gid=self.sandbox_gid,
+            python=self.sandbox_python,
+            cgroup=self.sandbox_cgroup,
         )
 
     @property

@@ -318,6 +318,25 @@ def cgroup_parent(setting: str) -> tuple[CgroupParent | None, str]:
     return find_cgroup_parent(setting)
 
 
+def sandbox_refusal(limits: SandboxLimits) -> str | None:
+    """Why tenant code would be refused here under `limits` (no bubblewrap, no cgroup, a root uid, no reachable
+    interpreter, each unless the operator allowed less), or None when it can run."""
+    problem = sandbox_available(limits)
+    if problem is not None and not limits.allow_unsandboxed:
+        return f"tenant reward code is not run unsandboxed: {problem}"
+    parent, why_none = cgroup_parent(limits.cgroup)
+    if parent is None and not limits.allow_without_cgroup:
+        return (
+            f"tenant reward code is not run without a cgroup: {why_none} (GRPO_REWARD_ALLOW_WITHOUT_CGROUP=1 runs it "
+            "with rlimits only)"
+        )
+    try:
+        sandbox_interpreter(limits.python, *run_as(limits))
+    except SandboxUnavailable as error:
+        return str(error)
+    return None
+
+
 def sandbox_level(limits: SandboxLimits) -> dict[str, Any]:
     """Which isolation tenant code gets in this process, for /healthz: level "full" (bubblewrap, filter, cgroup),
     "without_cgroup" (the operator allowed it), "unsandboxed" (the operator allowed it) or "refused" (tenant code
@@ -556,16 +575,12 @@ class RewardSandbox:
 
     def _spawn(self) -> None:
         limits = self.limits
+        refusal = sandbox_refusal(limits)
+        if refusal is not None:
+            raise SandboxUnavailable(refusal)
         problem = sandbox_available(limits)
-        if problem is not None and not limits.allow_unsandboxed:
-            raise SandboxUnavailable(f"tenant reward code is not run unsandboxed: {problem}")
         uid, gid = run_as(limits)
-        parent, why_none = cgroup_parent(limits.cgroup)
-        if parent is None and not limits.allow_without_cgroup:
-            raise SandboxUnavailable(
-                f"tenant reward code is not run without a cgroup: {why_none} (GRPO_REWARD_ALLOW_WITHOUT_CGROUP=1 "
-                "runs it with rlimits only)"
-            )
+        parent, _ = cgroup_parent(limits.cgroup)
         interpreter = sandbox_interpreter(limits.python, uid, gid)
         parent_end, child_end = socket.socketpair()
         pass_fds = [child_end.fileno()]

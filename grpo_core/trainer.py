@@ -61,7 +61,7 @@ from grpo_core.rollout import (
     without_dropout,
 )
 from grpo_core.sampling import completion_logprobs, micro_batches, prompt_seed
-from grpo_core.sandbox import SandboxLimits, SandboxUnavailable, sandbox_available
+from grpo_core.sandbox import SandboxLimits, SandboxUnavailable, sandbox_refusal
 from grpo_core.scoring import RewardScorer
 
 SAMPLE_TEXT_CHARS = 16 * 1024  # a stored sample's prompt strings and completion, and a step's output per reward
@@ -585,10 +585,10 @@ class GRPOTrainer:
         fields = dataset_fields([*train_rows, *eval_rows])
         self.rewards = resolve_rewards(self.reward_specs, fields, tenant_rewards=self.tenant_rewards)
         self.sandbox_limits = sandbox_limits or SandboxLimits(timeout_seconds=reward_timeout_seconds)
-        if any(is_tenant_reward(spec.name) for spec in self.reward_specs) and not self.sandbox_limits.allow_unsandboxed:
-            problem = sandbox_available()
+        if any(is_tenant_reward(spec.name) for spec in self.reward_specs):
+            problem = sandbox_refusal(self.sandbox_limits)
             if problem is not None:
-                raise SandboxUnavailable(f"tenant reward code is not run unsandboxed: {problem}")
+                raise SandboxUnavailable(problem)
         self.max_reward_failure_fraction = max_reward_failure_fraction
         self.sample_groups_per_step = sample_groups_per_step
         self.base_model = base_model

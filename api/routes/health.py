@@ -4,7 +4,9 @@ from sqlalchemy import text
 
 from api.db import get_engine
 from api.queue import broker_reachable
-from api.schemas import Health, error_responses
+from api.schemas import Health, SandboxLevel, error_responses
+from api.settings import get_settings
+from grpo_core.sandbox import sandbox_level
 
 # No key needed here; only the body-size cap (main.py) applies.
 router = APIRouter(tags=["health"], responses=error_responses(413))
@@ -12,8 +14,8 @@ router = APIRouter(tags=["health"], responses=error_responses(413))
 
 @router.get("/healthz", name="healthz", response_model=Health)
 def healthz() -> Health:
-    """The process is up."""
-    return Health(status="ok")
+    """The process is up, and which isolation tenant reward code gets here (found once, then cached)."""
+    return Health(status="ok", sandbox=SandboxLevel(**sandbox_level(get_settings().sandbox_limits())))
 
 
 @router.get("/readyz", name="readyz", response_model=Health, responses={503: {"model": Health}})

@@ -441,10 +441,10 @@ def test_samples_page_by_cursor_with_the_outputs_of_their_steps(service, alice, 
 
 def test_without_a_sandbox_uploads_are_a_503_unless_the_operator_allows_unsandboxed_code(service, alice, monkeypatch):
     from api.settings import get_settings
-    from grpo_core.sandbox import sandbox_available
+    from grpo_core.sandbox import probe_sandbox
 
     monkeypatch.setenv("PATH", "/nonexistent")  # no bwrap to be found: what a host without bubblewrap answers
-    sandbox_available.cache_clear()
+    probe_sandbox.cache_clear()
     try:
         response = upload_reward(service, alice, BATCH)
         assert response.status_code == 503, response.text
@@ -455,7 +455,7 @@ def test_without_a_sandbox_uploads_are_a_503_unless_the_operator_allows_unsandbo
         assert upload_reward(service, alice, BATCH).status_code == 201
     finally:
         monkeypatch.undo()
-        sandbox_available.cache_clear()
+        probe_sandbox.cache_clear()
         get_settings.cache_clear()
 
 

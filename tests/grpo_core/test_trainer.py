@@ -740,7 +740,7 @@ def test_tenant_rewards_are_refused_where_no_sandbox_can_run(tmp_path, monkeypat
     from grpo_core.sandbox import SandboxUnavailable
 
     monkeypatch.setenv("PATH", str(tmp_path))
-    sandbox.sandbox_available.cache_clear()
+    sandbox.probe_sandbox.cache_clear()
     try:
         name = "rwd_" + "e" * 32
         with pytest.raises(SandboxUnavailable, match="not run unsandboxed: bubblewrap .* not installed"):
@@ -752,4 +752,4 @@ def test_tenant_rewards_are_refused_where_no_sandbox_can_run(tmp_path, monkeypat
             tenant_trainer(tmp_path, [RewardSpec(name)], {})
     finally:
         monkeypatch.undo()
-        sandbox.sandbox_available.cache_clear()
+        sandbox.probe_sandbox.cache_clear()

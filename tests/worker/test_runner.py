@@ -16,7 +16,7 @@ from api.schemas import JobCreate
 from api.services import datasets as datasets_service
 from api.services import jobs as jobs_service
 from api.services import keys as keys_service
-from grpo_core.sandbox import sandbox_available
+from grpo_core.sandbox import probe_sandbox, sandbox_available
 from tests.service_env import clear_service_caches
 from worker import leases
 from worker.runner import run_job
@@ -495,12 +495,12 @@ def test_a_job_with_a_tenant_reward_fails_where_no_sandbox_can_run(tenant_and_da
     job_id = make_job(tenant_id, dataset_id)
     add_tenant_reward(tenant_id, job_id)
     monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap to be found
-    sandbox.sandbox_available.cache_clear()
+    sandbox.probe_sandbox.cache_clear()
     try:
         assert run_job(job_id) == "failed"
     finally:
         monkeypatch.undo()
-        sandbox.sandbox_available.cache_clear()
+        sandbox.probe_sandbox.cache_clear()
     with session_scope() as session:
         error = session.get(Job, job_id).error
     assert "cannot sandbox tenant reward code" in error and "not run unsandboxed" in error and "not installed" in error
