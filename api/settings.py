@@ -77,9 +77,14 @@ class Settings(BaseSettings):
         3600, ge=1, le=MAX_INT, description="CPU seconds a reward sandbox may use over its life (then restarted)"
     )
     reward_max_processes: int = Field(
-        16, ge=4, le=MAX_INT, description="Processes and threads a reward sandbox may hold (pids.max; bubblewrap's two count)"
+        16,
+        ge=4,
+        le=MAX_INT,
+        description="Processes and threads a reward sandbox may hold (pids.max; bubblewrap's two count)",
     )
-    reward_cpus: float = Field(1.0, gt=0, le=1024, description="CPU cores a reward sandbox may use (its cgroup's bound)")
+    reward_cpus: float = Field(
+        1.0, gt=0, le=1024, description="CPU cores a reward sandbox may use (its cgroup's bound)"
+    )
     reward_max_open_files: int = Field(64, ge=16, le=MAX_INT, description="Open files in a reward sandbox")
     reward_max_file_mb: int = Field(64, ge=1, le=MAX_INT, description="Largest file a reward sandbox may write, MiB")
     reward_tmp_mb: int = Field(256, ge=1, le=MAX_INT, description="Size of a reward sandbox's private /tmp, MiB")

@@ -102,7 +102,10 @@ def find_cgroup_parent(setting: str = "auto") -> tuple[CgroupParent | None, str]
     for name in V1_CONTROLLERS:
         mount = CGROUP_MOUNT / name
         if name not in own or not (mount / "cgroup.procs").exists():
-            return None, f"no cgroup v1 `{name}` hierarchy is mounted at {mount}, and no cgroup v2 tree at {CGROUP_MOUNT}"
+            return (
+                None,
+                f"no cgroup v1 `{name}` hierarchy is mounted at {mount}, and no cgroup v2 tree at {CGROUP_MOUNT}",
+            )
         folder = mount / own[name].lstrip("/") / _FOLDER
         try:
             folder.mkdir(exist_ok=True)

@@ -169,7 +169,9 @@ def run_as(limits: SandboxLimits) -> tuple[int, int]:
     """(uid, gid) of tenant code: the dedicated pair when the service is root, else the service's own."""
     if os.geteuid() == 0:
         if limits.uid == 0 or limits.gid == 0:
-            raise SandboxUnavailable("GRPO_SANDBOX_UID and GRPO_SANDBOX_GID must not be 0: tenant code never runs as root")
+            raise SandboxUnavailable(
+                "GRPO_SANDBOX_UID and GRPO_SANDBOX_GID must not be 0: tenant code never runs as root"
+            )
         return limits.uid, limits.gid
     return os.geteuid(), os.getegid()
 
@@ -454,9 +456,12 @@ class RewardSandbox:
             "paths": list(self.limits.extra_paths),
             "output_chars": self.output_chars,
         }
-        reply = self._send(setup, self.start_timeout_seconds)
-        if reply is None:
-            reply = self._receive(self.start_timeout_seconds, _BYTES_PER_CHAR * self.output_chars + _LOAD_BYTES)
+        unsent = self._send(setup, self.start_timeout_seconds)
+        reply: dict | str = (
+            unsent
+            if unsent is not None
+            else self._receive(self.start_timeout_seconds, _BYTES_PER_CHAR * self.output_chars + _LOAD_BYTES)
+        )
         loaded = _checked_load(reply) if isinstance(reply, dict) else None
         if isinstance(reply, str) or loaded is None:
             self.close()

@@ -16,7 +16,7 @@ from api.schemas import JobCreate
 from api.services import datasets as datasets_service
 from api.services import jobs as jobs_service
 from api.services import keys as keys_service
-from grpo_core.sandbox import probe_sandbox, sandbox_available
+from grpo_core.sandbox import sandbox_available
 from tests.service_env import clear_service_caches
 from worker import leases
 from worker.runner import run_job
