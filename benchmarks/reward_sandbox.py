@@ -21,6 +21,7 @@ trainer's reward process or sandbox). The overhead is the difference of the medi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -42,11 +43,54 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-def per_call(calls: int, group_size: int) -> None:
+def baseline_sandbox(revision: str, folder: str):
+    """grpo_core/sandbox.py as it was at `revision` (a git worktree in `folder`), imported beside today's, so both
+    run interleaved in one process. Its child script comes from the same revision."""
+    import importlib.util
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", folder, revision], check=True,
+                   capture_output=True)  # fmt: skip
+    spec = importlib.util.spec_from_file_location("baseline_sandbox", Path(folder) / "grpo_core" / "sandbox.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def start_ups(factories: dict, repeats: int) -> dict[str, list[float]]:
+    """Seconds from a new sandbox to its source loaded, alternating between the factories."""
+    seconds: dict[str, list[float]] = {name: [] for name in factories}
+    for _ in range(repeats):
+        for name, factory in factories.items():
+            started = time.perf_counter()
+            with factory() as sandbox:
+                sandbox.start()
+            seconds[name].append(time.perf_counter() - started)
+    return seconds
+
+
+def per_call(calls: int, group_size: int, baseline: str | None = None) -> None:
+    import subprocess
+    import tempfile
+
+    from grpo_core.sandbox import RewardSandbox
+
+    with contextlib.ExitStack() as stack:
+        old = None
+        if baseline:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="grpo-baseline-"))
+            old = baseline_sandbox(baseline, folder + "/tree")
+            root = str(Path(__file__).resolve().parent.parent)
+            stack.callback(subprocess.run, ["git", "-C", root, "worktree", "remove", "--force", folder + "/tree"])
+        _per_call(calls, group_size, RewardSandbox, old, baseline)
+
+
+def _per_call(calls, group_size, RewardSandbox, old, baseline) -> None:  # noqa: N803 (a class, passed in)
     from grpo_core.config import RewardSpec
     from grpo_core.reward_process import RewardProcess
     from grpo_core.rewards import resolve_rewards, score_batch
-    from grpo_core.sandbox import RewardSandbox
 
     completion = "The robot dipped its brush in cobalt and the canvas answered with a sky. " * 4  # ~64 tokens
     completions = [completion[: 250 + 10 * i] for i in range(group_size)]
@@ -55,10 +99,16 @@ def per_call(calls: int, group_size: int) -> None:
     specs = [RewardSpec("length_target", params={"target": TARGET})]
     [(fn, params, _weight)] = resolve_rewards(specs)
     timings: dict[str, list[float]] = {"in process": [], "reward process": [], "sandbox": []}
+    old_name = f"sandbox at {baseline}"
+    if old is not None:
+        timings[old_name] = []
     with (
         RewardProcess(specs, timeout_seconds=60) as trusted,
         RewardSandbox(UPLOADED_LENGTH_TARGET, timeout_seconds=60) as sandbox,
+        old.RewardSandbox(UPLOADED_LENGTH_TARGET, timeout_seconds=60) if old else contextlib.nullcontext() as previous,
     ):
+        if old is not None:
+            previous.start()
         started = time.perf_counter()
         trusted.score(0, completions, rows)
         trusted_start = time.perf_counter() - started
@@ -76,6 +126,10 @@ def per_call(calls: int, group_size: int) -> None:
             started = time.perf_counter()
             scored = sandbox.score(prompts, completions, rows)
             timings["sandbox"].append(time.perf_counter() - started)
+            if old is not None:
+                started = time.perf_counter()
+                previous.score(prompts, completions, rows)
+                timings[old_name].append(time.perf_counter() - started)
         got = [value for value, _error in scored.results]
         assert got == expected, f"the sandbox scored {got}, in process {expected}"
     print(f"per call: G={group_size} completions, {calls} calls each, interleaved")
@@ -83,6 +137,14 @@ def per_call(calls: int, group_size: int) -> None:
     for name, values in timings.items():
         print(f"{name:22s}{1000 * percentile(values, 50):10.3f}{1000 * percentile(values, 99):10.3f}")
     print(f"start-up: reward process {trusted_start:.3f} s, sandbox {sandbox_start:.3f} s (once per job)")
+    factories = {"sandbox": lambda: RewardSandbox(UPLOADED_LENGTH_TARGET, timeout_seconds=60)}
+    if old is not None:
+        factories[old_name] = lambda: old.RewardSandbox(UPLOADED_LENGTH_TARGET, timeout_seconds=60)
+    starts = start_ups(factories, 20)
+    print("start-up to loaded source, 20 each, alternating")
+    print(f"{'':22s}{'p50 ms':>10s}{'p99 ms':>10s}")
+    for name, values in starts.items():
+        print(f"{name:22s}{1000 * percentile(values, 50):10.1f}{1000 * percentile(values, 99):10.1f}")
 
 
 def per_step(steps: int) -> None:
@@ -208,9 +270,12 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=4, help="timed steps per trainer")
     parser.add_argument("--calls-only", action="store_true")
+    parser.add_argument(
+        "--baseline", metavar="REV", help="also time the sandbox as it was at this git revision, interleaved"
+    )
     parser.add_argument("--dry-runs", type=int, default=20, help="dry runs through the API (and direct) to time")
     args = parser.parse_args()
-    per_call(args.calls, args.group_size)
+    per_call(args.calls, args.group_size, args.baseline)
     print()
     dry_run(args.dry_runs)
     if not args.calls_only:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from functools import lru_cache
 from typing import IO
 
 CLONE_THREAD = 0x10000
@@ -77,9 +78,18 @@ def _add(seccomp, syscall_filter, action: int, name: str, *args) -> None:
         pass  # the name does not exist on this architecture (fork, vfork, iopl on aarch64)
 
 
+@lru_cache(maxsize=4)
+def bpf_program(machine: str | None = None) -> bytes:
+    """The filter as classic BPF, built once per process (libseccomp takes milliseconds; every sandbox needs it)."""
+    with tempfile.TemporaryFile() as handle:
+        build_filter(machine).export_bpf(handle)
+        handle.seek(0)
+        return handle.read()
+
+
 def filter_file(machine: str | None = None) -> IO[bytes]:
-    """The exported BPF program in an unnamed temporary file, at offset 0, for `bwrap --seccomp FD`."""
+    """The BPF program in an unnamed temporary file, at offset 0, for `bwrap --seccomp FD`."""
     handle = tempfile.TemporaryFile()
-    build_filter(machine).export_bpf(handle)
+    handle.write(bpf_program(machine))
     handle.seek(0)
     return handle
