@@ -19,13 +19,15 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-# Tenant reward code runs only inside bubblewrap (grpo_core/sandbox.py). Installed when missing and we are root;
+# Tenant reward code runs only inside bubblewrap (grpo_core/sandbox.py), as an unprivileged uid (setpriv, from
+# util-linux) under a seccomp filter (libseccomp2). Installed when missing and we are root;
 # a non-root user without it gets a message (rewards are then refused, never run unsandboxed).
 # The dashboard's browser test drives Debian's headless Chromium through its chromedriver (never a downloaded
 # browser build), installed the same way; without them that one test is skipped and says why.
 install: $(BIN)/.installed
-	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update && apt-get install -y bubblewrap); } \
-		|| echo "bubblewrap (bwrap) is missing: install it (apt-get install bubblewrap) to run tenant reward code"
+	@{ command -v bwrap && command -v setpriv && ldconfig -p | grep -q libseccomp.so.2; } >/dev/null \
+		|| { [ "$$(id -u)" = 0 ] && (apt-get update && apt-get install -y bubblewrap util-linux libseccomp2); } \
+		|| echo "bubblewrap, setpriv or libseccomp2 is missing: apt-get install bubblewrap util-linux libseccomp2 to run tenant reward code"
 	@{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } \
 		|| { [ "$$(id -u)" = 0 ] && (apt-get update && apt-get install -y chromium chromium-driver); } \
 		|| echo "chromium and chromium-driver are missing: apt-get install chromium chromium-driver to run the dashboard's browser test"
