@@ -79,8 +79,27 @@ def _usable_v2(folder: Path) -> str | None:
 
 def find_cgroup_parent(setting: str = "auto") -> tuple[CgroupParent | None, str]:
     """(the parent for sandbox cgroups, a sentence naming it) or (None, a sentence saying why there is none).
+    Leaves left by a process that died without closing its sandboxes (SIGKILL) are removed on the way.
 
     setting: "auto", "off", or a cgroup v2 folder (GRPO_SANDBOX_CGROUP)."""
+    parent, detail = _find_parent(setting)
+    if parent is not None:
+        _remove_stale_leaves(parent)
+    return parent, detail
+
+
+def _remove_stale_leaves(parent: CgroupParent) -> None:
+    for folder in parent.folders:
+        for leaf in folder.glob("sandbox-*-*"):
+            pid = leaf.name.split("-")[1]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                try:
+                    leaf.rmdir()
+                except OSError:
+                    pass  # a process still in it (a new service reusing the pid): left alone
+
+
+def _find_parent(setting: str) -> tuple[CgroupParent | None, str]:
     if setting == "off":
         return None, "cgroups are turned off (GRPO_SANDBOX_CGROUP=off)"
     if setting != "auto":
