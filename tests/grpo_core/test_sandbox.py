@@ -519,3 +519,32 @@ def reward(prompt, completion, **fields):
     # Without the folder the same source is refused at the check, naming the import.
     refused = check_reward_source(source, timeout_seconds=20)
     assert not refused.ok and "gradelib" in refused.error
+
+
+def test_a_frame_that_never_completes_times_out_as_a_hung_call_does():
+    # The parent reads a frame within the call's deadline: a header and one byte, then silence, is a timeout.
+    source = """
+import os, stat, struct, time
+def reward(prompt, completion, **fields):
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if stat.S_ISSOCK(os.fstat(int(name)).st_mode):
+                os.write(int(name), struct.pack("!i", 100) + b"{")
+        except OSError:
+            pass
+    time.sleep(3600)
+"""
+    started = time.monotonic()
+    with RewardSandbox(source, timeout_seconds=2) as sandbox:
+        scores = sandbox.score(["p"], ["c"], [{}])
+    assert time.monotonic() - started < 15
+    assert scores.restarted and "timed out after 2 s" in scores.results[0][1]
+
+
+def test_the_filter_is_built_by_name_for_both_architectures():
+    from grpo_core.syscall_filter import DENIED, bpf_program, build_filter
+
+    for machine in ("x86_64", "aarch64"):
+        assert len(bpf_program(machine)) > 8 * len(DENIED)  # a rule's comparison and return at least
+    with pytest.raises(ValueError, match="supported: x86_64, aarch64"):
+        build_filter("mips")
