@@ -130,6 +130,8 @@ def _find_parent(setting: str) -> tuple[CgroupParent | None, str]:
             folder.mkdir(exist_ok=True)
         except OSError as error:
             return None, f"cannot make {folder} ({error.strerror}): cgroup v1 needs the service to run as root"
+        if not os.access(folder, os.W_OK):  # made by a root-run service before this one
+            return None, f"{folder} is not writable by uid {os.geteuid()}: cgroup v1 needs the service to run as root"
         folders.append(folder)
     parent = CgroupParent(1, tuple(folders))
     return parent, parent.describe()

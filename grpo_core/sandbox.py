@@ -12,8 +12,9 @@ What it guarantees (Linux, bubblewrap installed, the kernel allowing unprivilege
   folders, and this project's one child script (copied in, so no project path is bound). /tmp is a private tmpfs
   (max_tmp_mb), the only writable place. Site-packages are hidden under empty tmpfs. bubblewrap's options reach it
   through a file descriptor (`--args`), so /proc/1/cmdline names no host path but the interpreter's;
-- no nested namespaces (`--disable-userns`, and the filter refuses unshare, setns, mount...), no new processes
-  (fork and non-thread clone answer EAGAIN), and none of io_uring, bpf, perf_event_open, userfaultfd, keyrings,
+- no nested namespaces (the filter refuses unshare, setns, mount, clone with namespace flags), no new processes
+  (fork and non-thread clone answer EAGAIN), the interpreter as its namespace's init (no unfiltered process
+  beside it, and it cannot undo its death with its parent), and none of io_uring, bpf, perf_event_open, userfaultfd, keyrings,
   ptrace, process_vm_*, modules or kexec: see grpo_core/syscall_filter.py (a deny-list, and why), x86_64 and
   aarch64;
 - limits the kernel enforces on the whole sandbox: one cgroup each (grpo_core/cgroups.py, v1 or v2) with
@@ -67,8 +68,12 @@ _CHILD = Path(__file__).with_name("sandbox_child.py")
 _CHILD_INSIDE = "/opt/reward/child.py"
 _SANDBOX_UID = 65534  # the uid tenant code sees inside its user namespace
 _MALFORMED = "the reward process sent a malformed answer; it was killed and will be restarted"
+# --as-pid-1: the interpreter is the namespace's init, so no process inside runs outside the seccomp filter
+# (bubblewrap's own init would: its memory is writable through /proc/1/mem to a process of the same uid).
+# Not --disable-userns: it nests a second user namespace (as `--dev` does, below); the filter refuses nested
+# namespaces instead (grpo_core/syscall_filter.py).
 _BASE = [
-    "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+    "--unshare-all", "--unshare-user", "--as-pid-1", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
     "--clearenv",
 ]  # fmt: skip
 _ENV = {
@@ -81,6 +86,14 @@ _ENV = {
     "OPENBLAS_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
 }
+# The character devices Python and its libraries open, bound one by one. Not bwrap's `--dev`: it mounts a devpts,
+# for which bwrap maps the sandbox's uid to 0 of an outer user namespace and nests a second one; the tenant then
+# owns that outer namespace's pid and IPC sysctls, and /proc/self/uid_map reads 0 outside.
+_DEVICES = [
+    arg
+    for name in ("null", "zero", "full", "random", "urandom")
+    for arg in ("--dev-bind", f"/dev/{name}", f"/dev/{name}")
+]
 # Writes the launcher's pid into each cgroup.procs named before "--", then execs the rest: the tenant's code starts
 # inside its cgroup, with no window outside it.
 _LAUNCHER = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
@@ -294,7 +307,7 @@ def probe_sandbox(python: str, uid: int, gid: int, extra_paths: tuple[str, ...])
 
         with filter_file() as syscall_filter:
             command += [bwrap, *_BASE, "--uid", str(_SANDBOX_UID), "--gid", str(_SANDBOX_UID), *_ro_binds(interpreter)]
-            command += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+            command += ["--proc", "/proc", *_DEVICES, "--tmpfs", "/tmp"]
             command += ["--seccomp", str(syscall_filter.fileno()), interpreter.path, "-I", "-S", "-c", ""]
             done = subprocess.run(
                 command, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
@@ -607,13 +620,13 @@ class RewardSandbox:
                     options += ["--setenv", name, value]
                 options += ["--uid", str(_SANDBOX_UID), "--gid", str(_SANDBOX_UID), *_ro_binds(interpreter)]
                 options += ["--ro-bind-data", str(child_source.fileno()), _CHILD_INSIDE]
-                options += ["--proc", "/proc", "--dev", "/dev"]
+                options += ["--proc", "/proc", *_DEVICES]
                 options += ["--size", str(limits.max_tmp_mb * 1024 * 1024), "--tmpfs", "/tmp"]
                 # The operator's package folders last: a later mount hides an earlier one (a folder under /tmp).
                 for path in limits.extra_paths:
                     options += ["--ro-bind", path, path]
                 # bwrap's root (and /dev) are writable tmpfs: make them read-only so /tmp is the one writable place.
-                options += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/tmp"]
+                options += ["--remount-ro", "/", "--chdir", "/tmp"]
                 options += ["--seccomp", str(syscall_filter.fileno())]
                 read_end, write_end = os.pipe()
                 opened += [os.fdopen(read_end, "rb")]
@@ -631,7 +644,7 @@ class RewardSandbox:
                 cwd = "/tmp"
             self._process = subprocess.Popen(
                 command, pass_fds=pass_fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, env=environment, cwd=cwd,
+                stderr=subprocess.DEVNULL, env=environment, cwd=cwd or "/",  # the launcher exports its PWD
             )  # fmt: skip
         except BaseException:
             parent_end.close()

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import resource
+import signal
 import sys
 from multiprocessing.connection import Connection
 
@@ -72,7 +73,15 @@ class _BoundedText(io.TextIOBase):
         return text
 
 
+def _exit_on_cpu_limit(signum, _frame):
+    # The interpreter is its pid namespace's init, to which the kernel does not deliver a default-handled SIGXCPU:
+    # exit as if killed by it, so the parent can say why. A loop in C never returns here; the hard limit a second
+    # later (SIGKILL) ends it.
+    os._exit(128 + signum)
+
+
 def _apply_limits(limits):
+    signal.signal(signal.SIGXCPU, _exit_on_cpu_limit)
     for name, value in limits.items():
         # CPU: the soft limit sends SIGXCPU, which names the cause; the hard one (a second later) is SIGKILL.
         hard = value + 1 if name == "RLIMIT_CPU" else value

@@ -8,7 +8,8 @@ the filter: the code runs as an unprivileged uid with no capabilities and no_new
 in a cgroup. What the filter refuses is what would reach past those bounds or widen the kernel's attack surface:
 - new processes (fork, vfork, clone without CLONE_THREAD: EAGAIN, as a full process table answers; clone3:
   ENOSYS, so libc falls back to clone, whose flags a filter can read). Threads still work, up to pids.max;
-- namespaces and mounts (unshare, setns, mount and the new mount API, pivot_root, chroot);
+- namespaces and mounts (unshare, setns, clone with a namespace flag, mount and the new mount API, pivot_root,
+  chroot), and prctl(PR_SET_PDEATHSIG), by which the sandbox's init could outlive bubblewrap;
 - io_uring, bpf, perf_event_open, userfaultfd, the keyrings, ptrace and process_vm_*, kcmp, pidfd_getfd,
   open_by_handle_at (the way out of a bind mount), kernel modules, kexec, reboot, swap, quotas, syslog, acct,
   fanotify, iopl/ioperm, and the clock setters: EPERM.
@@ -25,6 +26,12 @@ from functools import lru_cache
 from typing import IO
 
 CLONE_THREAD = 0x10000
+# Namespace flags of clone: refused even on a thread (the kernel already refuses most of them with CLONE_THREAD).
+CLONE_NAMESPACES = {
+    "CLONE_NEWNS": 0x20000, "CLONE_NEWCGROUP": 0x2000000, "CLONE_NEWUTS": 0x4000000, "CLONE_NEWIPC": 0x8000000,
+    "CLONE_NEWUSER": 0x10000000, "CLONE_NEWPID": 0x20000000, "CLONE_NEWNET": 0x40000000, "CLONE_NEWTIME": 0x80,
+}  # fmt: skip
+PR_SET_PDEATHSIG = 1
 
 DENIED = (
     # namespaces and mounts
@@ -65,7 +72,11 @@ def build_filter(machine: str | None = None):
     for name in ("fork", "vfork"):
         _add(seccomp, syscall_filter, eagain, name)
     _add(seccomp, syscall_filter, eagain, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, CLONE_THREAD, 0))
+    for flag in CLONE_NAMESPACES.values():
+        _add(seccomp, syscall_filter, eperm, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
     _add(seccomp, syscall_filter, seccomp.ERRNO(errno.ENOSYS), "clone3")
+    # The interpreter is its namespace's init and dies with bubblewrap: it may not clear that signal.
+    _add(seccomp, syscall_filter, eperm, "prctl", seccomp.Arg(0, seccomp.EQ, PR_SET_PDEATHSIG))
     for name in DENIED:
         _add(seccomp, syscall_filter, eperm, name)
     return syscall_filter

@@ -320,20 +320,20 @@ def test_a_stop_while_a_call_hangs_kills_the_sandbox_and_raises_the_stop():
 
 def test_repeated_deaths_without_a_scored_item_raise_naming_the_reward():
     source = """
-import os, signal
+import ctypes
 def reward(prompt, completion, **fields):
     if completion == "die":
-        os.kill(os.getpid(), signal.SIGKILL)
+        ctypes.string_at(0)  # a fault: the kernel kills it (a SIGKILL from inside cannot: it is its pid namespace's init)
     return 1.0
 """
     with RewardSandbox(source, timeout_seconds=20, max_restarts=3, name="rwd_abc") as sandbox:
         # Two deaths, then a scored item: the count starts again.
         first = sandbox.score(["p"] * 3, ["die", "die", "ok"], [{}] * 3)
         assert [value for value, _ in first.results] == [None, None, 1.0]
-        assert "died (killed by SIGKILL)" in first.results[0][1]
+        assert "died (killed by SIGSEGV)" in first.results[0][1]
         # Three in a row (across calls too) end it.
         assert sandbox.score(["p"] * 2, ["die", "die"], [{}] * 2).results[1][0] is None
-        with pytest.raises(SandboxRestartsExhausted, match=r"reward 'rwd_abc'.*3 times in a row.*SIGKILL") as caught:
+        with pytest.raises(SandboxRestartsExhausted, match=r"reward 'rwd_abc'.*3 times in a row.*SIGSEGV") as caught:
             sandbox.score(["p", "p"], ["die", "ok"], [{}] * 2)
         assert isinstance(caught.value, RewardFailure)
 
@@ -450,13 +450,13 @@ def reward(prompt, completion, **fields):
 
 def test_cpu_limit_and_suicide_kill_the_call_and_the_next_call_works():
     source = """
-import os, signal
+import ctypes
 def reward(prompt, completion, **fields):
     if completion == "spin":
         while True:
             pass
     if completion == "die":
-        os.kill(os.getpid(), signal.SIGKILL)
+        ctypes.string_at(0)
     return 1.0
 """
     with RewardSandbox(source, timeout_seconds=20, cpu_seconds=1) as sandbox:
