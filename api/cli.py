@@ -7,6 +7,8 @@ grpo keys create --tenant NAME           print a new API key (once; only its has
 grpo train CONFIG.yaml [--resume] [--device auto|cpu|cuda|cuda:N]   run a job locally without the service
 grpo models add NAME SOURCE [...]        register a base model (a checkpoint folder or hub id) in the models file
 grpo models list [--file [PATH]]         the models a job may name: the API's (--file: the local models file's)
+grpo sandbox-cgroup [--user U] [--join PID]   as root, at a container's start: on cgroup v2, a cgroup folder for
+                                         reward sandboxes, delegated to the non-root user the service runs as
 
 and the client verbs, which talk to a running service (grpo_client/cli.py: options, output, exit status):
 grpo datasets upload FILE | list | get ID
@@ -105,6 +107,24 @@ def models_command(args) -> int:
     return 0
 
 
+def sandbox_cgroup_command(args) -> int:
+    """`grpo sandbox-cgroup`: the container entrypoint's one root step (deploy/entrypoint.sh), so that a service running
+    as a non-root user still gives each reward sandbox its own cgroup; api/sandbox_setup.py says why each step is
+    needed. That module is standard library only and reads no settings: it runs as root, before the service. A
+    failure is one line naming the file and what the kernel answered, exit status 1 (the entrypoint then goes on
+    without a cgroup, and tenant code is refused unless GRPO_REWARD_ALLOW_WITHOUT_CGROUP=1)."""
+    from api.sandbox_setup import SetupError, delegate_cgroup
+
+    try:
+        done = delegate_cgroup(args.user, args.folder, join=args.join)
+    except SetupError as error:
+        print(f"grpo sandbox-cgroup: {error}", file=sys.stderr)
+        return 1
+    for line in done:
+        print(f"grpo sandbox-cgroup: {line}")
+    return 0
+
+
 def _describe(args):
     """The checkpoint's catalog entry (transformers is imported here, never in the API)."""
     from grpo_core.config import LoraSettings
@@ -178,6 +198,25 @@ def main(argv: list[str] | None = None) -> int:
         help="list the built-in models and a models file's (default: $GRPO_MODELS_FILE) here, without the API",
     )
     listing.set_defaults(client_handler=client_cli.models_list, models_file=None)
+    cgroup = commands.add_parser(
+        "sandbox-cgroup",
+        help="as root at a container's start, on cgroup v2: delegate a cgroup folder for reward sandboxes to the "
+        "non-root user the service then runs as (deploy/entrypoint.sh); on cgroup v1 it says nothing is needed",
+    )
+    cgroup.add_argument("--user", default="grpo", help="the service's user, a name or uid (default: grpo)")
+    cgroup.add_argument(
+        "--folder",
+        type=Path,
+        help="the sandboxes' parent, directly under /sys/fs/cgroup (default: /sys/fs/cgroup/grpo-sandbox, which "
+        "GRPO_SANDBOX_CGROUP=auto finds; another one must be named in GRPO_SANDBOX_CGROUP)",
+    )
+    cgroup.add_argument(
+        "--join",
+        type=int,
+        metavar="PID",
+        help="a process to put in FOLDER/service, where the service must run to move its sandboxes into their "
+        "cgroups: the entrypoint passes its own pid, then execs the service",
+    )
     client_cli.register(commands)
     args = parser.parse_args(argv)
     _use_data_dir(getattr(args, "sub_data_dir", None) or args.data_dir)
@@ -188,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         return client_cli.run(args)
     if args.command == "models":
         return models_command(args)
+    if args.command == "sandbox-cgroup":
+        return sandbox_cgroup_command(args)
 
     if args.command == "train":
         from grpo_core.cli import main as train_main

@@ -28,7 +28,7 @@ from pathlib import Path
 CGROUP_MOUNT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("memory", "pids", "cpu")
 CPU_PERIOD_US = 100_000
-_FOLDER = "grpo-sandbox"
+SANDBOX_FOLDER = "grpo-sandbox"  # what "auto" looks for on v2, and `grpo sandbox-cgroup` makes
 _counter = itertools.count()
 
 
@@ -110,7 +110,7 @@ def _find_parent(setting: str) -> tuple[CgroupParent | None, str]:
         parent = CgroupParent(2, (folder,))
         return parent, parent.describe()
     if (CGROUP_MOUNT / "cgroup.controllers").exists():  # the unified tree is mounted at the top: v2
-        folder = CGROUP_MOUNT / _FOLDER
+        folder = CGROUP_MOUNT / SANDBOX_FOLDER
         problem = _usable_v2(folder)
         if problem:
             return None, f"cgroup v2 without a delegated folder for sandboxes ({problem}); set GRPO_SANDBOX_CGROUP"
@@ -125,7 +125,7 @@ def _find_parent(setting: str) -> tuple[CgroupParent | None, str]:
                 None,
                 f"no cgroup v1 `{name}` hierarchy is mounted at {mount}, and no cgroup v2 tree at {CGROUP_MOUNT}",
             )
-        folder = mount / own[name].lstrip("/") / _FOLDER
+        folder = mount / own[name].lstrip("/") / SANDBOX_FOLDER
         try:
             folder.mkdir(exist_ok=True)
         except OSError as error:
