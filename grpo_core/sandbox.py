@@ -245,7 +245,7 @@ def sandbox_interpreter(setting: str, uid: int, gid: int) -> Interpreter:
                 version, *found = json.loads(done.stdout)
             except (OSError, subprocess.TimeoutExpired, ValueError):
                 continue
-        if tuple(version) < (3, 10):
+        if tuple(version) < (3, 10) or not reachable(found[0], uid, gid):  # its standard library too
             continue
         hidden = {os.path.realpath(p) for p in found[1:]}
         for top in ("/usr/lib", "/usr/local/lib"):
