@@ -113,7 +113,11 @@ class RewardSourceError(ValueError):
 
 
 class SandboxRestartsExhausted(RewardFailure):
-    """A tenant reward's sandbox died or was killed `max_restarts` calls in a row without scoring one item."""
+    """A tenant reward's sandbox died or was killed `max_restarts` calls in a row without scoring one item. Raised
+    by score() with `scores` set: every item's result, those never tried failed with this message (a dry run shows
+    them; a job fails)."""
+
+    scores: Scores | None = None
 
 
 @dataclass(frozen=True)
@@ -515,14 +519,19 @@ class RewardSandbox:
             self.start()
             first = len(results)
             batch = (list(prompts[first:]), list(completions[first:]), [dict(r) for r in rows[first:]])
-            failed = self._send((*batch, dict(params or {})), self.timeout_seconds)
-            if failed is not None:
-                results += [(None, failed)] * (n - first) if self.shape != "per_sample" else [(None, failed)]
-                self._died(failed)
-            elif self.shape == "per_sample":
-                self._receive_items(n - first, results, output, max_failures)
-            else:
-                self._receive_batch(n - first, results, output)
+            try:
+                failed = self._send((*batch, dict(params or {})), self.timeout_seconds)
+                if failed is not None:
+                    results += [(None, failed)] * (n - first) if self.shape != "per_sample" else [(None, failed)]
+                    self._died(failed)
+                elif self.shape == "per_sample":
+                    self._receive_items(n - first, results, output, max_failures)
+                else:
+                    self._receive_batch(n - first, results, output)
+            except SandboxRestartsExhausted as error:
+                results += [(None, str(error))] * (n - len(results))
+                error.scores = Scores(results, output.text(), restarted=True, seconds=time.monotonic() - started)
+                raise
             restarted = restarted or self._process is None
         return Scores(results, output=output.text(), restarted=restarted, seconds=time.monotonic() - started)
 

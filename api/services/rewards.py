@@ -43,6 +43,7 @@ from grpo_core.sandbox import (
     CheckResult,
     RewardSandbox,
     RewardSourceError,
+    SandboxRestartsExhausted,
     SandboxUnavailable,
     Scores,
 )
@@ -353,7 +354,10 @@ def _sandbox_scores(
     try:
         with RewardSandbox.from_limits(code.source, settings.sandbox_limits(), name=code.id) as sandbox:
             loaded = sandbox.start()
-            scores = sandbox.score(prompts, completions, rows, dict(params))
+            try:
+                scores = sandbox.score(prompts, completions, rows, dict(params))
+            except SandboxRestartsExhausted as error:  # a job would fail here; a dry run shows each item's error
+                scores = error.scores or Scores([(None, str(error))] * len(completions))
     except RewardSourceError as error:
         raise InvalidInput(f"reward {code.id!r} no longer loads: {error}") from None
     except SandboxUnavailable as error:

@@ -336,6 +336,9 @@ def reward(prompt, completion, **fields):
         with pytest.raises(SandboxRestartsExhausted, match=r"reward 'rwd_abc'.*3 times in a row.*SIGSEGV") as caught:
             sandbox.score(["p", "p"], ["die", "ok"], [{}] * 2)
         assert isinstance(caught.value, RewardFailure)
+        # Every item's result comes with it (the dry run shows them): the one never tried fails with the message.
+        results = caught.value.scores.results
+        assert "SIGSEGV" in results[0][1] and results[1] == (None, str(caught.value))
 
 
 def test_past_max_failures_the_rest_is_not_scored():
