@@ -459,6 +459,30 @@ def test_without_a_sandbox_uploads_are_a_503_unless_the_operator_allows_unsandbo
         get_settings.cache_clear()
 
 
+@needs_sandbox
+def test_without_a_cgroup_uploads_are_a_503_and_healthz_says_refused_unless_the_operator_allows_it(
+    service, alice, monkeypatch
+):
+    from api.settings import get_settings
+
+    monkeypatch.setenv("GRPO_SANDBOX_CGROUP", "off")  # what a host with no cgroup to give a sandbox answers
+    get_settings.cache_clear()
+    try:
+        response = upload_reward(service, alice, BATCH)
+        assert response.status_code == 503, response.text
+        assert "not run without a cgroup" in response.json()["detail"]
+        assert "GRPO_REWARD_ALLOW_WITHOUT_CGROUP" in response.json()["detail"]
+        assert uploads_of(service, alice) == []
+        assert service.get("/healthz").json()["sandbox"]["level"] == "refused"
+        monkeypatch.setenv("GRPO_REWARD_ALLOW_WITHOUT_CGROUP", "true")
+        get_settings.cache_clear()
+        assert upload_reward(service, alice, BATCH).status_code == 201
+        assert service.get("/healthz").json()["sandbox"]["level"] == "without_cgroup"
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+
+
 def test_odd_reward_ids_and_names_are_404s(service, alice):
     item = {"items": [{"prompt": "p", "completion": "c"}]}
     for path in ("/v1/rewards/a%00b", "/v1/rewards/rwd_..%2f..%2fetc", "/v1/rewards/rwd_" + "g" * 32):
