@@ -72,11 +72,11 @@ bench-learning: install
 bench-dynamic: install
 	$(BIN)/python benchmarks/dynamic_sampling.py --seeds 0 1 2 --minutes 2.5
 
-# Needs wrk (Debian: apt-get install wrk). Our API against minimal_app.py under load, then its start-up and memory.
 # BASELINE=REV also times the sandbox as it was at that git revision, interleaved with today's (per call, start-up).
 bench-sandbox: install
 	$(BIN)/python benchmarks/reward_sandbox.py $(if $(BASELINE),--baseline $(BASELINE))
 
+# Needs wrk (Debian: apt-get install wrk). Our API against minimal_app.py under load, then its start-up and memory.
 bench-api: install
 	$(BIN)/python benchmarks/api_load.py
 	$(BIN)/python benchmarks/api_startup.py
