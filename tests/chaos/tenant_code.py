@@ -81,9 +81,9 @@ def reward(prompt, completion, dataset_file, **fields):
     + """
 def reward(prompt, completion, worker_pid, **fields):
     reached = []
-    # Its parent inside the sandbox (bubblewrap's init, started with an empty environment), pid 1, and the worker's
-    # pid as the host numbers it (another pid namespace: not there).
-    for pid in (os.getppid(), 1, worker_pid):
+    # Its parent inside the sandbox, pid 1, and the worker's pid as the host numbers it (another pid namespace: not
+    # there). It is pid 1 itself (the namespace's init, with no parent inside): its own environment is no leak.
+    for pid in {os.getppid(), 1, worker_pid} - {os.getpid()}:
         _read(f"/proc/{pid}/environ", reached)
     print("own environment:", dict(os.environ))  # its own: PATH, HOME, LANG, PYTHONDONTWRITEBYTECODE
     return float(sum(reached))
