@@ -296,7 +296,7 @@ def test_a_non_root_service_runs_its_sandbox_as_its_own_uid(readable_tmp_path):
     itself as 65534: one id mapped, never root."""
     found = _non_root_sandbox("off", readable_tmp_path)
     assert found["results"] == [[0.0, None]]
-    assert found["inside_uid_map"][0] == "65534" and found["inside_uid_map"][2] == "1"
+    assert found["inside_uid_map"] == ["65534", str(NON_ROOT_ID), "1"]  # read inside: never 0 outside
     assert found["host_uid_map"] == ["65534", str(NON_ROOT_ID), "1"]
     assert found["host_uid"] == [str(NON_ROOT_ID)] * 4
 
