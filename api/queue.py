@@ -1,5 +1,5 @@
 """The Celery app: broker wiring and the settings for long GPU jobs. The API only sends "run job X" by task
-name; the worker (worker/tasks.py) registers the task. The database, not the broker, is the source of truth."""
+name; the worker (worker/app.py) registers the task. The database, not the broker, is the source of truth."""
 
 from __future__ import annotations
 

@@ -117,7 +117,7 @@ class SandboxRestartsExhausted(RewardFailure):
     by score() with `scores` set: every item's result, those never tried failed with this message (a dry run shows
     them; a job fails)."""
 
-    scores: Scores | None = None
+    scores: SandboxScores | None = None
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ class CheckResult:
 
 
 @dataclass(frozen=True)
-class Scores:
+class SandboxScores:
     results: list[tuple[float | None, str | None]]  # one (value, error) per completion, exactly one of them None
     output: str = ""  # what the code printed during the call, bounded
     restarted: bool = False  # the sandbox was killed (timed out, died or stopped early) during this call
@@ -382,7 +382,7 @@ class RewardSandbox:
     """One tenant reward in a long-lived sandboxed process, for one job.
 
     score(prompts, completions, rows, params) calls the per-sample shape once per item or the batch shape once,
-    and returns Scores: a (value, error) per item. An item whose call raised or returned anything but a finite
+    and returns SandboxScores: a (value, error) per item. An item whose call raised or returned anything but a finite
     number is an error, not a crash. A call past `timeout_seconds` (or one that kills the process) fails its item,
     or the whole batch in the batch shape, with the reason; the sandbox is killed and the items left go to a fresh
     one. After `max_restarts` such deaths in a row with no item answered in between, score() raises
@@ -500,7 +500,7 @@ class RewardSandbox:
         params: Mapping[str, Any] | None = None,
         *,
         max_failures: int | None = None,
-    ) -> Scores:
+    ) -> SandboxScores:
         """A (value, error) per item. prompts[i] is the row's prompt string or its message list; params are passed
         to every call as keyword arguments. With `max_failures`, once more items than that have failed the rest
         are not scored (their error says so): the caller gives up past that many anyway."""
@@ -530,10 +530,10 @@ class RewardSandbox:
                     self._receive_batch(n - first, results, output)
             except SandboxRestartsExhausted as error:
                 results += [(None, str(error))] * (n - len(results))
-                error.scores = Scores(results, output.text(), restarted=True, seconds=time.monotonic() - started)
+                error.scores = SandboxScores(results, output.text(), restarted=True, seconds=time.monotonic() - started)
                 raise
             restarted = restarted or self._process is None
-        return Scores(results, output=output.text(), restarted=restarted, seconds=time.monotonic() - started)
+        return SandboxScores(results, output=output.text(), restarted=restarted, seconds=time.monotonic() - started)
 
     def _receive_items(
         self,

@@ -160,7 +160,7 @@ def delete_reward(reward_id: RewardId, session: SessionDep, tenant_id: TenantDep
     response_model=RewardTestResult,
     responses={**NOT_FOUND, **error_responses(400, 429, 503)},
 )
-async def test_reward(
+async def dry_run_reward(
     reward: Annotated[str, Path(description="An uploaded reward's id, or a built-in's or plugin's name")],
     body: RewardTestRequest,
     request: Request,
@@ -169,11 +169,11 @@ async def test_reward(
     """Dry run: score a few (prompt, completion, fields) items with a reward, as a job would, and see each score or
     error and what the reward printed. An upload runs in a fresh sandbox, a built-in or plugin in the reward
     process, under the operator's time limits; params go to the reward as a job's would."""
-    target = await run_read(_check_test, tenant_id, reward, body)  # a 404 or 422 before a slot is taken
+    target = await run_read(_check_dry_run, tenant_id, reward, body)  # a 404 or 422 before a slot is taken
     with _reward_check(request, tenant_id):
-        return await run_in_threadpool(rewards_service.test_reward, reward=target, request=body)
+        return await run_in_threadpool(rewards_service.dry_run_reward, reward=target, request=body)
 
 
-def _check_test(tenant_id: str, name: str, body: RewardTestRequest) -> RewardCode | RewardFunction:
+def _check_dry_run(tenant_id: str, name: str, body: RewardTestRequest) -> RewardCode | RewardFunction:
     with session_scope() as session:
-        return rewards_service.check_test(session, tenant_id=tenant_id, name=name, request=body)
+        return rewards_service.check_dry_run(session, tenant_id=tenant_id, name=name, request=body)

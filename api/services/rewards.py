@@ -44,8 +44,8 @@ from grpo_core.sandbox import (
     RewardSandbox,
     RewardSourceError,
     SandboxRestartsExhausted,
+    SandboxScores,
     SandboxUnavailable,
-    Scores,
 )
 
 # Names the service passes to `reward` itself: no param or dry-run field may take them.
@@ -275,7 +275,7 @@ def find_reward(session: Session, *, tenant_id: str, name: str) -> RewardCode | 
     return fn
 
 
-def check_test(
+def check_dry_run(
     session: Session, *, tenant_id: str, name: str, request: RewardTestRequest
 ) -> RewardCode | RewardFunction:
     """The reward a dry run names (find_reward), once the request is one it can run: InvalidInput listing every
@@ -319,8 +319,8 @@ def _prompt_row(item: RewardTestItem) -> dict[str, Any]:
     return {"messages" if isinstance(item.prompt, list) else "prompt": item.prompt}
 
 
-def test_reward(*, reward: RewardCode | RewardFunction, request: RewardTestRequest) -> RewardTestResult:
-    """Score each item of a request check_test accepted with `reward`, as a job would, and say what each call gave.
+def dry_run_reward(*, reward: RewardCode | RewardFunction, request: RewardTestRequest) -> RewardTestResult:
+    """Score each item of a request check_dry_run accepted with `reward`, as a job would, and say what each call gave.
     Uploads run in a fresh sandbox, built-ins and plugins in the trusted reward process; both under the operator's
     time limits. Blocking."""
     settings = get_settings()
@@ -349,7 +349,7 @@ def _sandbox_scores(
     rows: list[dict[str, Any]],
     params: Mapping[str, Any],
     settings: Settings,
-) -> tuple[Scores, str, str | None]:
+) -> tuple[SandboxScores, str, str | None]:
     """The upload's scores in a fresh sandbox, what it printed (loading, then scoring) and its shape."""
     try:
         with RewardSandbox.from_limits(code.source, settings.sandbox_limits(), name=code.id) as sandbox:
@@ -357,7 +357,7 @@ def _sandbox_scores(
             try:
                 scores = sandbox.score(prompts, completions, rows, dict(params))
             except SandboxRestartsExhausted as error:  # a job would fail here; a dry run shows each item's error
-                scores = error.scores or Scores([(None, str(error))] * len(completions))
+                scores = error.scores or SandboxScores([(None, str(error))] * len(completions))
     except RewardSourceError as error:
         raise InvalidInput(f"reward {code.id!r} no longer loads: {error}") from None
     except SandboxUnavailable as error:
