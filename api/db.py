@@ -18,10 +18,9 @@ from api.settings import get_settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # Python's sqlite3 lets go of the GIL around every row it steps through. With several threads reading at once, each
-# row of a read becomes a hand-over of the GIL between threads (a futex storm: on 2 cores the metrics page cost
-# 2 ms of system time a request with FastAPI's 40 threads). One thread at a time is the fastest on both hot reads
-# (GET /v1/jobs/{id}/metrics, 200 steps: 228 req/s with 40 threads, 424 with 4, 498 with 2, 561 with 1); SQLite's
-# reads do not wait for its writer (WAL), so a read holds the thread for its own work only.
+# row of a read becomes a hand-over of the GIL between threads (a futex storm). One thread at a time is the fastest
+# on both hot reads (the figures, with 40, 4, 2 and 1 threads: benchmarks/README.md, "SQLite reads one thread at a
+# time"); SQLite's reads do not wait for its writer (WAL), so a read holds the thread for its own work only.
 SQLITE_READ_THREADS = 1
 _read_limiter: RunVar[CapacityLimiter] = RunVar("grpo_read_limiter")
 T = TypeVar("T")
@@ -109,7 +108,7 @@ def _reads_limiter() -> CapacityLimiter:
     except LookupError:
         engine = get_engine()
         # Elsewhere as many reads at once as the pool keeps connections: past that each read opened and closed an
-        # overflow connection (on PostgreSQL a new server process each: the job status's p99, 20 ms against 12).
+        # overflow connection (on PostgreSQL a new server process each; the p99s: benchmarks/README.md).
         threads = SQLITE_READ_THREADS if engine.dialect.name == "sqlite" else engine.pool.size()  # type: ignore[attr-defined]
         limiter = CapacityLimiter(threads)
         _read_limiter.set(limiter)
