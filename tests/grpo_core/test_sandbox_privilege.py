@@ -121,7 +121,7 @@ def _children_by_parent() -> dict[int, list[int]]:
 
 
 def _tenant_pid(sandbox: RewardSandbox) -> int:
-    """Host pid of the sandbox's Python (bwrap's child's child: not bwrap itself, nor its init)."""
+    """Host pid of the sandbox's Python (bwrap's child, the pid namespace's init: not bwrap itself)."""
     children, stack = _children_by_parent(), [sandbox.pid]
     while stack:
         for pid in children.get(stack.pop(), []):
