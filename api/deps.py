@@ -11,9 +11,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from api.db import new_session, run_read, session_scope
 from api.services import keys as keys_service
-from api.settings import get_settings
+from service_core.db import new_session, run_read, session_scope
+from service_core.settings import get_settings
 
 
 def _finish(session: Session, *, commit: bool) -> None:

@@ -20,8 +20,8 @@ from api.metrics import add_metrics
 from api.routes import catalog, datasets, health, jobs, preflights, rewards
 from api.services import InvalidInput, NotFound, Unavailable
 from api.services.catalog import model_catalog
-from api.settings import get_settings
 from grpo_core.config import json_repr
+from service_core.settings import get_settings
 
 _OBJECT_TYPES = ("model_type", "model_attributes_type", "dict_type")
 

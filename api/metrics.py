@@ -32,9 +32,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.db import new_session, run_read
-from api.models import TERMINAL_STATUSES, Job, MetricRow
-from api.settings import get_settings
+from service_core.db import new_session, run_read
+from service_core.models import TERMINAL_STATUSES, Job, MetricRow
+from service_core.settings import get_settings
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from grpo_core.config import GRPOConfig, LoraSettings, RewardSpec, declared_kind, field_docs
 from grpo_core.guardrails import StopWhen
 from grpo_core.preflight import VerdictLevel
+from service_core.models import MAX_INT
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -20,10 +21,6 @@ class ErrorBody(BaseModel):
     detail: str = Field(description="What went wrong, in words a person can act on")
     errors: list[str] = Field(default_factory=list, description="Each problem, when there are several")
 
-
-# Largest value an integer query or path parameter takes: the database's 32-bit INTEGER. Past it PostgreSQL (and
-# SQLite past 64 bits) fail the query itself, which would be a 500, not the 422 a bad parameter gets.
-MAX_INT = 2**31 - 1
 
 ERROR_DESCRIPTIONS = {
     400: "The body could not be parsed at all (for instance JSON that is not UTF-8)",
@@ -306,7 +303,6 @@ Hyperparameters = create_model(
 )
 
 
-HARDWARE_CLASSES = ("cpu", "gpu")
 Hardware = Literal["cpu", "gpu"]
 
 

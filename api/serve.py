@@ -128,8 +128,8 @@ class _Server(uvicorn.Server):
 
 
 def serve(*, host: str, port: int, worker_command: list[str]) -> int:
-    from api.db import make_private_dir, run_migrations
-    from api.settings import get_settings
+    from service_core.db import make_private_dir, run_migrations
+    from service_core.settings import get_settings
 
     settings = get_settings()
     make_private_dir(settings.data_dir)

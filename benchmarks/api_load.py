@@ -41,11 +41,11 @@ end
 
 
 def seed(rows: int) -> tuple[str, str]:
-    from api.db import run_migrations, session_scope
     from api.schemas import JobCreate
     from api.services import datasets as datasets_service
     from api.services import jobs as jobs_service
     from api.services import keys as keys_service
+    from service_core.db import run_migrations, session_scope
     from worker import writes
 
     run_migrations()
@@ -71,7 +71,7 @@ def seed(rows: int) -> tuple[str, str]:
 def query_plans(job_id: str) -> list[tuple[str, str]]:
     from sqlalchemy import text
 
-    from api.db import get_engine
+    from service_core.db import get_engine
 
     engine = get_engine()
     sqlite = engine.dialect.name == "sqlite"
@@ -243,7 +243,7 @@ def main() -> None:
         print(f"\nquery plans ({args.rows} metric rows):")
         for name, plan in query_plans(job_id):
             print(f"  {name}: {plan}")
-        from api.db import get_engine
+        from service_core.db import get_engine
 
         get_engine().dispose()
 

@@ -3,8 +3,8 @@
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from api.models import Base
-from api.settings import get_settings
+from service_core.models import Base
+from service_core.settings import get_settings
 
 
 def run(connection) -> None:

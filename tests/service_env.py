@@ -31,8 +31,8 @@ def fresh_database(kind: str, tmp_path):
 
 def clear_service_caches() -> None:
     """Forget cached settings, engines and the Celery app, so new GRPO_ variables take effect in this process."""
-    from api import db, queue, settings
     from api.services import keys as keys_service
+    from service_core import db, queue, settings
 
     for cached in (settings.get_settings, db.get_engine, db._session_factory, queue.get_celery):
         cached.cache_clear()

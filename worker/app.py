@@ -2,9 +2,9 @@
 
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
-from api.queue import RUN_JOB_TASK, RUN_PREFLIGHT_TASK, get_celery
-from api.settings import get_settings
 from grpo_core.device import resolve_device
+from service_core.queue import RUN_JOB_TASK, RUN_PREFLIGHT_TASK, get_celery
+from service_core.settings import get_settings
 from worker import metrics as worker_metrics
 from worker.preflight import run_preflight
 from worker.reconciler import Reconciler

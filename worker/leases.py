@@ -1,5 +1,5 @@
 """A worker's lease on a job: a compare-and-set claim, renewals from the heartbeat, and a check before every write
-that the lease is still this worker's. The lease fields live on the job row (api/models.py)."""
+that the lease is still this worker's. The lease fields live on the job row (service_core/models.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from api.models import Job, utcnow
+from service_core.models import Job, utcnow
 
 
 class LeaseLost(Exception):

@@ -22,11 +22,6 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from api import artifacts
-from api.db import session_scope
-from api.models import Preflight, RewardCode, utcnow
-from api.queue import enqueue_preflight
-from api.settings import get_settings
 from grpo_core import preflight as figures
 from grpo_core.config import GRPOConfig, RewardSpec
 from grpo_core.data import extra_rows_for_step, load_jsonl, rows_for_step
@@ -35,6 +30,11 @@ from grpo_core.rollout import sample_and_score
 from grpo_core.sampling import prompt_seed
 from grpo_core.scoring import RewardScorer
 from grpo_core.trainer import GRPOTrainer, grpo_step
+from service_core import artifacts
+from service_core.db import session_scope
+from service_core.models import Preflight, RewardCode, utcnow
+from service_core.queue import enqueue_preflight
+from service_core.settings import get_settings
 from worker.runner import shutting_down
 
 log = logging.getLogger(__name__)

@@ -20,11 +20,11 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from api.db import session_scope
-from api.models import Job, Preflight, utcnow
-from api.queue import enqueue_job, enqueue_preflight
-from api.services import jobs as jobs_service
-from api.settings import get_settings
+from service_core import job_state
+from service_core.db import session_scope
+from service_core.models import Job, Preflight, utcnow
+from service_core.queue import enqueue_job, enqueue_preflight
+from service_core.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,10 @@ def reconcile_once() -> list[str]:
                     f"the worker running this job stopped without finishing it {job.attempt} times (killed, "
                     f"e.g. out of memory); gave up after {settings.max_attempts} attempts (GRPO_MAX_ATTEMPTS)"
                 )
-                jobs_service.set_status(session, job=job, status="failed", error=reason)
+                job_state.set_status(session, job=job, status="failed", error=reason)
                 log.warning("job %s failed: %s", job.id, reason)
             else:
-                jobs_service.set_status(session, job=job, status="queued")
+                job_state.set_status(session, job=job, status="queued")
                 to_send.append((job.id, job.hardware, job.processes))
                 log.warning("job %s lost its worker (attempt %d); queued again", job.id, job.attempt)
         stale_before = now - timedelta(seconds=settings.requeue_queued_after_seconds)

@@ -40,12 +40,6 @@ from typing import Any
 import torch
 from sqlalchemy import select
 
-from api import artifacts
-from api.db import session_scope
-from api.models import TERMINAL_STATUSES, Job, RewardCode, utcnow
-from api.queue import enqueue_job
-from api.services import jobs as jobs_service
-from api.settings import get_settings
 from grpo_core import GRPOConfig, GRPOTrainer, RewardSpec, TrainerCallback, load_jsonl
 from grpo_core.checkpoint import Checkpoint, ForkPoint
 from grpo_core.distributed import LOCAL, RankFailed, World, is_peer_failure, run_ranks
@@ -53,6 +47,11 @@ from grpo_core.guardrails import StopWhen
 from grpo_core.rewards import is_tenant_reward
 from grpo_core.sandbox import SandboxUnavailable
 from grpo_core.trainer import TrainResult
+from service_core import artifacts, job_state
+from service_core.db import session_scope
+from service_core.models import TERMINAL_STATUSES, Job, RewardCode, utcnow
+from service_core.queue import enqueue_job
+from service_core.settings import get_settings
 from worker import leases, writes
 from worker import metrics as worker_metrics
 from worker.leases import LeaseLost
@@ -139,7 +138,7 @@ class DatabaseReporter(TrainerCallback):
     def on_warning(self, message: str) -> None:
         with session_scope() as session:
             leases.held_job(session, job_id=self.job_id, owner=self.owner)
-            jobs_service.record_event(session, job_id=self.job_id, type="warning", data={"message": message})
+            job_state.record_event(session, job_id=self.job_id, type="warning", data={"message": message})
 
     def should_stop(self) -> bool:
         if self.heartbeat.lost.is_set():
@@ -170,7 +169,7 @@ class StepFigures(TrainerCallback):
 def _finish(job_id: str, owner: str, status: str, error: str | None = None) -> None:
     with session_scope() as session:
         job = leases.held_job(session, job_id=job_id, owner=owner)
-        jobs_service.set_status(session, job=job, status=status, error=error, lease_owner=None, lease_expires_at=None)
+        job_state.set_status(session, job=job, status=status, error=error, lease_owner=None, lease_expires_at=None)
 
 
 def _guardrail_outcome(result: TrainResult) -> dict[str, Any]:
@@ -187,9 +186,7 @@ def _succeed(job_id: str, owner: str, guardrail: dict[str, Any]) -> str:
     status event carries stopped_early)."""
     with session_scope() as session:
         job = leases.held_job(session, job_id=job_id, owner=owner)
-        jobs_service.set_status(
-            session, job=job, status="succeeded", lease_owner=None, lease_expires_at=None, **guardrail
-        )
+        job_state.set_status(session, job=job, status="succeeded", lease_owner=None, lease_expires_at=None, **guardrail)
     return "succeeded"
 
 
@@ -199,10 +196,10 @@ def _stopped_early(job_id: str, owner: str) -> str:
     with session_scope() as session:
         job = leases.held_job(session, job_id=job_id, owner=owner)
         if job.cancel_requested or not shutting_down.is_set():
-            jobs_service.set_status(session, job=job, status="cancelled", lease_owner=None, lease_expires_at=None)
+            job_state.set_status(session, job=job, status="cancelled", lease_owner=None, lease_expires_at=None)
             return "cancelled"
         # GRPO_MAX_ATTEMPTS counts workers that died under a job; this attempt ended cleanly and does not count.
-        jobs_service.set_status(
+        job_state.set_status(
             session,
             job=job,
             status="queued",
@@ -234,7 +231,7 @@ def run_job(job_id: str) -> str:
         if job.status in TERMINAL_STATUSES:
             return job.status
         if job.cancel_requested:
-            jobs_service.set_status(session, job=job, status="cancelled")
+            job_state.set_status(session, job=job, status="cancelled")
             return "cancelled"
         if shutting_down.is_set():
             # Taken in this worker's last poll of the broker, after it was told to stop: left for the next worker.
@@ -251,7 +248,7 @@ def run_job(job_id: str) -> str:
             log.warning("job %s is held by another worker (or out of attempts); backing off", job_id)
             return "busy"
         session.refresh(job)
-        jobs_service.set_status(session, job=job, status="running", worker_host=socket.gethostname())
+        job_state.set_status(session, job=job, status="running", worker_host=socket.gethostname())
         spec = {
             "base_model": job.base_model,
             "rewards": [RewardSpec(r["name"], r["weight"], r["params"]) for r in job.rewards],

@@ -12,9 +12,8 @@ from typing import Any
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from api.models import CheckpointRow, MetricRow, PromptStats, PromptStatStep, RewardOutput, SampleRow, utcnow
-from api.services import jobs as jobs_service
-from api.services import progress as progress_service
+from service_core import job_state
+from service_core.models import CheckpointRow, MetricRow, PromptStats, PromptStatStep, RewardOutput, SampleRow, utcnow
 
 
 def _insert_ignoring_duplicates(session: Session, table, values: dict[str, Any]) -> bool:
@@ -29,14 +28,14 @@ def record_metrics(session: Session, *, job_id: str, kind: str, step: int, value
     """The step's metrics row and its event; True when inserted (False: the step was recorded already). A value
     that is not finite (a NaN loss, an infinite ratio) is stored as null: JSON has no NaN, PostgreSQL's json type
     refuses it, and the API serves these rows as JSON."""
-    values = progress_service.finite(values)
+    values = job_state.finite(values)
     inserted = _insert_ignoring_duplicates(
         session,
         MetricRow.__table__,
         {"job_id": job_id, "kind": kind, "step": step, "values": values, "created_at": utcnow()},
     )
     if inserted:
-        jobs_service.record_event(
+        job_state.record_event(
             session, job_id=job_id, type="metrics", data={"step": step, "kind": kind, "values": values}
         )
     return inserted
@@ -49,7 +48,7 @@ def record_checkpoint(session: Session, *, job_id: str, step: int, sha256: str, 
         {"job_id": job_id, "step": step, "sha256": sha256, "bytes": size, "created_at": utcnow()},
     )
     if inserted:
-        jobs_service.record_event(
+        job_state.record_event(
             session, job_id=job_id, type="checkpoint", data={"step": step, "sha256": sha256, "bytes": size}
         )
 
@@ -62,7 +61,7 @@ def record_samples(
     now = utcnow()
     for sample in samples:
         position = sample["group"] * group_size + sample["index"]
-        values = {"job_id": job_id, "step": step, "position": position, "data": progress_service.finite(sample)}
+        values = {"job_id": job_id, "step": step, "position": position, "data": job_state.finite(sample)}
         _insert_ignoring_duplicates(session, SampleRow.__table__, {**values, "created_at": now})
     for reward, text in outputs.items():
         values = {"job_id": job_id, "step": step, "reward": reward, "text": text, "created_at": now}

@@ -9,7 +9,7 @@ from api.deps import SessionDep, TenantDep
 from api.schemas import DatasetPublic, DatasetsPublic, error_responses
 from api.services import InvalidInput
 from api.services import datasets as datasets_service
-from api.settings import get_settings
+from service_core.settings import get_settings
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(401, 413))
 

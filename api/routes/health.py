@@ -2,11 +2,11 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from api.db import get_engine
-from api.queue import broker_reachable
 from api.schemas import Health, SandboxLevel, error_responses
-from api.settings import get_settings
 from grpo_core.sandbox import sandbox_level
+from service_core.db import get_engine
+from service_core.queue import broker_reachable
+from service_core.settings import get_settings
 
 # No key needed here; only the body-size cap (main.py) applies.
 router = APIRouter(tags=["health"], responses=error_responses(413))

@@ -9,12 +9,8 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, WithJsonSchema
 
-from api import artifacts
-from api.db import run_read, session_scope
 from api.deps import SessionDep, TenantDep
 from api.limits import TenantSlots
-from api.models import TERMINAL_STATUSES, Event
-from api.queue import enqueue_job
 from api.schemas import (
     MAX_INT,
     PROMPT_PAGE,
@@ -36,7 +32,11 @@ from api.services import jobs as jobs_service
 from api.services import progress as progress_service
 from api.services import prompts as prompts_service
 from api.services import rewards as rewards_service
-from api.settings import get_settings
+from service_core import artifacts
+from service_core.db import run_read, session_scope
+from service_core.models import TERMINAL_STATUSES, Event
+from service_core.queue import enqueue_job
+from service_core.settings import get_settings
 
 # Every route here takes a body, a query or an id, so each can answer 422 (in the ErrorBody shape, like all errors).
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 413, 422))

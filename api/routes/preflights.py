@@ -4,9 +4,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from api.deps import SessionDep, TenantDep
-from api.queue import enqueue_preflight
-from api.schemas import MAX_INT, JobCreate, PreflightPublic, PreflightsPublic, error_responses
+from api.schemas import JobCreate, PreflightPublic, PreflightsPublic, error_responses
 from api.services import preflights as preflights_service
+from service_core.models import MAX_INT
+from service_core.queue import enqueue_preflight
 
 # Created and listed at /v1/jobs/preflight (it takes a job's body; the list also keeps GET /v1/jobs/{job_id} from
 # answering for that path), read one by one at /v1/preflights/{id}, apart from the jobs' own /v1/jobs/{job_id}/...

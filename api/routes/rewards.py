@@ -6,10 +6,8 @@ from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
-from api.db import run_read, session_scope
 from api.deps import SessionDep, TenantDep
 from api.limits import REWARD_BODY_BYTES, TenantSlots
-from api.models import RewardCode
 from api.schemas import (
     RewardCodePublic,
     RewardSourcePublic,
@@ -21,9 +19,11 @@ from api.schemas import (
 from api.services import InvalidInput
 from api.services import rewards as rewards_service
 from api.services.datasets import display_name
-from api.settings import get_settings
 from grpo_core.rewards import RewardFunction
 from grpo_core.sandbox import MAX_SOURCE_BYTES, CheckResult
+from service_core.db import run_read, session_scope
+from service_core.models import RewardCode
+from service_core.settings import get_settings
 
 router = APIRouter(prefix="/v1/rewards", tags=["rewards"], responses=error_responses(401, 413, 422))
 NOT_FOUND = error_responses(404)

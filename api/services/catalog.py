@@ -6,9 +6,9 @@ import logging
 import threading
 from pathlib import Path
 
-from api.settings import get_settings
 from grpo_core.catalog import ModelsFileError, load_catalog
 from grpo_core.spec import BASE_MODELS, BaseModelSpec
+from service_core.settings import get_settings
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()

@@ -8,11 +8,11 @@ import re
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api import artifacts
-from api.models import Dataset
 from api.services import InvalidInput, NotFound
-from api.settings import get_settings
 from grpo_core.data import DatasetError, parse_jsonl, summarize_dataset
+from service_core import artifacts
+from service_core.models import Dataset
+from service_core.settings import get_settings
 
 
 def display_name(filename: str, default: str = "dataset.jsonl") -> str:

@@ -10,20 +10,20 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api import artifacts
-from api.models import TERMINAL_STATUSES, CheckpointRow, Dataset, Event, Job, utcnow
 from api.schemas import CHILDREN_SHOWN, JobChild, JobCreate, JobPublic, Progress, StoppedEarly, StoredRewardRef
 from api.services import InvalidInput, NotFound
 from api.services import datasets as datasets_service
-from api.services import progress as progress_service
 from api.services import rewards as rewards_service
 from api.services.catalog import model_catalog
-from api.settings import Settings, get_settings
 from grpo_core.catalog import default_target_modules
 from grpo_core.config import GRPOConfig, RewardSpec
 from grpo_core.guardrails import StopWhen
 from grpo_core.rewards import RewardFunction, RewardSpecError, is_tenant_reward, resolve_rewards
 from grpo_core.spec import BaseModelSpec
+from service_core import artifacts
+from service_core.job_state import record_event, set_status
+from service_core.models import TERMINAL_STATUSES, CheckpointRow, Dataset, Job, utcnow
+from service_core.settings import Settings, get_settings
 
 
 def stop_when_of(spec: JobCreate) -> StopWhen:
@@ -117,7 +117,7 @@ def _over(field: str, value: int, limit: int, setting: str, what: str = "") -> s
 
 
 def _limit_problems(config: GRPOConfig, settings: Settings, fork: bool = False) -> list[str]:
-    """The operator's upper bounds on the sizes a spec sets (api/settings.py). A fork saves one checkpoint more
+    """The operator's upper bounds on the sizes a spec sets (service_core/settings.py). A fork saves one checkpoint more
     (step 0, the parent's adapter)."""
     single = [
         ("group_size", config.group_size, "max_group_size"),
@@ -408,30 +408,6 @@ def cancel_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
     if job.status == "queued":
         set_status(session, job=job, status="cancelled")
     return job
-
-
-def set_status(session: Session, *, job: Job, status: str, error: str | None = None, **fields: Any) -> None:
-    job.status = status
-    if status == "running":
-        job.started_at = utcnow()
-    if status in TERMINAL_STATUSES:
-        job.finished_at = utcnow()
-    if error is not None:
-        job.error = error
-    for name, value in fields.items():
-        setattr(job, name, value)
-    data: dict[str, Any] = {"status": status, "step": job.step, "attempt": job.attempt}
-    if error:
-        data["error"] = error
-    if fields.get("stopped_early"):
-        data["stopped_early"] = fields["stopped_early"]
-    record_event(session, job_id=job.id, type="status", data=data)
-
-
-def record_event(session: Session, *, job_id: str, type: str, data: dict[str, Any]) -> None:
-    """Add an event to the job's stream. Numbers that are not finite (NaN, ±Infinity) are stored as null: JSON
-    has no such numbers (progress.finite says why)."""
-    session.add(Event(job_id=job_id, type=type, data=progress_service.finite(data)))
 
 
 _CHILDREN = (

@@ -10,7 +10,7 @@ import time
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.models import ApiKey, Tenant
+from service_core.models import ApiKey, Tenant
 
 KEY_PREFIX = "grpo_"
 

@@ -7,12 +7,12 @@ from fastapi import HTTPException
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from api import artifacts
-from api.models import Dataset, Preflight, utcnow
 from api.schemas import JobCreate, PreflightPublic, PreflightResult, StoredRewardRef
 from api.services import NotFound
 from api.services import jobs as jobs_service
-from api.settings import get_settings
+from service_core import artifacts
+from service_core.models import Dataset, Preflight, utcnow
+from service_core.settings import get_settings
 
 ACTIVE = ("queued", "running")
 RETRY_AFTER_SECONDS = 30  # a pre-flight takes a model load and a step or two: tens of seconds at the least

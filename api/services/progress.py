@@ -4,27 +4,14 @@ writes these (worker/writes.py); callers check the job belongs to the tenant fir
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from sqlalchemy import Row, Text, cast, select
 from sqlalchemy.orm import Session
 
-from api.models import CheckpointRow, Event, MetricRow
 from api.services import NotFound
-
-
-def finite(value: Any) -> Any:
-    """`value` (a JSON document: dicts, lists, numbers, strings) with every NaN and ±Infinity replaced by None.
-    JSON has no such numbers: json.dumps writes `NaN`, which no strict parser reads and PostgreSQL's json type
-    refuses. Both what the worker records and what the API sends go through this, so they hold null instead."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(item) for item in value]
-    return value
+from service_core.job_state import finite
+from service_core.models import CheckpointRow, Event, MetricRow
 
 
 def event_json(data: Any) -> str:

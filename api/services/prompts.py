@@ -9,10 +9,10 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
-from api import artifacts
-from api.models import PromptStats
 from api.schemas import JobPromptPublic, JobPromptsPublic, PromptOrder
 from grpo_core.data import DatasetError, read_rows, reward_prompt
+from service_core import artifacts
+from service_core.models import PromptStats
 
 # Cut as a stored sample's prompt is (grpo_core.trainer.SAMPLE_TEXT_CHARS; a test holds the two equal).
 PROMPT_TEXT_CHARS = 16 * 1024

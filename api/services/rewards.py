@@ -19,8 +19,6 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 import grpo_core.rewards as rewards_module
-from api import artifacts
-from api.models import TERMINAL_STATUSES, Job, RewardCode, RewardOutput, SampleRow
 from api.schemas import (
     PARAMS_BYTES,
     RewardItemResult,
@@ -33,7 +31,6 @@ from api.schemas import (
     SamplesPublic,
 )
 from api.services import InvalidInput, NotFound, Unavailable
-from api.settings import Settings, get_settings
 from grpo_core.config import RewardSpec
 from grpo_core.data import row_problem
 from grpo_core.reward_process import RewardFailure, RewardProcess
@@ -47,6 +44,9 @@ from grpo_core.sandbox import (
     SandboxScores,
     SandboxUnavailable,
 )
+from service_core import artifacts
+from service_core.models import TERMINAL_STATUSES, Job, RewardCode, RewardOutput, SampleRow
+from service_core.settings import Settings, get_settings
 
 # Names the service passes to `reward` itself: no param or dry-run field may take them.
 RESERVED_NAMES = frozenset({"prompt", "prompts", "completion", "completions", "messages"})

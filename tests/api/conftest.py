@@ -15,8 +15,8 @@ def service(request, tmp_path, monkeypatch):
         monkeypatch.delenv("GRPO_BROKER_URL", raising=False)
         monkeypatch.setenv("GRPO_MAX_UPLOAD_MB", "0.01")
         clear_service_caches()
-        from api.db import get_engine, run_migrations
         from api.main import create_app
+        from service_core.db import get_engine, run_migrations
 
         run_migrations()
         with TestClient(create_app()) as client:
@@ -26,8 +26,8 @@ def service(request, tmp_path, monkeypatch):
 
 
 def new_key(tenant: str) -> dict[str, str]:
-    from api.db import session_scope
     from api.services import keys as keys_service
+    from service_core.db import session_scope
 
     with session_scope() as session:
         return {"Authorization": f"Bearer {keys_service.create_api_key(session, tenant_name=tenant)}"}
@@ -54,7 +54,7 @@ def dataset_id(service, alice):
 
 def queued_messages() -> int:
     """Messages waiting in the embedded broker's folder: each is one file."""
-    from api.settings import get_settings
+    from service_core.settings import get_settings
 
     folder = get_settings().broker_folder / "queue"
     return len(list(folder.glob("*.msg"))) if folder.is_dir() else 0

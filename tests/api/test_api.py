@@ -92,7 +92,7 @@ def test_an_idempotency_key_reused_with_another_spec_is_a_409_and_an_empty_key_a
 
 
 def test_metrics_page_by_step_with_an_after_step_cursor(service, alice, dataset_id):
-    from api.db import session_scope
+    from service_core.db import session_scope
     from worker import writes
 
     job_id = service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id)).json()["id"]
@@ -112,8 +112,8 @@ def test_metrics_page_by_step_with_an_after_step_cursor(service, alice, dataset_
 def test_the_hot_reads_send_the_bytes_their_schemas_serialise(service, alice, dataset_id):
     """GET /v1/jobs/{id} and its metrics page build their bodies without FastAPI's response_model (the metrics
     page spliced from the stored JSON): the bytes must still be the public schemas' own serialisation."""
-    from api.db import session_scope
     from api.schemas import JobPublic, MetricPublic, MetricsPublic
+    from service_core.db import session_scope
     from worker import writes
 
     job = service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id)).json()

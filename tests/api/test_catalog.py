@@ -24,7 +24,7 @@ def models_file(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture
 def with_models_file(service, models_file, monkeypatch):
-    from api.settings import get_settings
+    from service_core.settings import get_settings
 
     monkeypatch.setenv("GRPO_MODELS_FILE", str(models_file))
     get_settings.cache_clear()
@@ -102,7 +102,7 @@ def test_a_prompt_past_a_registered_models_context_is_refused(service, alice, wi
 def test_the_file_is_read_again_when_it_changes_and_a_broken_edit_keeps_the_models(
     service, alice, with_models_file, tmp_path, tiny_model_dir, monkeypatch
 ):
-    from api.settings import get_settings
+    from service_core.settings import get_settings
 
     path = tmp_path / "models.yaml"
     shutil.copy(with_models_file, path)
@@ -120,8 +120,8 @@ def test_the_api_does_not_start_on_a_bad_models_file(service, tmp_path, monkeypa
     from fastapi.testclient import TestClient
 
     from api.main import create_app
-    from api.settings import get_settings
     from grpo_core.catalog import ModelsFileError
+    from service_core.settings import get_settings
 
     path = tmp_path / "models.yaml"
     path.write_text("models:\n  tiny-random-llama: {source: a/b}\n")

@@ -14,9 +14,9 @@ LORA = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
 
 def save_checkpoint(job_id: str, step: int) -> None:
     """What a worker leaves for a saved step: the checkpoint folder's files and the checkpoint row."""
-    from api import artifacts
-    from api.db import session_scope
     from api.services.jobs import FORK_FILES
+    from service_core import artifacts
+    from service_core.db import session_scope
     from worker import writes
 
     folder = artifacts.checkpoint_dir(job_id, step)
@@ -133,7 +133,7 @@ def test_a_fork_the_parents_adapter_does_not_fit_is_refused(service, alice, data
 
 
 def test_a_fork_whose_checkpoint_files_are_gone_is_refused(service, alice, dataset_id, parent):
-    from api import artifacts
+    from service_core import artifacts
 
     shutil.rmtree(artifacts.checkpoint_dir(parent, 2))
     assert refused(service, alice, fork_spec(dataset_id, parent)) == [
@@ -167,7 +167,7 @@ def test_a_malformed_init_from_is_a_422_naming_it(service, alice, dataset_id, in
 
 
 def test_a_fork_counts_its_step_0_checkpoint_against_the_operators_limit(service, alice, dataset_id, parent):
-    from api.settings import get_settings
+    from service_core.settings import get_settings
 
     limit = get_settings().max_checkpoints_per_job
     spec = fork_spec(dataset_id, parent)

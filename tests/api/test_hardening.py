@@ -69,8 +69,8 @@ def test_method_not_allowed_lists_every_method_of_the_resource(service, alice):
 
 
 def test_an_archive_that_links_outside_the_artifacts_folder_is_not_served(service, alice, tmp_path):
-    from api import artifacts
-    from api.db import session_scope
+    from service_core import artifacts
+    from service_core.db import session_scope
     from worker import writes
 
     dataset = upload(service, alice, jsonl(ROWS)).json()["id"]
@@ -93,9 +93,9 @@ def test_a_checked_key_is_trusted_for_a_while_and_a_wrong_key_is_looked_up_every
     from sqlalchemy import delete, event
     from sqlalchemy.engine import Engine
 
-    from api.db import session_scope
-    from api.models import ApiKey
-    from api.settings import get_settings
+    from service_core.db import session_scope
+    from service_core.models import ApiKey
+    from service_core.settings import get_settings
 
     lookups = []
 
@@ -185,7 +185,7 @@ def test_the_database_and_the_data_folder_are_private(tmp_path, monkeypatch):
     database = data / "grpo.db"
     files = [database, data / "grpo.db-wal", data / "grpo.db-shm"]
     clear_service_caches()
-    from api.db import get_engine, session_scope
+    from service_core.db import get_engine, session_scope
 
     try:
         assert mode(data) == 0o700 and mode(database) == 0o600

@@ -59,10 +59,10 @@ def test_requests_are_counted_by_route_template_and_status(service, alice):
 
 
 def test_jobs_queue_age_heartbeats_and_running_jobs_come_from_the_database(service, alice, dataset_id):
-    from api.db import session_scope
-    from api.models import Job
-    from api.services import jobs as jobs_service
-    from api.settings import get_settings
+    from service_core import job_state
+    from service_core.db import session_scope
+    from service_core.models import Job
+    from service_core.settings import get_settings
     from worker import leases, writes
 
     before = scrape(service)
@@ -82,7 +82,7 @@ def test_jobs_queue_age_heartbeats_and_running_jobs_come_from_the_database(servi
     with session_scope() as session:
         assert leases.claim_job(session, job_id=job_ids[0], owner=owner, lease_seconds=60, max_attempts=3) == 1
         job = session.get(Job, job_ids[0])
-        jobs_service.set_status(session, job=job, status="running", worker_host=socket.gethostname())
+        job_state.set_status(session, job=job, status="running", worker_host=socket.gethostname())
     step = {"step_seconds": 1.5, "generated_tokens_per_second": 120.0, "reward_errors": 3.0, "reward_mean": 0.5}
     with session_scope() as session:
         writes.record_metrics(session, job_id=job_ids[0], kind="train", step=1, values=step)
@@ -102,14 +102,14 @@ def test_jobs_queue_age_heartbeats_and_running_jobs_come_from_the_database(servi
 
     with session_scope() as session:
         job = session.get(Job, job_ids[0])
-        jobs_service.set_status(session, job=job, status="succeeded", lease_owner=None, lease_expires_at=None)
+        job_state.set_status(session, job=job, status="succeeded", lease_owner=None, lease_expires_at=None)
     done = scrape(service)
     assert value(done, "grpo_jobs", status="succeeded") == 1 and value(done, "grpo_jobs", status="running") == 0
     assert not any(name.startswith(("grpo_job_", "grpo_worker_heartbeat")) for name, _ in done)
 
 
 def test_a_metrics_token_is_required_once_set(service, monkeypatch):
-    from api.settings import get_settings
+    from service_core.settings import get_settings
 
     monkeypatch.setenv("GRPO_METRICS_TOKEN", "scrape-secret")
     get_settings.cache_clear()

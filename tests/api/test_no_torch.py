@@ -7,7 +7,7 @@ import sys
 APP_SESSION = r"""
 import json, sys
 from fastapi.testclient import TestClient
-from api.db import run_migrations, session_scope
+from service_core.db import run_migrations, session_scope
 from api.main import app
 from api.services.keys import create_api_key
 

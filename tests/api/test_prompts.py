@@ -37,7 +37,7 @@ EXPECTED = {  # row: (times_sampled, mean_reward, zero_variance_share, first (st
 
 
 def record(job_id: str, step: int, groups) -> bool:
-    from api.db import session_scope
+    from service_core.db import session_scope
     from worker import writes
 
     with session_scope() as session:

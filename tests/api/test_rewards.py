@@ -133,7 +133,7 @@ def test_malformed_uploads_are_client_errors(service, alice):
 
 @needs_sandbox
 def test_the_upload_limit_per_tenant_is_named(service, alice, monkeypatch):
-    from api.settings import get_settings
+    from service_core.settings import get_settings
 
     monkeypatch.setenv("GRPO_MAX_REWARDS_PER_TENANT", "1")
     get_settings.cache_clear()
@@ -266,7 +266,7 @@ def test_a_dry_run_of_an_upload_gives_each_score_or_error_and_the_printed_output
 
 @needs_sandbox
 def test_a_dry_run_that_cannot_run_is_refused_naming_each_problem(service, alice, monkeypatch):
-    from api.settings import get_settings
+    from service_core.settings import get_settings
 
     reward = uploaded(service, alice, PER_SAMPLE)["id"]
 
@@ -347,7 +347,7 @@ SLOW_IMPORT = "import time\ntime.sleep(4)\n\ndef reward(prompt, completion, **fi
 
 @needs_sandbox
 def test_a_tenant_past_its_concurrent_checks_gets_429_and_other_tenants_do_not(service, live, monkeypatch):
-    from api.settings import get_settings
+    from service_core.settings import get_settings
 
     monkeypatch.setenv("GRPO_MAX_REWARD_CHECKS_PER_TENANT", "1")
     get_settings.cache_clear()
@@ -379,8 +379,8 @@ def test_a_tenant_past_its_concurrent_checks_gets_429_and_other_tenants_do_not(s
 
 
 def test_samples_page_by_cursor_with_the_outputs_of_their_steps(service, alice, bob, dataset_id):
-    from api.db import session_scope
-    from api.models import RewardOutput, SampleRow
+    from service_core.db import session_scope
+    from service_core.models import RewardOutput, SampleRow
 
     job_id = service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id)).json()["id"]
     with session_scope() as session:
@@ -440,8 +440,8 @@ def test_samples_page_by_cursor_with_the_outputs_of_their_steps(service, alice, 
 
 
 def test_without_a_sandbox_uploads_are_a_503_unless_the_operator_allows_unsandboxed_code(service, alice, monkeypatch):
-    from api.settings import get_settings
     from grpo_core.sandbox import probe_sandbox
+    from service_core.settings import get_settings
 
     monkeypatch.setenv("PATH", "/nonexistent")  # no bwrap to be found: what a host without bubblewrap answers
     probe_sandbox.cache_clear()
@@ -463,7 +463,7 @@ def test_without_a_sandbox_uploads_are_a_503_unless_the_operator_allows_unsandbo
 def test_without_a_cgroup_uploads_are_a_503_and_healthz_says_refused_unless_the_operator_allows_it(
     service, alice, monkeypatch
 ):
-    from api.settings import get_settings
+    from service_core.settings import get_settings
 
     monkeypatch.setenv("GRPO_SANDBOX_CGROUP", "off")  # what a host with no cgroup to give a sandbox answers
     get_settings.cache_clear()

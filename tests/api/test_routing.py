@@ -1,5 +1,5 @@
 """Jobs go to the Celery queue of the hardware they need, so a CPU-only worker never takes a GPU job
-(api/queue.py); a hardware class no worker serves is refused at submit."""
+(service_core/queue.py); a hardware class no worker serves is refused at submit."""
 
 from api.cli import worker_hardware
 from tests.api.conftest import queued_messages
@@ -8,14 +8,14 @@ from tests.api.test_api import job_spec
 
 def message_queues() -> list[str]:
     """The queue of each message waiting in the embedded broker's folder (kombu names files <id>.<queue>.msg)."""
-    from api.settings import get_settings
+    from service_core.settings import get_settings
 
     folder = get_settings().broker_folder / "queue"
     return sorted(path.name.split(".", 1)[1].removesuffix(".msg") for path in folder.glob("*.msg"))
 
 
 def test_a_job_goes_to_the_queue_of_the_hardware_it_asks_for(service, alice, dataset_id):
-    from api.settings import get_settings
+    from service_core.settings import get_settings
 
     queue = get_settings().queue
     default = service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id))
@@ -28,7 +28,7 @@ def test_a_job_goes_to_the_queue_of_the_hardware_it_asks_for(service, alice, dat
 
 
 def test_hardware_no_worker_serves_or_unknown_is_refused(service, alice, dataset_id, monkeypatch):
-    from api.settings import get_settings
+    from service_core.settings import get_settings
 
     unknown = service.post("/v1/jobs", headers=alice, json={**job_spec(dataset_id), "hardware": "tpu"})
     assert unknown.status_code == 422 and "hardware" in unknown.text
@@ -42,7 +42,7 @@ def test_hardware_no_worker_serves_or_unknown_is_refused(service, alice, dataset
 
 def test_a_cpu_worker_consumes_only_the_cpu_queue_and_a_gpu_worker_both(monkeypatch):
     from api.cli import worker_command
-    from api.settings import Settings
+    from service_core.settings import Settings
 
     def queues(hardware: str) -> str:
         command = worker_command(Settings(queue="q", worker_hardware=hardware))
@@ -58,8 +58,8 @@ def test_a_cpu_worker_consumes_only_the_cpu_queue_and_a_gpu_worker_both(monkeypa
 
 def test_a_gpu_job_on_several_processes_goes_to_a_worker_with_that_many_gpus():
     from api.cli import worker_command
-    from api.queue import queue_for, worker_queues
-    from api.settings import Settings
+    from service_core.queue import queue_for, worker_queues
+    from service_core.settings import Settings
 
     assert queue_for("gpu", "q", processes=1) == "q-gpu" and queue_for("gpu", "q", processes=4) == "q-gpu-x4"
     # On the CPU any worker runs the ranks (gloo), so the count does not route.
@@ -72,7 +72,7 @@ def test_a_gpu_job_on_several_processes_goes_to_a_worker_with_that_many_gpus():
 
 
 def test_a_gpu_job_on_two_processes_is_queued_for_two_gpus(service, alice, dataset_id):
-    from api.settings import get_settings
+    from service_core.settings import get_settings
 
     queue = get_settings().queue
     spec = job_spec(dataset_id)
@@ -83,7 +83,7 @@ def test_a_gpu_job_on_two_processes_is_queued_for_two_gpus(service, alice, datas
 
 
 def test_processes_above_the_operator_limit_or_prompts_per_step_are_refused(service, alice, dataset_id, monkeypatch):
-    from api.settings import get_settings
+    from service_core.settings import get_settings
 
     spec = job_spec(dataset_id)
     hyperparameters = spec.get("hyperparameters", {})

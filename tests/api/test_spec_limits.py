@@ -250,8 +250,8 @@ def test_a_job_stored_under_looser_rules_still_reads(service, alice):
     """Bounds tightened later (a reward weight of 5000, beta 50) must not make a stored job a 500 on every read."""
     from sqlalchemy import update
 
-    from api.db import session_scope
-    from api.models import Job
+    from service_core.db import session_scope
+    from service_core.models import Job
 
     dataset = upload(service, alice, jsonl(ROWS)).json()["id"]
     job = service.post("/v1/jobs", headers=alice, json=job_spec(dataset)).json()

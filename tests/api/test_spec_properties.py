@@ -21,9 +21,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api.schemas import MAX_INT
 from grpo_core.config import GRPOConfig, LoraSettings
 from grpo_core.spec import BASE_MODELS
+from service_core.models import MAX_INT
 
 settings.register_profile(
     "spec",
@@ -190,8 +190,8 @@ def api(tmp_path_factory):
         for name, value in LIMITS.items():
             env.setenv(f"GRPO_MAX_{name.upper()}", str(value))
         clear_service_caches()
-        from api.db import get_engine, run_migrations
         from api.main import create_app
+        from service_core.db import get_engine, run_migrations
 
         run_migrations()
         with TestClient(create_app()) as client:
@@ -220,10 +220,10 @@ def finite_metrics_callback():
 
 
 def train_one_step(job: dict) -> None:
-    from api import artifacts
     from grpo_core.config import RewardSpec
     from grpo_core.data import load_jsonl
     from grpo_core.trainer import GRPOTrainer
+    from service_core import artifacts
 
     config = GRPOConfig.from_dict({**job["hyperparameters"], "max_steps": 1})
     callback = finite_metrics_callback()

@@ -112,7 +112,8 @@ def test_the_openapi_documents_each_hyperparameter_type_range_and_default(servic
 
 
 def test_every_integer_in_the_request_model_fits_the_database():
-    from api.schemas import MAX_INT, Hyperparameters
+    from api.schemas import Hyperparameters
+    from service_core.models import MAX_INT
 
     schema = Hyperparameters.model_json_schema()
     props = [*schema["properties"].values(), *schema["$defs"]["LoraHyperparameters"]["properties"].values()]

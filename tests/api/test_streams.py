@@ -36,7 +36,7 @@ def sse_events(text: str) -> list[dict]:
 
 @pytest.fixture
 def caps(monkeypatch):
-    from api.settings import get_settings
+    from service_core.settings import get_settings
 
     monkeypatch.setenv("GRPO_MAX_STREAMS_PER_TENANT", "2")
     monkeypatch.setenv("GRPO_MAX_STREAMS", "3")
@@ -145,8 +145,8 @@ def test_a_last_event_id_that_is_no_event_id_is_a_422_naming_the_header(service,
 
 
 def test_metrics_that_are_not_finite_are_stored_and_served_as_null(service, alice, dataset_id):
-    from api.db import get_engine, session_scope
-    from api.models import Event, MetricRow
+    from service_core.db import get_engine, session_scope
+    from service_core.models import Event, MetricRow
     from worker import writes
 
     job_id = service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id)).json()["id"]

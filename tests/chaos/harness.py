@@ -16,8 +16,8 @@ from pathlib import Path
 
 import httpx
 
-from api.models import TERMINAL_STATUSES
 from grpo_core import arithmetic_task
+from service_core.models import TERMINAL_STATUSES
 from tests.service_env import fresh_database
 
 # Short lease and reconcile intervals, so a dead worker's job is found in seconds, not minutes.
@@ -129,7 +129,7 @@ class Service:
 
     def start_worker(self) -> subprocess.Popen:
         """A worker under the same supervisor `grpo serve` uses: killed, it is started again."""
-        code = "from api.cli import worker_command; from api.serve import WorkerSupervisor; from api.settings import get_settings; settings = get_settings(); WorkerSupervisor(worker_command(settings), settings.shutdown_grace_seconds).run()"
+        code = "from api.cli import worker_command; from api.serve import WorkerSupervisor; from service_core.settings import get_settings; settings = get_settings(); WorkerSupervisor(worker_command(settings), settings.shutdown_grace_seconds).run()"
         supervisor = subprocess.Popen(
             [sys.executable, "-c", code],
             env=self.env,

@@ -13,8 +13,8 @@ from tests.chaos.harness import Service
 
 _PLANT = """
 import json, sys
-from api import artifacts
-from api.db import session_scope
+from service_core import artifacts
+from service_core.db import session_scope
 from worker import writes
 
 job_id, planted = sys.argv[1], {}

@@ -43,7 +43,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine
 
-from api.models import TERMINAL_STATUSES
+from service_core.models import TERMINAL_STATUSES
 from tests.chaos.harness import Client, figure, service
 from tests.chaos.privilege_code import SOURCES
 from tests.chaos.test_hostile_rewards import seconds_running

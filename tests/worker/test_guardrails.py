@@ -8,13 +8,13 @@ import pytest
 from safetensors.torch import load_file
 from sqlalchemy import select
 
-from api import artifacts
-from api.db import session_scope
-from api.models import CheckpointRow, Job, MetricRow
 from api.schemas import JobCreate
 from api.services import datasets as datasets_service
 from api.services import jobs as jobs_service
 from grpo_core.checkpoint import list_checkpoints
+from service_core import artifacts
+from service_core.db import session_scope
+from service_core.models import CheckpointRow, Job, MetricRow
 from tests.worker.test_runner import tenant_and_dataset  # noqa: F401 (a fixture)
 from worker.runner import run_job
 

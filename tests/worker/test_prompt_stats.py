@@ -11,10 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from api.db import session_scope
-from api.models import Job, Tenant
 from api.services import datasets as datasets_service
 from api.services import keys as keys_service
+from service_core.db import session_scope
+from service_core.models import Job, Tenant
 from tests.service_env import clear_service_caches
 from tests.worker.test_runner import make_job
 from worker.runner import run_job
@@ -30,8 +30,8 @@ def api(tmp_path, monkeypatch):
     monkeypatch.delenv("GRPO_DATABASE_URL", raising=False)
     monkeypatch.setenv("GRPO_SAMPLE_GROUPS_PER_STEP", str(PROMPTS_PER_STEP))
     clear_service_caches()
-    from api.db import run_migrations
     from api.main import create_app
+    from service_core.db import run_migrations
 
     run_migrations()
     content = "".join(json.dumps(row) + "\n" for row in ROWS).encode()

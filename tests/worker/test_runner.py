@@ -9,14 +9,14 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from api import artifacts
-from api.db import session_scope
-from api.models import CheckpointRow, Job, MetricRow, Tenant
 from api.schemas import JobCreate
 from api.services import datasets as datasets_service
 from api.services import jobs as jobs_service
 from api.services import keys as keys_service
 from grpo_core.sandbox import sandbox_available
+from service_core import artifacts
+from service_core.db import session_scope
+from service_core.models import CheckpointRow, Job, MetricRow, Tenant
 from tests.service_env import clear_service_caches
 from worker import leases
 from worker.runner import run_job
@@ -27,7 +27,7 @@ def tenant_and_dataset(tmp_path, monkeypatch):
     monkeypatch.setenv("GRPO_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("GRPO_DATABASE_URL", raising=False)
     clear_service_caches()
-    from api.db import run_migrations
+    from service_core.db import run_migrations
 
     run_migrations()
     rows = "".join(json.dumps({"prompt": f"What is {i} + 1?", "answer": i + 1}) + "\n" for i in range(6))
@@ -286,7 +286,7 @@ def test_a_message_taken_while_the_worker_shuts_down_is_sent_on_untouched(tenant
 def test_a_corrupt_checkpoint_is_skipped_on_resume_with_a_warning_event(
     tenant_and_dataset, monkeypatch, shutting_down, sent
 ):
-    from api.models import Event
+    from service_core.models import Event
 
     job_id = make_job(*tenant_and_dataset, max_steps=3, checkpoint_every=1)
     assert run_until_shutdown_after(job_id, 2, monkeypatch, shutting_down) == "queued"
@@ -441,7 +441,7 @@ def add_tenant_reward(tenant_id, job_id, source=TENANT_REWARD, params=None) -> s
     """Store a tenant reward as an upload would, and make the job name it besides its built-in reward."""
     import hashlib
 
-    from api.models import RewardCode
+    from service_core.models import RewardCode
 
     with session_scope() as session:
         code = RewardCode(
@@ -463,7 +463,7 @@ def add_tenant_reward(tenant_id, job_id, source=TENANT_REWARD, params=None) -> s
 
 @pytest.mark.skipif(sandbox_available() is not None, reason="bubblewrap cannot sandbox here")
 def test_a_job_with_a_tenant_reward_runs_and_stores_samples_and_output(tenant_and_dataset):
-    from api.models import RewardOutput, SampleRow
+    from service_core.models import RewardOutput, SampleRow
 
     tenant_id, dataset_id = tenant_and_dataset
     job_id = make_job(tenant_id, dataset_id, prompts_per_step=3)
@@ -510,7 +510,7 @@ def test_a_job_with_a_tenant_reward_fails_where_no_sandbox_can_run(tenant_and_da
 def test_grpo_device_takes_the_documented_forms_and_refuses_others(monkeypatch):
     from pydantic import ValidationError
 
-    from api.settings import Settings
+    from service_core.settings import Settings
 
     monkeypatch.setenv("GRPO_DEVICE", "CUDA:1")
     assert Settings().device == "cuda:1"
@@ -592,7 +592,7 @@ def test_a_job_on_two_processes_whose_rank_is_killed_resumes_from_its_checkpoint
 def test_a_job_on_two_processes_cancelled_mid_run_stops_every_rank_with_a_checkpoint(tenant_and_dataset, monkeypatch):
     import multiprocessing
 
-    from api.settings import get_settings
+    from service_core.settings import get_settings
 
     monkeypatch.setenv("GRPO_CANCEL_POLL_SECONDS", "0.1")
     get_settings.cache_clear()

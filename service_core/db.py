@@ -14,7 +14,7 @@ from anyio.lowlevel import RunVar
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.settings import get_settings
+from service_core.settings import get_settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # Python's sqlite3 lets go of the GIL around every row it steps through. With several threads reading at once, each

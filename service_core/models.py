@@ -87,7 +87,7 @@ class Job(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     base_model: Mapped[str] = mapped_column(String(200))
-    hardware: Mapped[str] = mapped_column(String(20), default="cpu")  # the queue it goes to (api/queue.py)
+    hardware: Mapped[str] = mapped_column(String(20), default="cpu")  # the queue it goes to (service_core/queue.py)
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
     eval_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))
     rewards: Mapped[list[Any]] = mapped_column()
@@ -215,6 +215,12 @@ class RewardOutput(Base):
 
 
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+
+# Largest value an integer column, query or path parameter takes: the database's 32-bit INTEGER. Past it PostgreSQL
+# (and SQLite past 64 bits) fail the query itself, which would be a 500, not the 422 a bad parameter gets.
+MAX_INT = 2**31 - 1
+
+HARDWARE_CLASSES = ("cpu", "gpu")  # a job's `hardware`: the queue it goes to (service_core/queue.py)
 
 
 class PromptStats(Base):

@@ -14,9 +14,9 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from api.schemas import HARDWARE_CLASSES, MAX_INT
 from grpo_core.device import DEVICE_FORMS, check_device_name
 from grpo_core.sandbox import DEFAULT_GID, DEFAULT_UID, SandboxLimits
+from service_core.models import HARDWARE_CLASSES, MAX_INT
 
 
 class Settings(BaseSettings):
@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(None, description="Celery broker URL; default filesystem:// under <data_dir>/broker")
     queue: str = Field(
         "grpo",
-        description="Celery queue name: jobs that need no GPU go to it, GPU jobs to <queue>-gpu (api/queue.py)",
+        description="Celery queue name: jobs that need no GPU go to it, GPU jobs to <queue>-gpu (service_core/queue.py)",
     )
     hardware_classes: str = Field(
         "cpu,gpu",

@@ -9,8 +9,8 @@ import re
 import tarfile
 from pathlib import Path
 
-from api.settings import get_settings
 from grpo_core.files import atomic_write
+from service_core.settings import get_settings
 
 _ID = re.compile(r"^[a-z]{2,4}_[0-9a-f]{32}$")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")

@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from celery import Celery
 
-from api.settings import get_settings
+from service_core.settings import get_settings
 
 RUN_JOB_TASK = "grpo.run_job"
 RUN_PREFLIGHT_TASK = "grpo.run_preflight"
