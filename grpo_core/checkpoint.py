@@ -2,8 +2,11 @@
 
 checkpoints/step-000030/
     adapter_config.json, adapter_model.safetensors   the PEFT adapter (PeftModel.from_pretrained loads the folder)
+    README.md                                        PEFT's model card
     trainer_state.pt                                 optimizer, scheduler, RNG states (a GPU's too), step, settings
     manifest.json                                    sha256 and size of every other file, written last
+
+The names live in grpo_core.checkpoint_layout, which the API and the artifacts store import without torch.
 
 Written into a hidden temp folder, each file fsynced, then renamed into place: a crash mid-write leaves the
 previous checkpoint as the latest, and a folder without a valid manifest is never listed. Listing checks sizes
@@ -15,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from grpo_core.checkpoint_layout import ADAPTER_WEIGHTS, MANIFEST, TRAINER_STATE, step_dir_name
+from grpo_core.checkpoint_layout import STEP_DIR as _STEP_DIR
 from grpo_core.files import TEMP_PREFIX, atomic_write
-
-MANIFEST = "manifest.json"
-TRAINER_STATE = "trainer_state.pt"
-_STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def restore_rng_state(state: dict[str, Any], device: torch.device | None = None)
 def save_checkpoint(root: Path, step: int, model, trainer_state: dict[str, Any]) -> Checkpoint:
     """Save the adapter and trainer_state for `step` under root/step-NNNNNN atomically (a re-run of the same
     step replaces it whole)."""
-    final = Path(root) / f"step-{step:06d}"
+    final = Path(root) / step_dir_name(step)
     with atomic_write(final) as tmp:
         tmp.mkdir()
         model.save_pretrained(tmp, safe_serialization=True)
@@ -175,7 +175,7 @@ def load_fork_point(model, optimizer, fork: ForkPoint) -> None:
             f"the checkpoint to start from ({Path(fork.path).name}) is missing, incomplete, or changed since it was "
             "saved"
         )
-    weights = load_file(checkpoint.path / "adapter_model.safetensors")
+    weights = load_file(checkpoint.path / ADAPTER_WEIGHTS)
     own = get_peft_model_state_dict(model)
     if {k: v.shape for k, v in weights.items()} != {k: v.shape for k, v in own.items()}:
         raise ForkPointUnusable(

@@ -9,11 +9,12 @@ import re
 import tarfile
 from pathlib import Path
 
+from grpo_core.checkpoint_layout import ADAPTER_FILES, step_dir_name
 from grpo_core.files import atomic_write
 from service_core.settings import get_settings
 
 _ID = re.compile(r"^[a-z]{2,4}_[0-9a-f]{32}$")
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# Written into a checkpoint's folder beside the files grpo_core.checkpoint_layout names (which ignores it).
 ARCHIVE_NAME = "adapter.tar.gz"
 
 
@@ -42,11 +43,16 @@ def job_dir(job_id: str) -> Path:
 
 def checkpoint_dir(job_id: str, step: int) -> Path:
     """A job's checkpoint folder for `step`, as grpo_core.checkpoint names it."""
-    return job_dir(job_id) / "checkpoints" / f"step-{int(step):06d}"
+    return job_dir(job_id) / "checkpoints" / step_dir_name(step)
 
 
 def checkpoint_archive(job_id: str, step: int) -> Path:
     return checkpoint_dir(job_id, step) / ARCHIVE_NAME
+
+
+def adapter_folder_name(job_id: str, step: int) -> str:
+    """The folder an adapter archive unpacks to, and (with .tar.gz) the name it downloads as."""
+    return f"{job_id}-step-{int(step)}"
 
 
 def servable(path: Path) -> Path:

@@ -319,7 +319,7 @@ def _adapter_download(session, tenant_id: str, job_id: str, step: int | None) ->
     return FileResponse(
         path,
         media_type="application/gzip",
-        filename=f"{job.id}-step-{checkpoint.step}.tar.gz",
+        filename=f"{artifacts.adapter_folder_name(job.id, checkpoint.step)}.tar.gz",
         headers={"X-Checksum-SHA256": checkpoint.sha256, "X-Checkpoint-Step": str(checkpoint.step)},
     )
 

@@ -16,6 +16,7 @@ from api.services import datasets as datasets_service
 from api.services import rewards as rewards_service
 from api.services.catalog import model_catalog
 from grpo_core.catalog import default_target_modules
+from grpo_core.checkpoint_layout import FORK_FILES
 from grpo_core.config import GRPOConfig, RewardSpec
 from grpo_core.guardrails import StopWhen
 from grpo_core.rewards import RewardFunction, RewardSpecError, is_tenant_reward, resolve_rewards
@@ -161,10 +162,6 @@ def _limit_problems(config: GRPOConfig, settings: Settings, fork: bool = False) 
             f"(max_steps x num_iterations): the learning rate would never reach learning_rate"
         )
     return problems
-
-
-# The files a fork reads from its parent's checkpoint folder (grpo_core/checkpoint.py's layout).
-FORK_FILES = ("manifest.json", "adapter_config.json", "adapter_model.safetensors", "trainer_state.pt")
 
 
 def _fork_problems(session: Session, *, tenant_id: str, spec: JobCreate, config: GRPOConfig) -> list[str]:
