@@ -33,14 +33,13 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service_core.db import new_session, run_read
-from service_core.models import TERMINAL_STATUSES, Job, MetricRow
+from service_core.models import JOB_STATUSES, Job, MetricRow
 from service_core.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 METRICS_PATH = "/metrics"
 UNMATCHED = "unmatched"
-JOB_STATUSES = ("queued", "running", *TERMINAL_STATUSES)
 # A client may send any method token; the label keeps the ones HTTP defines, the rest are "other".
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # A bound on the running jobs one scrape reads (there are as many as busy workers, far fewer than this).

@@ -12,9 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from grpo_core.config import GRPOConfig, LoraSettings, RewardSpec, declared_kind, field_docs
 from grpo_core.guardrails import StopWhen
 from grpo_core.preflight import VerdictLevel
-from service_core.models import MAX_INT
-
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+from service_core.models import MAX_INT, JobStatus, PreflightStatus
 
 
 class ErrorBody(BaseModel):
@@ -503,9 +501,6 @@ class Health(BaseModel):
     database: bool | None = None
     broker: bool | None = None
     sandbox: SandboxLevel | None = None
-
-
-PreflightStatus = Literal["queued", "running", "succeeded", "failed"]
 
 
 class PreflightRewardFigures(BaseModel):

@@ -26,16 +26,16 @@ import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, get_args
 
 import httpx
 
 from grpo_client.client import DEFAULT_URL, ApiError, ChecksumMismatch, Client, StreamLost
-from grpo_client.types import Event, Job, Model, RewardRef
+from grpo_client.types import Event, Job, JobStatus, Model, RewardRef
 
 EXIT_SUCCEEDED, EXIT_FAILED, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 2, 3
 EXIT_BY_STATUS = {"succeeded": EXIT_SUCCEEDED, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+JOB_STATUSES = get_args(JobStatus)
 
 
 def _options() -> argparse.ArgumentParser:

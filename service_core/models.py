@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -110,7 +110,7 @@ class Job(Base):
         """Processes the job trains on (its hyperparameters' `processes`; jobs from before it had one)."""
         return int(self.hyperparameters.get("processes", 1))
 
-    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)  # one of JOB_STATUSES
     step: Mapped[int] = mapped_column(Integer, default=0)
     max_steps: Mapped[int] = mapped_column(Integer)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -214,7 +214,17 @@ class RewardOutput(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
+"""Every status a job takes, in the order it goes through them: the one list the API's schema and metrics, the
+dashboard (api/static/statuses.js, generated from it) and the client (grpo_client/types.py) are held to by
+tests/api/test_status_contract.py."""
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+"""A job in one of these is finished for good: nothing moves it on."""
+ACTIVE_STATUSES = tuple(status for status in JOB_STATUSES if status not in TERMINAL_STATUSES)
+
+PreflightStatus = Literal["queued", "running", "succeeded", "failed"]
+PREFLIGHT_STATUSES: tuple[str, ...] = get_args(PreflightStatus)
 
 # Largest value an integer column, query or path parameter takes: the database's 32-bit INTEGER. Past it PostgreSQL
 # (and SQLite past 64 bits) fail the query itself, which would be a 500, not the 422 a bad parameter gets.
@@ -266,7 +276,7 @@ class Preflight(Base):
     rewards: Mapped[list[Any]] = mapped_column()
     hyperparameters: Mapped[dict[str, Any]] = mapped_column()
     prompts: Mapped[int] = mapped_column(Integer)  # how many prompts it samples (GRPO_PREFLIGHT_PROMPTS at submit)
-    status: Mapped[str] = mapped_column(String(20), default="queued")  # queued, running, succeeded, failed
+    status: Mapped[str] = mapped_column(String(20), default="queued")  # one of PREFLIGHT_STATUSES
     # A worker claims it (queued -> running, compare-and-set) with a deadline; the reconciler fails one still running
     # past it (its worker died or hung), so no pre-flight stays running forever.
     deadline_at: Mapped[datetime | None] = mapped_column()

@@ -8,7 +8,7 @@ from datetime import timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from service_core.models import Job, utcnow
+from service_core.models import ACTIVE_STATUSES, Job, utcnow
 
 
 class LeaseLost(Exception):
@@ -23,7 +23,7 @@ def claim_job(session: Session, *, job_id: str, owner: str, lease_seconds: float
         update(Job)
         .where(
             Job.id == job_id,
-            Job.status.in_(("queued", "running")),
+            Job.status.in_(ACTIVE_STATUSES),
             Job.cancel_requested.is_(False),
             Job.attempt < max_attempts,
             or_(Job.lease_owner.is_(None), Job.lease_expires_at < now),

@@ -11,10 +11,9 @@ from api.schemas import JobCreate, PreflightPublic, PreflightResult, StoredRewar
 from api.services import NotFound
 from api.services import jobs as jobs_service
 from service_core import artifacts
-from service_core.models import Dataset, Preflight, utcnow
+from service_core.models import ACTIVE_STATUSES, Dataset, Preflight, utcnow
 from service_core.settings import get_settings
 
-ACTIVE = ("queued", "running")
 RETRY_AFTER_SECONDS = 30  # a pre-flight takes a model load and a step or two: tens of seconds at the least
 
 
@@ -23,7 +22,9 @@ def create_preflight(session: Session, *, tenant_id: str, spec: JobCreate) -> Pr
     pre-flights (429), and insert a queued pre-flight. The caller commits, then enqueues."""
     config = jobs_service.validate_job_spec(session, tenant_id=tenant_id, spec=spec)
     settings = get_settings()
-    active = session.scalar(select(func.count()).where(Preflight.tenant_id == tenant_id, Preflight.status.in_(ACTIVE)))
+    active = session.scalar(
+        select(func.count()).where(Preflight.tenant_id == tenant_id, Preflight.status.in_(ACTIVE_STATUSES))
+    )
     if active and active >= settings.max_preflights_per_tenant:
         raise HTTPException(
             status_code=429,

@@ -1,8 +1,10 @@
 // The REST API as the dashboard uses it: every call sends the key as a Bearer token, errors become ApiError with
 // the API's own body ({detail, errors}), and the event stream is read with fetch().
 
+import { TERMINAL_STATUSES } from "./statuses.js";
+
 const KEY_NAME = "grpo.apiKey";
-const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const TERMINAL = new Set(TERMINAL_STATUSES);
 
 export const isTerminal = (status) => TERMINAL.has(status);
 export const getKey = () => sessionStorage.getItem(KEY_NAME);

@@ -13,8 +13,8 @@ import {
 } from "./api.js";
 import { JobCharts } from "./charts.js";
 import { formatBytes, formatNumber, formatTime, h, replace, sparkline } from "./dom.js";
+import { STATUSES } from "./statuses.js";
 
-const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
 const PAGE = 20;
 const view = document.getElementById("view");
 const signin = document.getElementById("signin");
