@@ -45,7 +45,6 @@ import os
 import pickle
 import select
 import shutil
-import signal
 import socket
 import stat
 import struct
@@ -60,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from grpo_core.cgroups import CgroupLimits, CgroupParent, SandboxCgroup, find_cgroup_parent
-from grpo_core.reward_process import RewardFailure
+from grpo_core.reward_process import ChildProcess, RewardFailure, RewardResults, RewardTimeout, describe_exit
 
 MAX_SOURCE_BYTES = 256 * 1024
 DEFAULT_UID = DEFAULT_GID = 65000
@@ -117,7 +116,7 @@ class SandboxRestartsExhausted(RewardFailure):
     by score() with `scores` set: every item's result, those never tried failed with this message (a dry run shows
     them; a job fails)."""
 
-    scores: SandboxScores | None = None
+    scores: RewardResults | None = None
 
 
 @dataclass(frozen=True)
@@ -169,14 +168,6 @@ class CheckResult:
     required: tuple[str, ...] = ()  # keyword parameters without a default
     error: str | None = None
     output: str = ""
-
-
-@dataclass(frozen=True)
-class SandboxScores:
-    results: list[tuple[float | None, str | None]]  # one (value, error) per completion, exactly one of them None
-    output: str = ""  # what the code printed during the call, bounded
-    restarted: bool = False  # the sandbox was killed (timed out, died or stopped early) during this call
-    seconds: float = 0.0
 
 
 # --- who runs it, with which interpreter, and whether it can ---------------------------------------------------------
@@ -378,18 +369,18 @@ def sandbox_level(limits: SandboxLimits) -> dict[str, Any]:
 # --- the sandboxed process ------------------------------------------------------------------------------------------
 
 
-class RewardSandbox:
+class RewardSandbox(ChildProcess):
     """One tenant reward in a long-lived sandboxed process, for one job.
 
     score(prompts, completions, rows, params) calls the per-sample shape once per item or the batch shape once,
-    and returns SandboxScores: a (value, error) per item. An item whose call raised or returned anything but a finite
+    and returns RewardResults: a (value, error) per item. An item whose call raised or returned anything but a finite
     number is an error, not a crash. A call past `timeout_seconds` (or one that kills the process) fails its item,
     or the whole batch in the batch shape, with the reason; the sandbox is killed and the items left go to a fresh
     one. After `max_restarts` such deaths in a row with no item answered in between, score() raises
     SandboxRestartsExhausted naming the reward: a sandbox that cannot stay up would only burn the timeout on
     every item. A source that fails to load raises RewardSourceError (permanent); no usable sandbox raises
-    SandboxUnavailable unless the operator allowed less. `check_stop`, when given, is called at every poll while
-    the parent waits; it raises to abandon the call (the sandbox is then killed).
+    SandboxUnavailable unless the operator allowed less. ChildProcess starts, waits on and kills it (`check_stop`
+    included); this class launches it under bubblewrap, sends pickled frames and reads bounded JSON ones.
     """
 
     def __init__(
@@ -416,16 +407,14 @@ class RewardSandbox:
         self.timeout_seconds = timeout_seconds
         self.start_timeout_seconds = self.limits.start_timeout_seconds
         self.output_chars = self.limits.output_chars
-        self.poll_seconds = poll_seconds
         self.name = name
         self.max_restarts = self.limits.max_restarts
-        self.check_stop = check_stop
         self._deaths_in_a_row = 0
         self.shape: str | None = None
         self.load_output = ""
         self._loaded = CheckResult(ok=False)
-        # Any: set together by _spawn and cleared together by close()
-        self._process: Any = None
+        super().__init__(poll_seconds=poll_seconds, check_stop=check_stop)
+        # Any: set together by _launch and cleared together by _release
         self._socket: Any = None
         self._cgroup: SandboxCgroup | None = None
 
@@ -440,16 +429,6 @@ class RewardSandbox:
     ) -> RewardSandbox:
         return cls(source, timeout_seconds=limits.timeout_seconds, limits=limits, name=name, check_stop=check_stop)
 
-    def __enter__(self) -> RewardSandbox:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
     def _rlimits(self) -> dict[str, int]:
         limits = self.limits
         return {
@@ -462,11 +441,12 @@ class RewardSandbox:
         }
 
     def start(self) -> CheckResult:
-        """Start the process and load the source; raises RewardSourceError if it is refused."""
-        if self._process is not None and self._process.poll() is None:
-            return self._loaded
-        self.close()
-        self._spawn()
+        """Start the process and load the source, unless it is running; raises RewardSourceError if it is refused."""
+        self._ensure_started()
+        return self._loaded
+
+    def _handshake(self) -> None:
+        """Send the limits and the source; the child's load answer, checked (RewardSourceError when refused)."""
         setup = {
             "limits": self._rlimits(),
             "source": self.source,
@@ -481,16 +461,13 @@ class RewardSandbox:
         )
         loaded = _checked_load(reply) if isinstance(reply, dict) else None
         if isinstance(reply, str) or loaded is None:
-            self.close()
             why = reply if isinstance(reply, str) else _MALFORMED
             raise RewardSourceError(f"loading the reward failed: {why.replace('; it will be restarted', '')}")
         if not loaded.ok:
-            self.close()
             raise RewardSourceError(str(loaded.error))
         self.shape = loaded.shape
         self.load_output = loaded.output[: self.output_chars + 100]
         self._loaded = loaded
-        return loaded
 
     def score(
         self,
@@ -500,14 +477,13 @@ class RewardSandbox:
         params: Mapping[str, Any] | None = None,
         *,
         max_failures: int | None = None,
-    ) -> SandboxScores:
+    ) -> RewardResults:
         """A (value, error) per item. prompts[i] is the row's prompt string or its message list; params are passed
         to every call as keyword arguments. With `max_failures`, once more items than that have failed the rest
         are not scored (their error says so): the caller gives up past that many anyway."""
         n = len(completions)
         if not (len(prompts) == n == len(rows)):
             raise ValueError(f"{len(prompts)} prompts, {n} completions and {len(rows)} rows: they must match")
-        started = time.monotonic()
         results: list[tuple[float | None, str | None]] = []
         output = _Output(self.output_chars)
         restarted = False
@@ -530,10 +506,10 @@ class RewardSandbox:
                     self._receive_batch(n - first, results, output)
             except SandboxRestartsExhausted as error:
                 results += [(None, str(error))] * (n - len(results))
-                error.scores = SandboxScores(results, output.text(), restarted=True, seconds=time.monotonic() - started)
+                error.scores = RewardResults(results, output.text(), restarted=True)
                 raise
             restarted = restarted or self._process is None
-        return SandboxScores(results, output=output.text(), restarted=restarted, seconds=time.monotonic() - started)
+        return RewardResults(results, output.text(), restarted)
 
     def _receive_items(
         self,
@@ -587,12 +563,9 @@ class RewardSandbox:
                 f"scoring a sample; last: {why}"
             )
 
-    def close(self) -> None:
-        """Kill the sandbox (killing bwrap takes its pid namespace down with it) and remove its cgroup. Idempotent."""
-        if self._process is not None:
-            self._process.kill()
-            self._process.wait()
-            self._process = None
+    def _release(self) -> None:
+        """After close() killed bwrap (which takes its pid namespace down with it): close the socket, remove the
+        cgroup."""
         if self._socket is not None:
             self._socket.close()
             self._socket = None
@@ -600,7 +573,7 @@ class RewardSandbox:
             self._cgroup.remove()
             self._cgroup = None
 
-    def _spawn(self) -> None:
+    def _launch(self) -> subprocess.Popen:
         limits = self.limits
         refusal = sandbox_refusal(limits)
         if refusal is not None:
@@ -651,7 +624,7 @@ class RewardSandbox:
                 command = [*launcher, interpreter.path, "-I", "-S", "-c", _CHILD.read_text(), str(child_end.fileno())]
                 environment = dict(_ENV, HOME="/tmp")
                 cwd = "/tmp"
-            self._process = subprocess.Popen(
+            process = subprocess.Popen(
                 command, pass_fds=pass_fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, env=environment, cwd=cwd or "/",  # the launcher exports its PWD
             )  # fmt: skip
@@ -666,25 +639,26 @@ class RewardSandbox:
                 handle.close()
         parent_end.setblocking(False)
         self._socket = parent_end
+        return process
 
-    def _wait(self, deadline: float, limit: float, *, writing: bool = False) -> str | None:
-        """Wait until the socket can be read (or written); None then, else why not (timed out, died, or the stop
-        check raised, which propagates after the sandbox is killed)."""
-        while True:
-            readers, writers = ([], [self._socket]) if writing else ([self._socket], [])
-            ready = select.select(readers, writers, [], self.poll_seconds)
-            if ready[0] or ready[1]:
-                return None
-            if self.check_stop is not None:
-                try:
-                    self.check_stop()
-                except BaseException:
-                    self.close()  # it may be mid-call: it cannot answer the next one in order
-                    raise
-            if time.monotonic() > deadline:
-                return f"timed out after {limit:g} s; the reward process was killed and will be restarted"
-            if self._process.poll() is not None and not writing:
-                return None  # whatever it wrote before dying is read; then recv says EOF
+    def _readable(self, timeout: float) -> bool:
+        """Whether the socket can be read, waiting up to `timeout`; so it can once the child died: whatever it wrote
+        before dying is read, then recv says EOF."""
+        return bool(select.select([self._socket], [], [], timeout)[0]) or not self._running()
+
+    def _writable(self, timeout: float) -> bool:
+        return bool(select.select([], [self._socket], [], timeout)[1])
+
+    def _wait(self, ready: Callable[[float], bool], deadline: float, limit: float) -> str | None:
+        """None once `ready`, else why not: it timed out (the sandbox is killed). The stop check's exception
+        propagates, the sandbox killed."""
+        try:
+            self._wait_until(
+                ready, deadline, f"timed out after {limit:g} s; the reward process was killed and will be restarted"
+            )
+        except RewardTimeout as error:
+            return str(error)
+        return None
 
     def _send(self, message: Any, limit: float) -> str | None:
         """Send one pickled frame to the child (it trusts its parent); None, or why it could not be sent in time."""
@@ -693,7 +667,7 @@ class RewardSandbox:
         deadline = time.monotonic() + limit
         try:
             while frame:
-                why = self._wait(deadline, limit, writing=True)
+                why = self._wait(self._writable, deadline, limit)
                 if why is not None:
                     return why
                 frame = frame[self._socket.send(frame) :]
@@ -704,13 +678,13 @@ class RewardSandbox:
     def _read_exact(self, size: int, deadline: float, limit: float) -> bytes | str:
         chunks, got = [], 0
         while got < size:
-            why = self._wait(deadline, limit)
+            why = self._wait(self._readable, deadline, limit)
             if why is not None:
                 return why
             try:
                 chunk = self._socket.recv(min(size - got, 1 << 20))
             except BlockingIOError:
-                if self._process.poll() is None:
+                if self._running():
                     continue
                 chunk = b""  # dead, and nothing more will come
             except OSError:
@@ -742,23 +716,14 @@ class RewardSandbox:
         return reply if isinstance(reply, dict) else _MALFORMED
 
     def _death_reason(self) -> str:
-        code = None
-        try:
-            code = self._process.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
+        code = self._exit_code()
         if self._cgroup is not None and self._cgroup.oom_killed():
             return (
                 f"the reward process died (killed past its memory limit of {self.limits.memory_mb} MiB, shared "
                 "memory and files in /tmp included); it will be restarted"
             )
-        # Killed by a signal: Popen's -N unsandboxed, bwrap's 128 + N (as a shell reports it) sandboxed.
-        number = -code if code is not None and code < 0 else code - 128 if code is not None and code > 128 else 0
-        if number in {member.value for member in signal.Signals}:
-            name = signal.Signals(number).name
-            why = {"SIGXCPU": ": past its CPU-time limit", "SIGKILL": ""}.get(name, "")
-            return f"the reward process died (killed by {name}{why}); it will be restarted"
-        return f"the reward process died (exit code {code}); it will be restarted"
+        # Killed by a signal: Popen's -N unsandboxed, bwrap's 128 + N sandboxed.
+        return f"the reward process died ({describe_exit(code)}); it will be restarted"
 
 
 class _Output:

@@ -5,7 +5,7 @@ The two fail differently. A built-in that hangs or kills its process ends the ru
 RewardProcessDied): the operator must fix it. A tenant reward's call that hangs or dies fails its items only; the
 sandbox restarts and training goes on, until it dies `max_restarts` times in a row (SandboxRestartsExhausted).
 Either way an item that raised or was not a finite number scores 0 and carries its error; the trainer decides
-when too many failed.
+when too many failed. Both return RewardResults.
 
 This module imports no torch.
 """
@@ -13,23 +13,13 @@ This module imports no torch.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from grpo_core.config import RewardSpec
 from grpo_core.data import reward_prompt
-from grpo_core.reward_process import RewardProcess
+from grpo_core.reward_process import RewardProcess, RewardResults
 from grpo_core.rewards import is_tenant_reward
 from grpo_core.sandbox import RewardSandbox, RewardSourceError, SandboxLimits
-
-
-@dataclass(frozen=True)
-class RewardBatch:
-    """One reward function's scores of a batch of N completions."""
-
-    values: list[float]  # [N]; a failed item scores 0
-    errors: list[str | None]  # [N]; why the item failed, or None
-    output: str = ""  # what the code printed during the call (tenant code only), bounded
 
 
 class RewardScorer:
@@ -74,21 +64,19 @@ class RewardScorer:
         rows: Sequence[Mapping[str, Any]],
         *,
         max_failures: int | None = None,
-    ) -> RewardBatch:
-        """specs[index]'s scores of completion i against rows[i]. max_failures, for a tenant reward: past that many
-        failed items the rest are not scored (they fail too), since the caller gives up anyway."""
+    ) -> RewardResults:
+        """specs[index]'s scores of completion i against rows[i] (`values` gives a failed item's as 0). max_failures,
+        for a tenant reward: past that many failed items the rest are not scored (they fail too), since the caller
+        gives up anyway."""
         spec = self.specs[index]
         if index in self._trusted_index:
-            values, errors = self._process.score_items(self._trusted_index[index], completions, rows)
-            return RewardBatch(values, errors)
+            return self._process.score(self._trusted_index[index], completions, rows)
         sandbox = self._sandbox(spec.name)
         prompts = [reward_prompt(row) for row in rows]
         try:
-            scores = sandbox.score(prompts, completions, rows, dict(spec.params or {}), max_failures=max_failures)
+            return sandbox.score(prompts, completions, rows, dict(spec.params or {}), max_failures=max_failures)
         except RewardSourceError as error:  # at a restart: the source loaded once, so something changed under it
             raise RewardSourceError(f"reward {spec.name!r} no longer loads: {error}") from None
-        values = [value if value is not None else 0.0 for value, _error in scores.results]
-        return RewardBatch(values, [error for _value, error in scores.results], scores.output)
 
     def close(self) -> None:
         """Stop every process this scorer started. Idempotent."""

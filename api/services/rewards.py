@@ -9,6 +9,7 @@ app's reward_checks (api/limits.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -33,7 +34,7 @@ from api.schemas import (
 from api.services import InvalidInput, NotFound, Unavailable
 from grpo_core.config import RewardSpec
 from grpo_core.data import row_problem
-from grpo_core.reward_process import RewardFailure, RewardProcess
+from grpo_core.reward_process import RewardFailure, RewardProcess, RewardResults
 from grpo_core.rewards import RewardFunction, RewardSpecError, is_tenant_reward, resolve_rewards, reward_registry
 from grpo_core.sandbox import (
     MAX_SOURCE_BYTES,
@@ -41,7 +42,6 @@ from grpo_core.sandbox import (
     RewardSandbox,
     RewardSourceError,
     SandboxRestartsExhausted,
-    SandboxScores,
     SandboxUnavailable,
 )
 from service_core import artifacts
@@ -329,14 +329,13 @@ def dry_run_reward(*, reward: RewardCode | RewardFunction, request: RewardTestRe
     started = time.monotonic()
     if isinstance(reward, RewardCode):
         fields_only = [dict(item.fields) for item in request.items]
-        scores, output, shape = _sandbox_scores(reward, prompts, completions, fields_only, request.params, settings)
-        results = scores.results
+        scores, shape = _sandbox_scores(reward, prompts, completions, fields_only, request.params, settings)
     else:
         rows = [{**item.fields, **_prompt_row(item)} for item in request.items]
-        results, output, shape = _builtin_scores(reward, request.params, completions, rows, settings), "", None
+        scores, shape = _builtin_scores(reward, request.params, completions, rows, settings), None
     return RewardTestResult(
-        results=[RewardItemResult(score=score, error=error) for score, error in results],
-        output=output,
+        results=[RewardItemResult(score=score, error=error) for score, error in scores.results],
+        output=scores.output,
         seconds=round(time.monotonic() - started, 3),
         shape=shape,  # type: ignore[arg-type]
     )
@@ -349,20 +348,20 @@ def _sandbox_scores(
     rows: list[dict[str, Any]],
     params: Mapping[str, Any],
     settings: Settings,
-) -> tuple[SandboxScores, str, str | None]:
-    """The upload's scores in a fresh sandbox, what it printed (loading, then scoring) and its shape."""
+) -> tuple[RewardResults, str | None]:
+    """The upload's scores in a fresh sandbox, with what it printed while loading, then scoring; and its shape."""
     try:
         with RewardSandbox.from_limits(code.source, settings.sandbox_limits(), name=code.id) as sandbox:
             loaded = sandbox.start()
             try:
                 scores = sandbox.score(prompts, completions, rows, dict(params))
             except SandboxRestartsExhausted as error:  # a job would fail here; a dry run shows each item's error
-                scores = error.scores or SandboxScores([(None, str(error))] * len(completions))
+                scores = error.scores or RewardResults([(None, str(error))] * len(completions))
     except RewardSourceError as error:
         raise InvalidInput(f"reward {code.id!r} no longer loads: {error}") from None
     except SandboxUnavailable as error:
         raise Unavailable(f"reward code cannot run on this server: {error}") from None
-    return scores, loaded.output + scores.output, loaded.shape
+    return dataclasses.replace(scores, output=loaded.output + scores.output), loaded.shape
 
 
 def _builtin_scores(
@@ -371,15 +370,14 @@ def _builtin_scores(
     completions: list[str],
     rows: list[dict[str, Any]],
     settings: Settings,
-) -> list[tuple[float | None, str | None]]:
+) -> RewardResults:
     """A built-in's or plugin's scores, in the reward process a job scores it in (a plugin may hang)."""
     spec = RewardSpec(fn.name, 1.0, dict(params))
     with RewardProcess([spec], timeout_seconds=settings.reward_timeout_seconds) as process:
         try:
-            values, errors = process.score_items(0, completions, rows)
+            return process.score(0, completions, rows)
         except RewardFailure as error:  # timed out, or the process died or could not start
-            return [(None, str(error))] * len(completions)
-    return [(None, error) if error is not None else (value, None) for value, error in zip(values, errors, strict=True)]
+            return RewardResults([(None, str(error))] * len(completions))
 
 
 # --- samples --------------------------------------------------------------------------------------------------------

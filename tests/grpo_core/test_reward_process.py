@@ -6,7 +6,7 @@ import time
 import pytest
 
 from grpo_core.config import RewardSpec
-from grpo_core.reward_process import RewardProcess, RewardProcessDied, RewardTimeout
+from grpo_core.reward_process import RewardProcess, RewardProcessDied, RewardResults, RewardTimeout
 from tests.grpo_core.hostile_rewards import install_hostile_rewards
 
 
@@ -19,9 +19,11 @@ def hostile(tmp_path, monkeypatch):
 def test_scores_match_in_process_and_the_child_is_kept_across_calls():
     specs = [RewardSpec("numeric_answer"), RewardSpec("regex_match", params={"pattern": r"^\d+$"})]
     with RewardProcess(specs, timeout_seconds=30) as process:
-        assert process.score(0, ["14", "13", "x"], [{"answer": 14}, {"answer": 14}, {}]) == ([1.0, 0.0, 0.0], 1)
+        scores = process.score(0, ["14", "13", "x"], [{"answer": 14}, {"answer": 14}, {}])
+        assert scores.values == [1.0, 0.0, 0.0] and scores.failures == 1
+        assert scores.results[:2] == [(1.0, None), (0.0, None)] and scores.results[2][0] is None
         pid = process.pid
-        assert process.score(1, ["14", "1 4"], [{}, {}]) == ([1.0, 0.0], 0)
+        assert process.score(1, ["14", "1 4"], [{}, {}]) == RewardResults([(1.0, None), (0.0, None)])
         assert process.pid == pid  # one child for the run, not one per call
     assert process.pid is None
 
@@ -38,7 +40,7 @@ def test_a_reward_that_never_returns_is_killed_at_the_limit_and_named(hostile, n
         assert time.monotonic() - started < 30  # does not hang (the limit is 2 s)
         assert process.pid is None  # killed
         # The next call starts a fresh child.
-        assert process.score(1, ["ab"], [{}]) == ([1.0], 0)
+        assert process.score(1, ["ab"], [{}]).results == [(1.0, None)]
         assert process.pid not in (None, first_pid)
 
 
@@ -63,5 +65,6 @@ def test_a_reward_that_kills_its_process_is_named_and_a_raising_one_scores_zero(
     with RewardProcess([RewardSpec("suicidal"), RewardSpec("raising")], timeout_seconds=30) as process:
         with pytest.raises(RewardProcessDied, match="reward 'suicidal' ended the process scoring it"):
             process.score(0, ["x"], [{}])
-        assert process.score(1, ["x", "y"], [{}, {}]) == ([0.0, 0.0], 2)
-        assert process.score_items(1, ["x"], [{}]) == ([0.0], ["RuntimeError: this reward always raises"])
+        scores = process.score(1, ["x", "y"], [{}, {}])
+        assert scores.values == [0.0, 0.0] and scores.failures == 2
+        assert scores.results == [(None, "RuntimeError: this reward always raises")] * 2

@@ -37,11 +37,11 @@ from pathlib import Path
 import pytest
 
 from grpo_core.cgroups import find_cgroup_parent
+from grpo_core.reward_process import RewardResults
 from grpo_core.sandbox import (
     RewardSandbox,
     RewardSourceError,
     SandboxRestartsExhausted,
-    SandboxScores,
     reachable,
     sandbox_available,
 )
@@ -90,7 +90,7 @@ def _source(body: str) -> str:
     return f"{PRELUDE}\n\ndef reward(prompt, completion, **fields):\n    found = {{}}\n{inner}\n    report(found)\n    return 0.0\n"
 
 
-def _score(source: str, completions=("c",), **options) -> SandboxScores:
+def _score(source: str, completions=("c",), **options) -> RewardResults:
     options.setdefault("timeout_seconds", 10)
     with RewardSandbox(source, **options) as sandbox:
         return sandbox.score(["p"] * len(completions), list(completions), [{}] * len(completions))
@@ -792,12 +792,12 @@ def _plain_sandbox_still_works() -> None:
 def test_a_forged_answer_on_the_socket_fails_its_item_only(kind):
     source = FORGE + "\n\ndef reward(prompt, completion, **fields):\n    forge(completion)\n    return 1.0\n"
 
-    def run() -> SandboxScores:
+    def run() -> RewardResults:
         with RewardSandbox(source, timeout_seconds=5) as sandbox:
             try:
                 return sandbox.score(["p"], [kind], [{}])
             except SandboxRestartsExhausted as error:  # the one documented exception (not after a single death)
-                return SandboxScores([(None, str(error))], restarted=True)
+                return RewardResults([(None, str(error))], restarted=True)
 
     started = time.monotonic()
     scores = _check_parent_memory(run)
@@ -828,7 +828,7 @@ def test_a_forged_answer_at_import_refuses_the_source(kind):
 def test_a_batch_reward_returning_a_401_digit_integer_is_a_per_sample_error():
     source = "def reward(prompts, completions, **kwargs):\n    return [10**400] * len(completions)\n"
 
-    def run() -> SandboxScores:
+    def run() -> RewardResults:
         with RewardSandbox(source, timeout_seconds=5) as sandbox:
             return sandbox.score(["p", "p"], ["a", "b"], [{}, {}])
 
