@@ -147,7 +147,7 @@ def create_app() -> FastAPI:
         advice="close one, or ",
     )
     # Reward uploads and dry runs: each holds a worker thread and a sandbox (or reward process) for up to its
-    # timeout, though most take a second or two.
+    # timeout (what they usually take: benchmarks/README.md).
     app.state.reward_checks = TenantSlots(
         "reward checks",
         "running",

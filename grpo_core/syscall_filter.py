@@ -91,7 +91,8 @@ def _add(seccomp, syscall_filter, action: int, name: str, *args) -> None:
 
 @lru_cache(maxsize=4)
 def bpf_program(machine: str | None = None) -> bytes:
-    """The filter as classic BPF, built once per process (libseccomp takes milliseconds; every sandbox needs it)."""
+    """The filter as classic BPF, built once per process (every sandbox needs it, and libseccomp's build is
+    not free: benchmarks/README.md has the sandbox's start-up)."""
     with tempfile.TemporaryFile() as handle:
         build_filter(machine).export_bpf(handle)
         handle.seek(0)
