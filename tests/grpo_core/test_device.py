@@ -28,7 +28,8 @@ from grpo_core.device import check_device_name, deterministic_kernels, resolve_d
 from grpo_core.packed_linear import PackedLinear, pack_frozen_linears
 from grpo_core.sampling import completion_logprobs
 from grpo_core.trainer import ResumeMismatch, evaluate, grpo_step
-from tests.grpo_core.test_trainer import tiny_config as trainer_tiny_config
+from tests.grpo_core.trainer_helpers import Recorder
+from tests.grpo_core.trainer_helpers import tiny_config as trainer_tiny_config
 
 LENGTH_REWARD = [RewardSpec("length_target", params={"target": 60})]
 
@@ -291,8 +292,6 @@ def test_dtype_auto_on_a_gpu_trains_a_bfloat16_base_with_a_finite_loss(tmp_path)
 
 @pytest.mark.parametrize("device_name", DEVICES)
 def test_resume_on_a_device_gives_the_adapter_of_an_uninterrupted_run_bit_for_bit(tmp_path, device_name):
-    from tests.grpo_core.test_trainer import Recorder
-
     # Evaluation between checkpointed steps: it must draw from its own streams (the GPU's too), or the resumed
     # run, which does not repeat the evaluation at its checkpoint, would sample other completions.
     config = tiny_config(max_steps=4, checkpoint_every=2, eval_every=2, dtype="float32")

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from grpo_core import ForkPoint, GRPOTrainer, LoraSettings, RewardSpec, arithmetic_task
 from grpo_core.checkpoint import ForkPointUnusable, list_checkpoints, load_trainer_state, read_checkpoint
-from tests.grpo_core.test_trainer import Recorder, make_trainer, tiny_config
+from tests.grpo_core.trainer_helpers import Recorder, make_trainer, tiny_config
 
 ADAPTER = "adapter_model.safetensors"
 

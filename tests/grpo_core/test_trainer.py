@@ -6,57 +6,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from grpo_core import GRPOConfig, GRPOTrainer, LoraSettings, RewardSpec, TrainerCallback, arithmetic_task
+from grpo_core import GRPOConfig, GRPOTrainer, LoraSettings, RewardSpec, arithmetic_task
 from grpo_core.algorithms import compute_group_advantages
 from grpo_core.checkpoint import list_checkpoints
 from grpo_core.data import rows_for_step
 from grpo_core.guardrails import StopWhen
 from grpo_core.sandbox import SandboxLimits, sandbox_available
-
-# Random weights never write the right sum, so a length reward gives the mixed groups that make a gradient.
-LENGTH_REWARD = [RewardSpec("length_target", params={"target": 60})]
-
-
-def tiny_config(**overrides):
-    values = dict(
-        group_size=4,
-        prompts_per_step=2,
-        max_steps=2,
-        max_new_tokens=8,
-        checkpoint_every=0,
-        lora=LoraSettings(r=4, alpha=8),
-    )
-    return GRPOConfig(**{**values, **overrides})
-
-
-class Recorder(TrainerCallback):
-    def __init__(self, stop_after=None):
-        self.steps, self.evals, self.checkpoints, self.stop_after = [], [], [], stop_after
-
-    def on_step(self, step, metrics):
-        self.steps.append((step, metrics))
-
-    def on_eval(self, step, metrics):
-        self.evals.append((step, metrics))
-
-    def on_checkpoint(self, checkpoint):
-        self.checkpoints.append(checkpoint.step)
-
-    def should_stop(self):
-        return self.stop_after is not None and len(self.steps) >= self.stop_after
-
-
-def make_trainer(tmp_path, config, callbacks=(), eval_rows=()):
-    train_rows, _ = arithmetic_task()
-    return GRPOTrainer(
-        base_model="tiny-random-llama",
-        train_rows=train_rows,
-        eval_rows=eval_rows,
-        rewards=LENGTH_REWARD,
-        config=config,
-        output_dir=tmp_path,
-        callbacks=callbacks,
-    )
+from tests.grpo_core.trainer_helpers import LENGTH_REWARD, Recorder, make_trainer, tiny_config
 
 
 def test_two_steps_change_lora_weights_and_leave_base_weights_bit_identical(tmp_path):
