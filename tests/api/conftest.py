@@ -3,6 +3,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.api.helpers import ROWS, jsonl, new_key, upload
 from tests.service_env import clear_service_caches, fresh_database
 
 
@@ -25,14 +26,6 @@ def service(request, tmp_path, monkeypatch):
         clear_service_caches()
 
 
-def new_key(tenant: str) -> dict[str, str]:
-    from api.services import keys as keys_service
-    from service_core.db import session_scope
-
-    with session_scope() as session:
-        return {"Authorization": f"Bearer {keys_service.create_api_key(session, tenant_name=tenant)}"}
-
-
 @pytest.fixture
 def alice(service):
     return new_key("alice")
@@ -45,19 +38,9 @@ def bob(service):
 
 @pytest.fixture
 def dataset_id(service, alice):
-    from tests.api.test_api import ROWS, jsonl, upload
-
     response = upload(service, alice, jsonl(ROWS))
     assert response.status_code == 201, response.text
     return response.json()["id"]
-
-
-def queued_messages() -> int:
-    """Messages waiting in the embedded broker's folder: each is one file."""
-    from service_core.settings import get_settings
-
-    folder = get_settings().broker_folder / "queue"
-    return len(list(folder.glob("*.msg"))) if folder.is_dir() else 0
 
 
 @pytest.fixture

@@ -5,27 +5,7 @@ import json
 
 import pytest
 
-from tests.api.conftest import new_key, queued_messages
-
-ROWS = [{"prompt": f"What is {a} + 1?", "answer": a + 1} for a in range(5)]
-
-
-def jsonl(rows) -> bytes:
-    return "".join(json.dumps(r) + "\n" for r in rows).encode()
-
-
-def upload(client, headers, content: bytes, name="prompts.jsonl"):
-    return client.post("/v1/datasets", headers=headers, files={"file": (name, content, "application/jsonl")})
-
-
-def job_spec(dataset, **overrides):
-    spec = {
-        "base_model": "tiny-random-llama",
-        "dataset_id": dataset,
-        "rewards": [{"name": "numeric_answer"}],
-        "hyperparameters": {"group_size": 4, "max_steps": 3},
-    }
-    return {**spec, **overrides}
+from tests.api.helpers import ROWS, job_spec, jsonl, new_key, queued_messages, upload
 
 
 def test_upload_lists_and_describes_a_dataset(service, alice):

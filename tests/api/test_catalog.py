@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from api.cli import main as grpo
-from tests.api.test_api import job_spec, jsonl, upload
+from tests.api.helpers import job_spec, jsonl, upload
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from tests.api.test_api import job_spec
+from tests.api.helpers import job_spec
 
 LORA = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
 
@@ -92,7 +92,7 @@ def refused(service, headers, spec) -> list[str]:
 
 
 def test_another_tenants_job_is_refused_exactly_like_one_that_does_not_exist(service, alice, bob, parent):
-    from tests.api.test_api import ROWS, jsonl, upload
+    from tests.api.helpers import ROWS, jsonl, upload
 
     bobs_dataset = upload(service, bob, jsonl(ROWS)).json()["id"]
     missing = "job_" + "0" * 32

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.api.test_api import ROWS, job_spec, jsonl, upload
+from tests.api.helpers import ROWS, job_spec, jsonl, upload
 
 
 def submit(service, headers, dataset_id, stop_when, eval_dataset_id=None, **hyperparameters):

@@ -6,8 +6,8 @@ import re
 
 from sqlalchemy import text
 
-from tests.api.test_api import ROWS, job_spec, jsonl, upload
-from tests.api.test_streams import wait_for
+from tests.api.helpers import ROWS, job_spec, jsonl, upload
+from tests.waiting import wait_for
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 

@@ -7,7 +7,7 @@ import socket
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.api.conftest import new_key
+from tests.api.helpers import new_key
 
 HISTOGRAM = "grpo_http_request_duration_seconds"
 

@@ -3,8 +3,7 @@ reads it back, for its tenant only. (A pre-flight run by a worker is in tests/e2
 
 import pytest
 
-from tests.api.conftest import queued_messages
-from tests.api.test_api import job_spec
+from tests.api.helpers import job_spec, queued_messages
 
 
 def test_a_preflight_is_queued_and_read_back_by_its_tenant_only(service, alice, bob, dataset_id):
@@ -62,7 +61,7 @@ def test_a_tenant_past_its_active_preflights_gets_429_and_others_do_not(service,
     refused = service.post("/v1/jobs/preflight", headers=alice, json=job_spec(dataset_id))
     assert refused.status_code == 429 and refused.headers["Retry-After"] == "30"
     assert "GRPO_MAX_PREFLIGHTS_PER_TENANT" in refused.json()["detail"]
-    from tests.api.test_api import ROWS, jsonl, upload
+    from tests.api.helpers import ROWS, jsonl, upload
 
     bobs = upload(service, bob, jsonl(ROWS)).json()["id"]
     assert service.post("/v1/jobs/preflight", headers=bob, json=job_spec(bobs)).status_code == 202

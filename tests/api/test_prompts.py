@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from tests.api.test_api import job_spec, upload
+from tests.api.helpers import job_spec, upload
 
 NAN = math.nan
 # Row 1 is chat messages, and a blank line comes before it: rows are numbered as the trainer numbers them.

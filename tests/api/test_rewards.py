@@ -10,9 +10,8 @@ import httpx
 import pytest
 
 from grpo_core.sandbox import MAX_SOURCE_BYTES, sandbox_available
-from tests.api.conftest import new_key, queued_messages
-from tests.api.test_api import ROWS, job_spec, jsonl, upload
-from tests.api.test_streams import wait_for
+from tests.api.helpers import ROWS, job_spec, jsonl, new_key, queued_messages, upload
+from tests.waiting import wait_for
 
 needs_sandbox = pytest.mark.skipif(sandbox_available() is not None, reason=f"no sandbox here: {sandbox_available()}")
 

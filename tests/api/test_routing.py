@@ -2,8 +2,7 @@
 (service_core/queue.py); a hardware class no worker serves is refused at submit."""
 
 from api.cli import worker_hardware
-from tests.api.conftest import queued_messages
-from tests.api.test_api import job_spec
+from tests.api.helpers import job_spec, queued_messages
 
 
 def message_queues() -> list[str]:

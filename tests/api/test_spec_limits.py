@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from tests.api.conftest import queued_messages
-from tests.api.test_api import ROWS, job_spec, jsonl, upload
+from tests.api.helpers import ROWS, job_spec, jsonl, queued_messages, upload
 
 
 @pytest.fixture

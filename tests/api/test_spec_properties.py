@@ -178,8 +178,7 @@ def api(tmp_path_factory):
     """The app on a fresh SQLite database with the small limits, a tenant's key and its uploaded datasets."""
     from fastapi.testclient import TestClient
 
-    from tests.api.conftest import new_key
-    from tests.api.test_api import jsonl, upload
+    from tests.api.helpers import jsonl, new_key, upload
     from tests.service_env import clear_service_caches, fresh_database
 
     tmp = tmp_path_factory.mktemp("spec-properties")

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.api.test_api import ROWS, job_spec, jsonl, upload
+from tests.api.helpers import ROWS, job_spec, jsonl, upload
 
 WRONG_TYPES = [
     ({"max_steps": 2.5}, "hyperparameters.max_steps: Input should be a valid integer, got 2.5"),

@@ -4,20 +4,13 @@ metrics that are valid JSON even when the trainer recorded NaN."""
 
 import json
 import math
-import time
 from contextlib import ExitStack
 
 import httpx
 import pytest
 
-from tests.api.test_api import job_spec
-
-
-def wait_for(condition, what: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
+from tests.api.helpers import job_spec
+from tests.waiting import wait_for
 
 
 def strict_json(text: str):
