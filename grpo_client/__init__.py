@@ -21,10 +21,13 @@ from grpo_client.types import (
     Download,
     Event,
     Job,
+    JobChild,
+    JobReward,
     Metric,
     Model,
     Reward,
     RewardRef,
+    StoppedEarly,
 )
 
 __all__ = [
@@ -37,10 +40,13 @@ __all__ = [
     "Download",
     "Event",
     "Job",
+    "JobChild",
+    "JobReward",
     "Metric",
     "Model",
     "Reward",
     "RewardRef",
+    "StoppedEarly",
     "StreamLost",
     "parse_events",
 ]

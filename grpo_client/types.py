@@ -1,5 +1,6 @@
 """The API's bodies as the client returns them: TypedDicts over the JSON (api/schemas.py is the source of truth),
-so a field the server adds later passes through untouched. Times are ISO 8601 strings, as sent."""
+so a field the server adds later passes through untouched. Times are ISO 8601 strings, as sent.
+tests/api/test_client_types.py holds each one's fields to the API's OpenAPI schema."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any, Literal, NotRequired, TypedDict
 # holds them equal to what the API's schema says.
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+RewardShape = Literal["per_sample", "batch"]
 
 
 class Dataset(TypedDict):
@@ -42,7 +44,7 @@ class Reward(TypedDict):
     fields: list[str]
     id: str | None
     sha256: str | None
-    shape: str | None
+    shape: RewardShape | None
     created_at: str | None
 
 
@@ -54,10 +56,35 @@ class RewardRef(TypedDict):
     params: NotRequired[dict[str, Any]]
 
 
+class JobReward(TypedDict):
+    """One of a job's rewards as the job stores it: every field filled in."""
+
+    name: str
+    weight: float
+    params: dict[str, Any]
+
+
 class Progress(TypedDict):
     step: int
     max_steps: int
     fraction: float
+
+
+class JobChild(TypedDict):
+    """A job forked from another: `step` is the parent's checkpoint it started from."""
+
+    id: str
+    step: int
+    status: JobStatus
+
+
+class StoppedEarly(TypedDict):
+    """What ended a job before max_steps: a stop_when condition (`reason`), at `step`, with the figures behind it."""
+
+    reason: str
+    step: int
+    values: dict[str, float | None]
+    message: str
 
 
 class Job(TypedDict):
@@ -67,12 +94,23 @@ class Job(TypedDict):
     hardware: str
     dataset_id: str
     eval_dataset_id: str | None
-    rewards: list[RewardRef]
+    rewards: list[JobReward]
     hyperparameters: dict[str, Any]
+    parent_job_id: str | None
+    """A fork's parent job; None for a job that started from a fresh adapter."""
+    parent_step: int | None
+    parent_optimizer: bool
+    children: list[JobChild] | None
+    """Jobs forked from this one (the first 100); None in lists and in a cancel's answer."""
+    children_count: int | None
     progress: Progress
     cancel_requested: bool
     worker_host: str | None
     error: str | None
+    stop_when: dict[str, Any]
+    stopped_early: StoppedEarly | None
+    adapter_step: int | None
+    """The step GET .../adapter serves when a guardrail picked the best evaluation's; None: the last checkpoint."""
     created_at: str
     started_at: str | None
     finished_at: str | None
