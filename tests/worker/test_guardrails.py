@@ -15,7 +15,6 @@ from grpo_core.checkpoint import list_checkpoints
 from service_core import artifacts
 from service_core.db import session_scope
 from service_core.models import CheckpointRow, Job, MetricRow
-from tests.worker.test_runner import tenant_and_dataset  # noqa: F401 (a fixture)
 from worker.runner import run_job
 
 LENGTH = [{"name": "length_target", "params": {"target": 40}}]

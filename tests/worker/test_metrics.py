@@ -4,7 +4,7 @@ to the supervising worker, is checked in test_runner.py's cancel test.)"""
 
 from prometheus_client import REGISTRY
 
-from tests.worker.test_runner import make_job, tenant_and_dataset  # noqa: F401 (a fixture)
+from tests.worker.helpers import make_job
 from worker.runner import run_job
 
 

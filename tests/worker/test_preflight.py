@@ -10,7 +10,6 @@ from api.services import preflights as preflights_service
 from service_core.db import session_scope
 from service_core.models import Preflight, utcnow
 from tests.service_env import clear_service_caches
-from tests.worker.test_runner import tenant_and_dataset  # noqa: F401 (a fixture)
 from worker.preflight import run_preflight
 from worker.reconciler import reconcile_preflights
 

@@ -16,7 +16,7 @@ from api.services import keys as keys_service
 from service_core.db import session_scope
 from service_core.models import Job, Tenant
 from tests.service_env import clear_service_caches
-from tests.worker.test_runner import make_job
+from tests.worker.helpers import make_job
 from worker.runner import run_job
 
 PROMPTS_PER_STEP = 3

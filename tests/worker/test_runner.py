@@ -1,7 +1,6 @@
 """The worker's job runner in-process on a real SQLite database (the Celery wrapper is exercised end to end in
 tests/e2e): outcomes are recorded, finished jobs are not run again, failures carry their reason."""
 
-import json
 import re
 import threading
 import time
@@ -9,53 +8,15 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from api.schemas import JobCreate
-from api.services import datasets as datasets_service
 from api.services import jobs as jobs_service
-from api.services import keys as keys_service
 from grpo_core.sandbox import sandbox_available
 from service_core import artifacts
 from service_core.db import session_scope
-from service_core.models import CheckpointRow, Job, MetricRow, Tenant
+from service_core.models import CheckpointRow, Job, MetricRow
 from tests.service_env import clear_service_caches
+from tests.worker.helpers import make_job
 from worker import leases
 from worker.runner import run_job
-
-
-@pytest.fixture
-def tenant_and_dataset(tmp_path, monkeypatch):
-    monkeypatch.setenv("GRPO_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.delenv("GRPO_DATABASE_URL", raising=False)
-    clear_service_caches()
-    from service_core.db import run_migrations
-
-    run_migrations()
-    rows = "".join(json.dumps({"prompt": f"What is {i} + 1?", "answer": i + 1}) + "\n" for i in range(6))
-    with session_scope() as session:
-        keys_service.create_api_key(session, tenant_name="t")
-        tenant_id = session.scalar(select(Tenant.id))
-        dataset = datasets_service.create_dataset(session, tenant_id=tenant_id, name="d.jsonl", content=rows.encode())
-        dataset_id = dataset.id
-    yield tenant_id, dataset_id
-    clear_service_caches()
-
-
-def make_job(tenant_id, dataset_id, rewards=None, **hyperparameters) -> str:
-    spec = JobCreate(
-        base_model="tiny-random-llama",
-        dataset_id=dataset_id,
-        rewards=rewards or [{"name": "length_target", "params": {"target": 40}}],
-        hyperparameters={
-            "group_size": 2,
-            "max_new_tokens": 6,
-            "max_steps": 3,
-            "checkpoint_every": 2,
-            **hyperparameters,
-        },
-    )
-    with session_scope() as session:
-        job, _ = jobs_service.create_job(session, tenant_id=tenant_id, spec=spec, idempotency_key=None)
-        return job.id
 
 
 def counts(job_id):
