@@ -21,6 +21,7 @@ from grpo_core.config import LoraSettings
 from grpo_core.data import render_prompt
 from grpo_core.models import load_base_model
 from grpo_core.packed_linear import PackedLinear, adapter_merged
+from grpo_core.policy import add_lora
 from grpo_core.rollout import reference_logprobs
 from grpo_core.sampling import (
     _sample,
@@ -31,7 +32,6 @@ from grpo_core.sampling import (
     sample_groups,
     selective_log_softmax,
 )
-from grpo_core.trainer import add_lora
 
 PROMPT = "Write a long story about a robot who learns to paint. Describe every color it discovers."
 G, NEW_TOKENS = 8, 64

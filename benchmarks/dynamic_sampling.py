@@ -18,7 +18,7 @@ import tempfile
 import time
 
 from grpo_core import GRPOConfig, GRPOTrainer, LoraSettings, RewardSpec, TrainerCallback, arithmetic_task
-from grpo_core.trainer import evaluate
+from grpo_core.evaluation import evaluate
 
 
 class Budget(TrainerCallback):

@@ -150,7 +150,7 @@ def _per_call(calls, group_size, RewardSandbox, old, baseline) -> None:  # noqa:
 def per_step(steps: int) -> None:
     from grpo_core import GRPOConfig, GRPOTrainer, LoraSettings, RewardSpec
     from grpo_core.scoring import RewardScorer
-    from grpo_core.trainer import grpo_step
+    from grpo_core.step import grpo_step
 
     config = GRPOConfig(
         group_size=8,

@@ -103,7 +103,7 @@ def run_ours(setting: Setting) -> dict:
     """Our trainer as the service runs it (GRPOTrainer.setup: model, adapter, optimizer, allocator settings),
     then grpo_step timed one call at a time."""
     from grpo_core import GRPOTrainer, RewardSpec
-    from grpo_core.trainer import grpo_step
+    from grpo_core.step import grpo_step
 
     config = grpo_config(setting, max_steps=setting.steps + 1)
     specs = [RewardSpec(name, params=params) for name, params in REWARDS]
@@ -151,7 +151,7 @@ def run_ours_memory(setting: Setting) -> dict:
     from grpo_core import GRPOTrainer, RewardSpec
     from grpo_core.algorithms import compute_group_advantages
     from grpo_core.rollout import Rollout, reference_logprobs, sample_and_score
-    from grpo_core.trainer import update_policy
+    from grpo_core.update import update_policy
 
     config = grpo_config(setting, max_steps=setting.steps + 1)
     specs = [RewardSpec(name, params=params) for name, params in REWARDS]

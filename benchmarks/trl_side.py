@@ -18,9 +18,9 @@ import torch
 
 from grpo_core import GRPOConfig
 from grpo_core.models import load_tokenizer, resolve_model_dir
+from grpo_core.policy import peft_lora_config
 from grpo_core.rewards import resolve_rewards
 from grpo_core.rollout import score_completions
-from grpo_core.trainer import peft_lora_config
 
 
 def reward_function(specs, rows: Sequence[Mapping[str, Any]]) -> Callable[..., list[float]]:

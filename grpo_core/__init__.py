@@ -35,11 +35,14 @@ _EXPORTS = {
     "score_completions": "rollout",
     "SandboxLimits": "sandbox",
     "RewardScorer": "scoring",
+    "TrainerCallback": "callbacks",
+    "TrainerOptions": "options",
+    "PromptDraw": "schedule",
+    "prompt_draw": "schedule",
+    "evaluate": "evaluation",
+    "grpo_step": "step",
     "GRPOTrainer": "trainer",
-    "TrainerCallback": "trainer",
     "TrainResult": "trainer",
-    "evaluate": "trainer",
-    "grpo_step": "trainer",
 }
 
 __all__ = sorted(_EXPORTS)

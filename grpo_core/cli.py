@@ -30,15 +30,18 @@ from typing import Any
 
 import yaml
 
+from grpo_core.callbacks import TrainerCallback
 from grpo_core.checkpoint import Checkpoint, ForkPoint, list_checkpoints
 from grpo_core.config import GRPOConfig, RewardSpec
 from grpo_core.data import DatasetError, arithmetic_task, load_jsonl
 from grpo_core.device import check_device_name, resolve_device
 from grpo_core.distributed import LOCAL, RankFailed, run_ranks
 from grpo_core.models import ModelLoadError
+from grpo_core.options import TrainerOptions
 from grpo_core.reward_process import RewardFailure
 from grpo_core.rewards import RewardSpecError
-from grpo_core.trainer import GRPOTrainer, NonFiniteUpdate, TrainerCallback
+from grpo_core.trainer import GRPOTrainer
+from grpo_core.update import NonFiniteUpdate
 
 BUILTIN_DATASETS = {
     "builtin:arithmetic": lambda: arithmetic_task()[0],
@@ -152,8 +155,7 @@ def _trainer(spec, base, config, output_dir, callbacks, reward_timeout_seconds, 
         config=config,
         output_dir=output_dir,
         callbacks=callbacks,
-        reward_timeout_seconds=reward_timeout_seconds,
-        device=device,
+        options=TrainerOptions(device=device, reward_timeout_seconds=reward_timeout_seconds),
         world=world,
         fork_point=_fork_point(spec.get("init_from"), base),
     )

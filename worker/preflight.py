@@ -1,6 +1,6 @@
-"""Runs one pre-flight: claim it, load the job's model as the job would, sample the base model on the first prompts
-the job would train on, time one real GRPO step of the job, and store the figures and verdict
-(grpo_core/preflight.py judges; this module samples, times and records).
+"""Runs one pre-flight: claim it, load its row, measure it with this worker's settings
+(grpo_core.preflight_measure: sample the base model on the first prompts the job would train on, time one real GRPO
+step of the job; grpo_core.preflight judges), and record the figures and verdict.
 
 Bounds: the pre-flight stops (and fails, saying so) once it has run GRPO_PREFLIGHT_TIMEOUT_SECONDS: the clock is
 read before each decoded token and at each poll while rewards score, as a job's cancel flag is (worker/runner.py
@@ -11,31 +11,24 @@ A message delivered twice runs once: the claim is a compare-and-set from queued 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import socket
-import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select, update
 
-from grpo_core import preflight as figures
 from grpo_core.config import GRPOConfig, RewardSpec
-from grpo_core.data import extra_rows_for_step, load_jsonl, rows_for_step
+from grpo_core.data import load_jsonl
+from grpo_core.preflight_measure import measure_preflight
 from grpo_core.rewards import is_tenant_reward
-from grpo_core.rollout import sample_and_score
-from grpo_core.sampling import prompt_seed
-from grpo_core.scoring import RewardScorer
-from grpo_core.trainer import GRPOTrainer, grpo_step
 from service_core import artifacts
 from service_core.db import session_scope
 from service_core.models import Preflight, RewardCode, utcnow
 from service_core.queue import enqueue_preflight
 from service_core.settings import get_settings
-from worker.runner import shutting_down
+from worker.runner import shutting_down, trainer_options
 
 log = logging.getLogger(__name__)
 
@@ -46,117 +39,6 @@ DEADLINE_GRACE_SECONDS = 120
 
 class PreflightStopped(Exception):
     """The pre-flight ran out of time, or its worker is shutting down."""
-
-
-def measure_preflight(
-    *,
-    base_model: str,
-    train_rows: Sequence[Mapping[str, Any]],
-    eval_rows: Sequence[Mapping[str, Any]],
-    rewards: Sequence[RewardSpec],
-    config: GRPOConfig,
-    prompts: int,
-    tenant_rewards: Mapping[str, str] | None = None,
-    check_stop: Callable[[], None] | None = None,
-) -> dict[str, Any]:
-    """The pre-flight report (grpo_core.preflight.report) of a job spec on this worker, with its settings (device,
-    model cache, reward limits).
-
-    The figures: the first `prompts` rows the job would train on (its step order, so its seed), G completions each
-    at the job's temperature, sampled prompts_per_step prompts at a time as a step samples them, from the job's
-    model with a fresh adapter (which computes exactly what the base model does). Then one real step of the job
-    (its first: sampling, scoring, the log-prob passes and the update, dynamic sampling included), timed after the
-    sampling above has warmed the model up. The adapter it trains is thrown away."""
-    settings = get_settings()
-    config = dataclasses.replace(config, processes=1)  # one rank's step; a job on several divides it
-    with tempfile.TemporaryDirectory(prefix="preflight-") as output_dir:
-        trainer = GRPOTrainer(
-            base_model=base_model,
-            train_rows=train_rows,
-            eval_rows=eval_rows,
-            rewards=rewards,
-            config=config,
-            output_dir=output_dir,
-            cache_dir=settings.model_cache,
-            models_file=settings.models_file,
-            reward_timeout_seconds=settings.reward_timeout_seconds,
-            tenant_rewards=tenant_rewards,
-            sandbox_limits=settings.sandbox_limits(),
-            sample_groups_per_step=0,
-            device=settings.device,
-        )
-        started = time.perf_counter()
-        trainer.setup()
-        load_seconds = time.perf_counter() - started
-        group_size, per_step = config.group_size, config.prompts_per_step
-        rows = list(trainer.train_rows)
-        indices = rows_for_step(len(rows), 0, min(prompts, len(rows)), config.seed)
-        sampled = []
-        scorer = RewardScorer(
-            trainer.reward_specs,
-            timeout_seconds=settings.reward_timeout_seconds,
-            tenant_sources=trainer.tenant_rewards,
-            limits=trainer.sandbox_limits,
-            check_stop=check_stop,
-        )
-        with scorer:
-            started = time.perf_counter()
-            for start in range(0, len(indices), per_step):
-                chunk = indices[start : start + per_step]
-                sampled.append(
-                    sample_and_score(
-                        trainer.model,
-                        trainer.tokenizer,
-                        [rows[i] for i in chunk],
-                        trainer.rewards,
-                        config,
-                        group_size=group_size,
-                        scorer=scorer,
-                        check_stop=check_stop,
-                        seeds=[prompt_seed(config.seed, 0, start + i) for i in range(len(chunk))],
-                    )
-                )
-            seconds_per_completion = (time.perf_counter() - started) / (len(indices) * group_size)
-            step_indices = rows_for_step(len(rows), 0, per_step, config.seed)
-
-            def draw_more(round_: int) -> tuple[list[Mapping[str, Any]], list[int]]:
-                extra = extra_rows_for_step(len(rows), 0, round_, per_step, config.seed)
-                seeds = [prompt_seed(config.seed, 0, round_ * per_step + i) for i in range(per_step)]
-                return [rows[i] for i in extra], seeds
-
-            metrics, _rollout = grpo_step(
-                trainer.model,
-                trainer.tokenizer,
-                trainer.optimizer,
-                trainer.scheduler,
-                [rows[i] for i in step_indices],
-                trainer.rewards,
-                config,
-                scorer=scorer,
-                check_stop=check_stop,
-                seeds=[prompt_seed(config.seed, 0, i) for i in range(per_step)],
-                draw_more=draw_more,
-            )
-    scores = [part.scores for part in sampled]
-    eval_completions = len(eval_rows) * (config.eval_samples_per_prompt + 1)  # sampled, then greedy
-    sample = figures.sample_figures(
-        rewards=[value for s in scores for value in s.rewards.tolist()],
-        per_function=[row for s in scores for row in s.per_function.tolist()],
-        function_errors=[sum(errors) for errors in zip(*(s.function_errors for s in scores), strict=True)],
-        names=[fn.name for fn, _params, _weight in trainer.rewards],
-        lengths=[n for part in sampled for n in part.batch.completion_mask.sum(dim=1).tolist()],
-        truncated=[t for part in sampled for t in part.batch.truncated.tolist()],
-        group_size=group_size,
-    )
-    return figures.report(
-        sample,
-        max_new_tokens=config.max_new_tokens,
-        seconds_per_step=metrics["step_seconds"],
-        load_seconds=load_seconds,
-        seconds_per_evaluation=seconds_per_completion * eval_completions,
-        evaluations=figures.evaluations_in_job(config.max_steps, config.eval_every, bool(eval_rows)),
-        max_steps=config.max_steps,
-    )
 
 
 def run_preflight(preflight_id: str) -> str:
@@ -217,7 +99,7 @@ def run_preflight(preflight_id: str) -> str:
             )
 
     try:
-        result = measure_preflight(**spec, check_stop=check_stop)
+        result = measure_preflight(**spec, options=trainer_options(settings), check_stop=check_stop)
     except PreflightStopped as stop:
         if shutting_down.is_set():
             _finish(preflight_id, "queued", started_at=None, deadline_at=None, worker_host=None)

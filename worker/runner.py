@@ -27,6 +27,7 @@ processes" below); with several ranks a cancel or shutdown takes effect at the e
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -44,6 +45,7 @@ from grpo_core import GRPOConfig, GRPOTrainer, RewardSpec, TrainerCallback, load
 from grpo_core.checkpoint import Checkpoint, ForkPoint
 from grpo_core.distributed import LOCAL, RankFailed, World, is_peer_failure, run_ranks
 from grpo_core.guardrails import StopWhen
+from grpo_core.options import TrainerOptions
 from grpo_core.rewards import is_tenant_reward
 from grpo_core.sandbox import SandboxUnavailable
 from grpo_core.trainer import TrainResult
@@ -51,7 +53,7 @@ from service_core import artifacts, job_state
 from service_core.db import session_scope
 from service_core.models import TERMINAL_STATUSES, Job, RewardCode, utcnow
 from service_core.queue import enqueue_job
-from service_core.settings import get_settings
+from service_core.settings import Settings, get_settings
 from worker import leases, writes
 from worker import metrics as worker_metrics
 from worker.leases import LeaseLost
@@ -60,6 +62,19 @@ log = logging.getLogger(__name__)
 
 # Set once this worker process begins to shut down (worker/app.py connects it to Celery's worker_shutting_down).
 shutting_down = threading.Event()
+
+
+def trainer_options(settings: Settings) -> TrainerOptions:
+    """How this worker trains (and runs pre-flights): its GRPO_* settings, as the trainer takes them."""
+    return TrainerOptions(
+        device=settings.device,
+        cache_dir=settings.model_cache,
+        models_file=settings.models_file,
+        reward_timeout_seconds=settings.reward_timeout_seconds,
+        sandbox_limits=settings.sandbox_limits(),
+        max_reward_failure_fraction=settings.reward_max_failure_fraction,
+        sample_groups_per_step=settings.sample_groups_per_step,
+    )
 
 
 class Heartbeat(threading.Thread):
@@ -321,7 +336,8 @@ def _make_trainer(
     world: World = LOCAL,
     device: str | torch.device | None = None,
 ) -> GRPOTrainer:
-    settings = get_settings()
+    """The job's trainer; device: a rank's own (one GPU each), else this worker's GRPO_DEVICE."""
+    options = trainer_options(get_settings())
     return GRPOTrainer(
         base_model=spec["base_model"],
         train_rows=load_jsonl(artifacts.dataset_path(spec["train"])),
@@ -330,14 +346,8 @@ def _make_trainer(
         config=spec["config"],
         output_dir=artifacts.job_dir(job_id),
         callbacks=callbacks,
-        cache_dir=settings.model_cache,
-        models_file=settings.models_file,
-        reward_timeout_seconds=settings.reward_timeout_seconds,
+        options=options if device is None else dataclasses.replace(options, device=device),
         tenant_rewards=tenant_rewards,
-        sandbox_limits=settings.sandbox_limits(),
-        max_reward_failure_fraction=settings.reward_max_failure_fraction,
-        sample_groups_per_step=settings.sample_groups_per_step,
-        device=settings.device if device is None else device,
         world=world,
         fork_point=spec["fork_point"],
         stop_when=spec["stop_when"],

@@ -206,7 +206,7 @@ FIELD_WORDS = [name for name, _ in _fields()] + ["hyperparameters", "rewards", "
 
 
 def finite_metrics_callback():
-    from grpo_core.trainer import TrainerCallback  # torch: imported only when a spec is accepted
+    from grpo_core.callbacks import TrainerCallback  # torch: imported only when a spec is accepted
 
     class FiniteMetrics(TrainerCallback):
         def __init__(self):

@@ -17,7 +17,7 @@ WRITER = """
 import sys, torch
 from grpo_core.checkpoint import save_checkpoint
 from grpo_core.models import load_base_model
-from grpo_core.trainer import add_lora
+from grpo_core.policy import add_lora
 from grpo_core.config import LoraSettings
 model, _ = load_base_model("tiny-random-llama")
 model = add_lora(model, LoraSettings(r=64), seed=0)

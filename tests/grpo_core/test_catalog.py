@@ -208,6 +208,7 @@ def test_a_registered_folder_missing_on_the_worker_is_a_clear_error(tmp_path):
 
 def test_the_trainer_trains_a_registered_model_by_name(tmp_path, no_template_dir):
     from grpo_core.config import GRPOConfig, LoraSettings, RewardSpec
+    from grpo_core.options import TrainerOptions
     from grpo_core.trainer import GRPOTrainer
 
     models_file = tmp_path / "models.yaml"
@@ -222,7 +223,7 @@ def test_the_trainer_trains_a_registered_model_by_name(tmp_path, no_template_dir
         rewards=[RewardSpec("length_target", params={"target": 10})],
         config=config,
         output_dir=tmp_path / "run",
-        models_file=models_file,
+        options=TrainerOptions(models_file=models_file),
     )
     assert trainer.train().final_step == 1
     assert render_prompt({"prompt": "2+2?"}, trainer.tokenizer) == "2+2?|=> "

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from grpo_core import GRPOConfig, GRPOTrainer, LoraSettings, RewardSpec, TrainerCallback, arithmetic_task
 from grpo_core.checkpoint import list_checkpoints
 from grpo_core.distributed import LOCAL, RankFailed, World, prompt_share, run_ranks
+from grpo_core.options import TrainerOptions
 
 LENGTH_REWARD = [RewardSpec("length_target", params={"target": 60})]
 # Each loss_type with a reward scaling: "batch" needs the whole step's rewards, so two of them take it.
@@ -56,7 +57,7 @@ def train(output_dir, config, world=LOCAL, callbacks=()):
         config=config,
         output_dir=output_dir,
         callbacks=callbacks,
-        sample_groups_per_step=0,
+        options=TrainerOptions(sample_groups_per_step=0),
         world=world,
     )
     return trainer.train(resume=True)

@@ -48,7 +48,7 @@ def test_a_trainable_linear_keeps_its_gradient():
 def test_merged_adapter_gives_the_policy_logits_and_leaves_every_weight_unchanged():
     from grpo_core.config import LoraSettings
     from grpo_core.models import load_base_model
-    from grpo_core.trainer import add_lora
+    from grpo_core.policy import add_lora
 
     model, _ = load_base_model("tiny-random-llama")
     policy = add_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0), seed=0)

@@ -66,7 +66,7 @@ def test_selective_log_softmax_gradient_equals_autograd_through_the_full_log_sof
 
 def tiny_policy(b_value: float | None = 0.3):
     from grpo_core.config import LoraSettings
-    from grpo_core.trainer import add_lora
+    from grpo_core.policy import add_lora
 
     model, tokenizer = load_base_model("tiny-random-llama")
     policy = add_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0), seed=0)

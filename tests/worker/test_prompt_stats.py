@@ -171,7 +171,7 @@ def test_with_dynamic_sampling_every_drawn_group_counts_dropped_ones_included(ap
 
 def test_prompts_are_cut_as_samples_are():
     from api.services import prompts as prompts_service
-    from grpo_core import trainer
+    from grpo_core import report as trainer
 
     assert prompts_service.PROMPT_TEXT_CHARS == trainer.SAMPLE_TEXT_CHARS
     long = "x" * (trainer.SAMPLE_TEXT_CHARS + 5)
