@@ -25,9 +25,12 @@ from grpo_core.checkpoint import (
     sha256_file,
 )
 from grpo_core.device import check_device_name, deterministic_kernels, resolve_device, resolve_dtype
+from grpo_core.evaluation import evaluate
+from grpo_core.options import TrainerOptions
 from grpo_core.packed_linear import PackedLinear, pack_frozen_linears
+from grpo_core.run_state import ResumeMismatch
 from grpo_core.sampling import completion_logprobs
-from grpo_core.trainer import ResumeMismatch, evaluate, grpo_step
+from grpo_core.step import grpo_step
 from tests.grpo_core.trainer_helpers import Recorder
 from tests.grpo_core.trainer_helpers import tiny_config as trainer_tiny_config
 
@@ -53,7 +56,7 @@ def make_trainer(tmp_path, config, device, callbacks=(), eval_rows=()):
         config=config,
         output_dir=tmp_path,
         callbacks=callbacks,
-        device=device,
+        options=TrainerOptions(device=device),
     )
 
 

@@ -11,6 +11,7 @@ from grpo_core.algorithms import compute_group_advantages
 from grpo_core.checkpoint import list_checkpoints
 from grpo_core.data import rows_for_step
 from grpo_core.guardrails import StopWhen
+from grpo_core.options import TrainerOptions
 from grpo_core.sandbox import SandboxLimits, sandbox_available
 from tests.grpo_core.trainer_helpers import LENGTH_REWARD, Recorder, make_trainer, tiny_config
 
@@ -58,9 +59,9 @@ def test_beta_zero_runs_no_reference_pass_and_beta_positive_runs_one(tmp_path, m
 
 def test_reference_pass_uses_the_base_weights_with_the_adapter_off(tmp_path):
     from grpo_core.models import load_base_model
+    from grpo_core.policy import add_lora
     from grpo_core.rollout import reference_logprobs
     from grpo_core.sampling import completion_logprobs, sample_groups
-    from grpo_core.trainer import add_lora
 
     model, tokenizer = load_base_model("tiny-random-llama")
     plain, _ = load_base_model("tiny-random-llama")
@@ -77,17 +78,17 @@ def test_reference_pass_uses_the_base_weights_with_the_adapter_off(tmp_path):
 
 def capture_policy_losses(monkeypatch):
     """Record the metrics of every compute_policy_loss call the trainer makes (one per optimizer update)."""
-    import grpo_core.trainer as trainer_module
+    import grpo_core.update as update_module
 
     calls = []
-    real = trainer_module.compute_policy_loss
+    real = update_module.compute_policy_loss
 
     def recording(*args, **kwargs):
         output = real(*args, **kwargs)
         calls.append(output.metrics)
         return output
 
-    monkeypatch.setattr(trainer_module, "compute_policy_loss", recording)
+    monkeypatch.setattr(update_module, "compute_policy_loss", recording)
     return calls
 
 
@@ -130,12 +131,12 @@ def test_each_loss_type_and_reward_scaling_trains_with_a_kl_penalty(tmp_path, lo
 
 
 def test_gspo_reaches_the_loss_and_trains(tmp_path, monkeypatch):
-    import grpo_core.trainer as trainer_module
+    import grpo_core.update as update_module
 
     levels = []
-    real = trainer_module.compute_policy_loss
+    real = update_module.compute_policy_loss
     monkeypatch.setattr(
-        trainer_module,
+        update_module,
         "compute_policy_loss",
         lambda *a, **k: levels.append(k["importance_sampling_level"]) or real(*a, **k),
     )
@@ -197,7 +198,7 @@ def test_resume_from_a_checkpoint_gives_the_same_adapter_as_an_uninterrupted_run
 
 
 def test_cosine_schedule_and_warmup():
-    from grpo_core.trainer import learning_rate_at
+    from grpo_core.policy import learning_rate_at
 
     config = GRPOConfig(max_steps=10, warmup_steps=2, lr_schedule="cosine")
     assert [round(learning_rate_at(s, config), 3) for s in (0, 1, 2, 6, 10)] == [0.333, 0.667, 1.0, 0.5, 0.0]
@@ -246,7 +247,7 @@ def test_a_corrupt_checkpoint_is_skipped_for_the_one_before_with_a_warning(tmp_p
 
 
 def test_resume_refuses_a_checkpoint_saved_with_settings_that_change_training(tmp_path):
-    from grpo_core.trainer import ResumeMismatch
+    from grpo_core.run_state import ResumeMismatch
 
     make_trainer(tmp_path, tiny_config(max_steps=2, checkpoint_every=1)).train()
     changed = tiny_config(max_steps=4, learning_rate=1e-3, lora=LoraSettings(r=8, alpha=8))
@@ -277,7 +278,7 @@ def lora_policy():
     """tiny-random-llama with a LoRA adapter whose B is random, not zero, so every LoRA weight gets a gradient.
     Two calls give two identical policies."""
     from grpo_core.models import load_base_model
-    from grpo_core.trainer import add_lora
+    from grpo_core.policy import add_lora
 
     model, tokenizer = load_base_model("tiny-random-llama")
     policy = add_lora(model, LoraSettings(r=4, alpha=8), seed=0)
@@ -292,9 +293,10 @@ def lora_policy():
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dapo", "dr_grpo"])
 def test_an_update_in_micro_batches_has_the_one_pass_gradients_loss_and_metrics(loss_type):
     from grpo_core.data import dataset_fields
+    from grpo_core.policy import make_optimizer
     from grpo_core.rewards import resolve_rewards
     from grpo_core.rollout import collect_rollout, reference_logprobs, sampling_policy_logprobs
-    from grpo_core.trainer import make_optimizer, update_policy
+    from grpo_core.update import update_policy
 
     # 2 prompts x G=5 = 10 completions: micro batches of 3 (3, 3, 3, 1) and of 4 (4, 4, 2) cut the groups.
     # Two updates, so the second clips against the sampling policy's log-probs, and a KL term. AdamW's first steps
@@ -441,7 +443,7 @@ def test_a_reward_that_hangs_ends_the_run_with_an_error_naming_it(tmp_path, monk
         rewards=[*LENGTH_REWARD, RewardSpec("spinning")],
         config=tiny_config(),
         output_dir=tmp_path / "run",
-        reward_timeout_seconds=2,
+        options=TrainerOptions(reward_timeout_seconds=2),
     )
     with pytest.raises(RewardTimeout, match="reward 'spinning' did not return within 2 s"):
         trainer.train()
@@ -555,7 +557,7 @@ def test_a_reward_failing_on_most_samples_ends_the_run_naming_it(tmp_path):
 
 @needs_sandbox
 def test_a_built_in_failing_on_most_samples_ends_the_run_too(tmp_path):
-    from grpo_core.trainer import TooManyRewardFailures
+    from grpo_core.step import TooManyRewardFailures
 
     rows = [{"prompt": r["prompt"], "answer": "not a number"} for r in arithmetic_task()[0]]
     with pytest.raises(TooManyRewardFailures, match=r"^step 1: reward 'numeric_answer' failed on 8 of 8 samples"):
@@ -581,7 +583,9 @@ def reward(prompt, completion, **fields):
     recorder = SampleRecorder()
     specs = [*LENGTH_REWARD, RewardSpec(name)]
     limits = SandboxLimits(timeout_seconds=2)
-    result = tenant_trainer(tmp_path, specs, {name: source}, [recorder], sandbox_limits=limits).train()
+    result = tenant_trainer(
+        tmp_path, specs, {name: source}, [recorder], options=TrainerOptions(sandbox_limits=limits)
+    ).train()
 
     assert result.final_step == 1
     ((_, metrics),) = recorder.steps
@@ -616,7 +620,7 @@ def dynamic_trainer(tmp_path, rows, callbacks=(), **overrides):
         callbacks=callbacks,
         tenant_rewards={FLAT_OR_MIXED_ID: FLAT_OR_MIXED},
         # The reward's code is the test's own: a plain child process is enough, and faster to start.
-        sandbox_limits=SandboxLimits(allow_unsandboxed=True),
+        options=TrainerOptions(sandbox_limits=SandboxLimits(allow_unsandboxed=True)),
     )
 
 
