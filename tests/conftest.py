@@ -5,6 +5,9 @@ from pathlib import Path
 
 import pytest
 
+# The real API and worker processes as a fixture, shared by tests/e2e and tests/client.
+pytest_plugins = ["tests.running_service"]
+
 # Tests never reach a model hub; catalog models are built or converted locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -4,6 +4,7 @@ settings pointed at them through the same GRPO_ environment variables an operato
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from contextlib import contextmanager
 
@@ -37,3 +38,9 @@ def clear_service_caches() -> None:
     for cached in (settings.get_settings, db.get_engine, db._session_factory, queue.get_celery):
         cached.cache_clear()
     keys_service.recent_keys.clear()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

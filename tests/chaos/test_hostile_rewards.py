@@ -6,11 +6,11 @@ succeed, and the worker process must be the same one throughout."""
 
 import os
 import time
-from datetime import datetime
 
 import pytest
 
 from tests.chaos.harness import Client, figure, service
+from tests.chaos.probes import seconds_running
 from tests.grpo_core.hostile_rewards import install_hostile_rewards
 
 pytestmark = pytest.mark.chaos
@@ -20,10 +20,6 @@ CANCEL_POLL = 1
 # A hostile job ends within the reward limit plus the model load and the step up to its rewards; this bound is
 # only "does not hang", generous for a loaded machine.
 BOUND = REWARD_TIMEOUT + 90
-
-
-def seconds_running(job: dict) -> float:
-    return (datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["started_at"])).total_seconds()
 
 
 def wait_for(path, timeout: float) -> None:

@@ -46,8 +46,7 @@ from sqlalchemy import create_engine
 from service_core.models import TERMINAL_STATUSES
 from tests.chaos.harness import Client, figure, service
 from tests.chaos.privilege_code import SOURCES
-from tests.chaos.test_hostile_rewards import seconds_running
-from tests.chaos.test_tenant_code import HealthProbe, everything_served
+from tests.chaos.probes import HealthProbe, everything_served, seconds_running
 
 pytestmark = pytest.mark.chaos
 

@@ -19,12 +19,11 @@ import threading
 import time
 import uuid
 
-import httpx
 import pytest
 
 from tests.chaos.harness import Client, adapter_weights, figure, service
+from tests.chaos.probes import HealthProbe, everything_served, seconds_running
 from tests.chaos.tenant_code import SOURCES
-from tests.chaos.test_hostile_rewards import seconds_running
 
 pytestmark = pytest.mark.chaos
 
@@ -75,43 +74,6 @@ class Sentinel(threading.Thread):
                 connection.close()
             except OSError:
                 pass
-
-
-class HealthProbe(threading.Thread):
-    """Asks the API's /healthz every 0.5 s; counts failures and keeps the slowest answer."""
-
-    def __init__(self, base_url: str):
-        super().__init__(daemon=True)
-        self.base_url = base_url
-        self.probes = self.failures = 0
-        self.slowest = 0.0
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.wait(0.5):
-            started = time.monotonic()
-            try:
-                ok = httpx.get(self.base_url + "/healthz", timeout=10).status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            self.probes += 1
-            self.failures += not ok
-            self.slowest = max(self.slowest, time.monotonic() - started)
-
-
-def everything_served(client: Client, job_id: str) -> str:
-    """The job, its events, metrics and samples as the API serves them, in one string."""
-    parts = [client.http.get(f"/v1/jobs/{job_id}").text, client.http.get(f"/v1/jobs/{job_id}/metrics").text]
-    parts.append(client.http.get(f"/v1/jobs/{job_id}/events", headers={"Accept": "text/event-stream"}).text)
-    cursor = None
-    while True:
-        page = client.http.get(
-            f"/v1/jobs/{job_id}/samples", params={"limit": 100, **({"after": cursor} if cursor else {})}
-        )
-        parts.append(page.text)
-        cursor = page.json().get("next_cursor")
-        if not cursor:
-            return "\n".join(parts)
 
 
 def reached_figures(served: str) -> tuple[int, int]:

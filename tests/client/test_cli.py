@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.client.conftest import TINY_REWARDS, embedded_only, write_prompts
+from tests.client.helpers import TINY_REWARDS, embedded_only, write_prompts
 
 pytestmark = [pytest.mark.slow, embedded_only]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from grpo_client import ApiError, ChecksumMismatch, Client, Event, parse_events
-from tests.client.conftest import TINY_JOB, TINY_REWARDS, embedded_only, write_prompts
+from tests.client.helpers import TINY_JOB, TINY_REWARDS, embedded_only, write_prompts
 
 
 def test_the_client_imports_nothing_of_the_service():

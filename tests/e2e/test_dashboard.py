@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from grpo_core import arithmetic_task
-from tests.e2e.test_end_to_end import read_events, submit, upload_arithmetic
+from tests.e2e.helpers import read_events, submit, upload_arithmetic
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 from grpo_core.checkpoint import load_trainer_state, read_checkpoint
-from tests.e2e.test_end_to_end import read_events, submit, upload_arithmetic
+from tests.e2e.helpers import read_events, submit, upload_arithmetic
 
 pytestmark = pytest.mark.slow
 

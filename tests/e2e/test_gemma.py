@@ -10,7 +10,7 @@ import torch
 from peft import PeftModel
 
 from grpo_core.models import load_base_model, resolve_model_dir
-from tests.e2e.test_end_to_end import read_events
+from tests.e2e.helpers import read_events
 
 pytestmark = pytest.mark.slow
 

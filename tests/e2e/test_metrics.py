@@ -11,8 +11,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import free_port
-from tests.e2e.test_end_to_end import submit, upload_arithmetic
+from tests.e2e.helpers import submit, upload_arithmetic
+from tests.service_env import free_port
 
 TOKEN = "scrape-token-for-tests"
 WORKER_PORT = free_port()

@@ -5,7 +5,7 @@ import time
 import pytest
 
 from grpo_core.preflight import VERDICT_LEVELS
-from tests.e2e.test_end_to_end import upload_arithmetic
+from tests.e2e.helpers import upload_arithmetic
 
 pytestmark = pytest.mark.slow
 

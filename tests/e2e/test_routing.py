@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests.e2e.test_end_to_end import submit, upload_arithmetic
+from tests.e2e.helpers import submit, upload_arithmetic
 
 pytestmark = pytest.mark.slow
 

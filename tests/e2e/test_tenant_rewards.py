@@ -6,7 +6,7 @@ import json
 import pytest
 
 from grpo_core import arithmetic_task
-from tests.e2e.test_end_to_end import read_events, upload_arithmetic
+from tests.e2e.helpers import read_events, upload_arithmetic
 
 pytestmark = pytest.mark.slow
 

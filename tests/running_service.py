@@ -1,10 +1,10 @@
-"""End-to-end: the real API server and a real Celery worker process, on the embedded layout (SQLite, folder
-broker) and on the scaled-out one (PostgreSQL, Redis)."""
+"""The running_service fixture: the real API server and a real Celery worker process, on the embedded layout (SQLite,
+folder broker) and on the scaled-out one (PostgreSQL, Redis). A plugin (tests/conftest.py names it in pytest_plugins),
+so tests/e2e and tests/client share it without importing a conftest."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +13,9 @@ import uuid
 import httpx
 import pytest
 
-from tests.service_env import REDIS_URL, fresh_database
+from tests.service_env import REDIS_URL, free_port, fresh_database
 
 LAYOUTS = {"embedded": ("sqlite", None), "redis-postgresql": ("postgresql", REDIS_URL)}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class RunningService:
