@@ -6,7 +6,19 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -87,7 +99,9 @@ class Job(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     base_model: Mapped[str] = mapped_column(String(200))
-    hardware: Mapped[str] = mapped_column(String(20), default="cpu")  # the queue it goes to (service_core/queue.py)
+    # The queue it goes to (service_core/queue.py). A column added after jobs existed keeps the server default its
+    # migration filled them with (here and below): the ORM states the schema as the migrations leave it.
+    hardware: Mapped[str] = mapped_column(String(20), default="cpu", server_default="cpu")
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
     eval_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))
     rewards: Mapped[list[Any]] = mapped_column()
@@ -96,7 +110,7 @@ class Job(Base):
     # optimizer state. NULL (and false) for a job trained from a fresh adapter.
     parent_job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), index=True)
     parent_step: Mapped[int | None] = mapped_column(Integer)
-    parent_optimizer: Mapped[bool] = mapped_column(Boolean, default=False)
+    parent_optimizer: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     @property
     def init_from(self) -> dict[str, Any] | None:
@@ -116,11 +130,13 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # Lease: the worker that claimed the job (compare-and-set on attempt and owner) renews lease_expires_at while
     # it trains; an expired lease means the worker died and the reconciler queues the job again.
-    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column()
     enqueued_at: Mapped[datetime | None] = mapped_column()
-    steps_computed: Mapped[int] = mapped_column(Integer, default=0)  # training steps run over all attempts
+    steps_computed: Mapped[int] = mapped_column(
+        Integer, default=0, server_default="0"
+    )  # training steps run over all attempts
     worker_host: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
