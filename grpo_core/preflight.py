@@ -1,8 +1,8 @@
 """Pre-flight: what the base model does on a task before any compute is spent training on it.
 
 Pure functions over plain numbers (no torch, so the API may import the names): the figures of a few sampled groups,
-the job's estimated duration, and a verdict in words with the numbers behind it. The worker samples and times
-(worker/preflight.py); this module only judges.
+the job's estimated duration, and a verdict in words with the numbers behind it. grpo_core/preflight_measure.py
+samples and times (the worker calls it and records the result); this module only judges.
 
 A group whose G rewards are all equal has zero advantage and teaches nothing (grpo_core.algorithms). When almost every
 group is like that, training spends its compute on nothing: a task the model never solves (all at the lowest reward:
