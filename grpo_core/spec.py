@@ -2,8 +2,9 @@
 
 The API validates specs with this module, `grpo_core.config` and `grpo_core.rewards`, none of which imports torch
 or transformers, so the API process never loads the engine. The engine's own registries (`models.CATALOG`,
-`algorithms.LOSS_AGGREGATIONS`, `algorithms.REWARD_SCALINGS`) must hold exactly these names, and each model's
-facts below must be what the real model says; tests check both.
+`algorithms.LOSS_AGGREGATIONS`, `algorithms.REWARD_SCALINGS`, `algorithms.IMPORTANCE_SAMPLING_LEVELS`) must hold
+exactly these names, and each model's facts below must be what the real model says; tests check both
+(tests/grpo_core/test_spec.py, tests/api/test_spec_registries.py).
 """
 
 from __future__ import annotations
