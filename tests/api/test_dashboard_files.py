@@ -10,6 +10,8 @@ from fastapi.testclient import TestClient
 
 from api.dashboard import STATIC_DIR
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

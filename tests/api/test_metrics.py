@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.api.helpers import new_key
@@ -123,6 +124,7 @@ def test_a_metrics_token_is_required_once_set(service, monkeypatch):
         get_settings.cache_clear()
 
 
+@pytest.mark.unit
 def test_the_compose_prometheus_scrapes_the_ports_the_services_serve():
     from pathlib import Path
 

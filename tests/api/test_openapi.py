@@ -7,6 +7,8 @@ import pytest
 
 from api.main import create_app
 
+pytestmark = pytest.mark.unit
+
 OPERATION_ID = re.compile(r"^[a-z]+(-[a-z]+)+$")
 ERROR_BODY = {"$ref": "#/components/schemas/ErrorBody"}
 

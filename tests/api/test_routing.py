@@ -1,6 +1,8 @@
 """Jobs go to the Celery queue of the hardware they need, so a CPU-only worker never takes a GPU job
 (service_core/queue.py); a hardware class no worker serves is refused at submit."""
 
+import pytest
+
 from api.cli import worker_hardware
 from tests.api.helpers import job_spec, queued_messages
 
@@ -39,6 +41,7 @@ def test_hardware_no_worker_serves_or_unknown_is_refused(service, alice, dataset
     assert queued_messages() == 0
 
 
+@pytest.mark.unit
 def test_a_cpu_worker_consumes_only_the_cpu_queue_and_a_gpu_worker_both(monkeypatch):
     from api.cli import worker_command
     from service_core.settings import Settings
@@ -55,6 +58,7 @@ def test_a_cpu_worker_consumes_only_the_cpu_queue_and_a_gpu_worker_both(monkeypa
     assert worker_hardware("auto", "cpu") == "cpu" and worker_hardware("auto", "cuda:1") == "gpu"
 
 
+@pytest.mark.unit
 def test_a_gpu_job_on_several_processes_goes_to_a_worker_with_that_many_gpus():
     from api.cli import worker_command
     from service_core.queue import queue_for, worker_queues

@@ -18,6 +18,8 @@ import pytest
 
 from api.sandbox_setup import ENABLE, SetupError, delegate_cgroup
 
+pytestmark = pytest.mark.unit
+
 TOP = Path(__file__).resolve().parents[2]
 
 
@@ -118,6 +120,7 @@ def test_a_user_that_does_not_exist_is_refused(tmp_path, chowns):
     Path("/sys/fs/cgroup/cgroup.controllers").exists(),
     reason="cgroup v2 here: the real command would reorganise this machine's (or container's) cgroups",
 )
+@pytest.mark.slow
 def test_on_cgroup_v1_the_real_command_says_nothing_is_needed_and_exits_0():
     run = subprocess.run(
         [sys.executable, "-m", "api.cli", "sandbox-cgroup", "--user", "nobody"],

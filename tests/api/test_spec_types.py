@@ -74,6 +74,7 @@ def _flat_fields(config_class) -> dict:
     return fields
 
 
+@pytest.mark.unit
 def test_the_request_model_has_exactly_the_config_fields_defaults_and_descriptions():
     from api.schemas import Hyperparameters
     from grpo_core.config import GRPOConfig, LoraSettings, field_docs
@@ -111,6 +112,7 @@ def test_the_openapi_documents_each_hyperparameter_type_range_and_default(servic
     assert schema["JobCreate"]["properties"]["hyperparameters"]["$ref"].endswith("/Hyperparameters")
 
 
+@pytest.mark.unit
 def test_every_integer_in_the_request_model_fits_the_database():
     from api.schemas import Hyperparameters
     from service_core.models import MAX_INT

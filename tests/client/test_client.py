@@ -23,6 +23,7 @@ def test_the_client_imports_nothing_of_the_service():
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
 
 
+@pytest.mark.unit
 def test_parse_events_follows_the_sse_rules():
     lines = [": keep-alive", "", "id: 7", "event: status", 'data: {"status":', 'data: "running"}', "",
              "retry: 100", "id: 8", "event: metrics", 'data:{"step": 1}', "", "id: 9", "event: warning", "data: {"]  # fmt: skip

@@ -12,6 +12,8 @@ from grpo_core.algorithms import (
 )
 from grpo_core.sampling import micro_batches
 
+pytestmark = pytest.mark.unit
+
 
 def test_advantages_of_two_right_two_wrong_are_plus_minus_0866():
     advantages = compute_group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), group_size=4)

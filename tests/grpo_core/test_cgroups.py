@@ -62,6 +62,7 @@ def test_a_dead_services_leaves_are_swept_and_a_live_ones_are_kept():
                 folder.rmdir()
 
 
+@pytest.mark.unit
 def test_off_and_a_folder_that_is_no_delegated_cgroup_say_why(tmp_path):
     assert find_cgroup_parent("off") == (None, "cgroups are turned off (GRPO_SANDBOX_CGROUP=off)")
     parent, why = find_cgroup_parent(str(tmp_path))
@@ -71,6 +72,7 @@ def test_off_and_a_folder_that_is_no_delegated_cgroup_say_why(tmp_path):
     assert parent is None and "lacks cpu memory" in why
 
 
+@pytest.mark.unit
 def test_a_v2_sandbox_cgroup_writes_memory_pids_and_cpu_bounds(tmp_path):
     (tmp_path / "cgroup.subtree_control").write_text("cpu memory pids\n")
     parent, detail = find_cgroup_parent(str(tmp_path))

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from grpo_core.checkpoint import (
@@ -9,6 +10,8 @@ from grpo_core.checkpoint import (
     remove_partial_checkpoints,
     save_checkpoint,
 )
+
+pytestmark = pytest.mark.unit
 
 
 class FakeAdapterModel:

@@ -15,6 +15,8 @@ from grpo_core.data import (
     summarize_dataset,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def test_parses_prompt_and_messages_rows_and_skips_blank_lines():
     text = "\n".join(

@@ -4,6 +4,8 @@ import pytest
 
 from grpo_core.guardrails import GuardrailState, StopWhen, check_eval, check_step
 
+pytestmark = pytest.mark.unit
+
 
 def steps(stop_when, series, **fixed):
     """Feed check_step one metrics dict per value of `series` (name -> list); the first stop, or None."""

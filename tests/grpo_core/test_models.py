@@ -3,6 +3,8 @@ import torch
 
 from grpo_core.models import ModelLoadError, load_base_model, resolve_model_dir
 
+pytestmark = pytest.mark.unit
+
 
 def test_tiny_model_is_small_seeded_and_shares_the_smollm2_tokenizer(tmp_path):
     model, tokenizer = load_base_model("tiny-random-llama")

@@ -7,7 +7,7 @@ from torch import nn
 
 from grpo_core.packed_linear import PackedLinear, adapter_merged, pack_frozen_linears, packing_available
 
-pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN")
+pytestmark = [pytest.mark.unit, pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN")]
 
 
 def test_packed_linear_matches_nn_linear_in_value_and_input_gradient():

@@ -14,6 +14,8 @@ from grpo_core.rewards import (
 )
 from grpo_core.rollout import score_completions
 
+pytestmark = pytest.mark.unit
+
 
 def score_one(name, completion, row=None, **params):
     rewards = resolve_rewards([RewardSpec(name, params=params)])
@@ -126,6 +128,7 @@ def test_operator_rewards_come_from_entry_points(monkeypatch):
     ]
 
 
+@pytest.mark.slow
 def test_regex_match_runs_in_linear_time_on_patterns_that_backtrack_for_ever_in_python_re():
     # The patterns. Python's re takes exponential time on them (for ever, holding the GIL); RE2 does not.
     # Scored in a child process with a timeout, so this test fails instead of hanging where the engine backtracks.

@@ -10,6 +10,8 @@ from grpo_core.sampling import (
     selective_log_softmax,
 )
 
+pytestmark = pytest.mark.unit
+
 EOS = 2
 
 

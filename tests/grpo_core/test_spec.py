@@ -10,6 +10,8 @@ import torch
 from grpo_core import algorithms, models, spec
 from grpo_core.data import render_prompt, summarize_dataset
 
+pytestmark = pytest.mark.unit
+
 
 def test_the_light_lists_equal_the_engine_registries():
     assert set(spec.BASE_MODELS) == set(models.CATALOG)
@@ -20,6 +22,7 @@ def test_the_light_lists_equal_the_engine_registries():
     assert sorted(spec.REWARD_SCALINGS) == sorted(algorithms.REWARD_SCALINGS)
 
 
+@pytest.mark.slow
 def test_validation_modules_import_no_torch():
     code = (
         "import sys, grpo_core, grpo_core.spec, grpo_core.config, grpo_core.rewards, grpo_core.data\n"

@@ -169,6 +169,7 @@ def test_with_dynamic_sampling_every_drawn_group_counts_dropped_ones_included(ap
     assert all(p["mean_reward"] == 0 and p["improvement"] == 0 for p in prompts)
 
 
+@pytest.mark.unit
 def test_prompts_are_cut_as_samples_are():
     from api.services import prompts as prompts_service
     from grpo_core import report as trainer
