@@ -157,7 +157,7 @@ class Settings(BaseSettings):
         2.0,
         gt=0,
         description="How often a worker reads its running job's cancel flag; a cancel takes effect within this "
-        "plus one decoded token (or one reward poll, 0.1 s)",
+        "plus one decoded token (or one poll of the rewards being scored)",
     )
     max_attempts: int = Field(
         3, ge=1, description="Times a job is started before a job that keeps killing its worker fails"

@@ -14,7 +14,7 @@ from service_core import artifacts
 from service_core.models import ACTIVE_STATUSES, Dataset, Preflight, utcnow
 from service_core.settings import get_settings
 
-RETRY_AFTER_SECONDS = 30  # a pre-flight takes a model load and a step or two: tens of seconds at the least
+RETRY_AFTER_SECONDS = 30  # a pre-flight loads a model and runs a step or two: polling sooner learns nothing
 
 
 def create_preflight(session: Session, *, tenant_id: str, spec: JobCreate) -> Preflight:
