@@ -1,7 +1,11 @@
 """RunState: saved and restored as one object, under the trainer-state keys checkpoints have always held."""
 
+import pytest
+
 from grpo_core.guardrails import GuardrailState, StopReason
 from grpo_core.run_state import RunState
+
+pytestmark = pytest.mark.unit
 
 
 def test_a_run_state_round_trips_under_the_old_top_level_keys():

@@ -1,11 +1,15 @@
 """The prompt schedule (grpo_core.schedule): hand-checked draws, as the trainer, dynamic sampling and the pre-flight
 use them."""
 
+import pytest
+
 from grpo_core.config import GRPOConfig
 from grpo_core.data import epoch_order, extra_rows_for_step, rows_for_step
 from grpo_core.distributed import World
 from grpo_core.sampling import prompt_seed
 from grpo_core.schedule import PromptDraw, drawn_indices, prompt_draw, round_rows
+
+pytestmark = pytest.mark.unit
 
 
 def config(**overrides):
