@@ -191,11 +191,14 @@ def test_a_running_job_checkpoints_goes_back_to_the_queue_and_resumes(tmp_path):
         _wait_for(client, job_id, lambda j: j["status"] == "running" and j["progress"]["step"] >= 2, "ran", server)
 
         # A client following the job's events holds a response open; it must not hold serve's shutdown up.
+        following = threading.Event()
+
         def follow() -> None:
             try:
                 with httpx.stream(
                     "GET", f"{server.base_url}/v1/jobs/{job_id}/events", headers=client.headers
                 ) as stream:
+                    following.set()
                     for _ in stream.iter_lines():
                         pass
             except httpx.HTTPError:
@@ -203,7 +206,7 @@ def test_a_running_job_checkpoints_goes_back_to_the_queue_and_resumes(tmp_path):
 
         follower = threading.Thread(target=follow, daemon=True)
         follower.start()
-        time.sleep(0.5)
+        assert following.wait(60), "the event stream never opened"
 
         worker = server.worker_pid()
         # The worker and the job's reward process (a child of the worker): none may outlive serve.

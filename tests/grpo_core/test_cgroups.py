@@ -6,12 +6,12 @@ a folder of plain files standing in for a delegated cgroup and checks what was w
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from grpo_core.cgroups import CgroupLimits, CgroupParent, SandboxCgroup, find_cgroup_parent
+from tests.waiting import wait_for
 
 LIMITS = CgroupLimits(memory_bytes=256 * 1024 * 1024, pids=8, cpus=0.5)
 
@@ -32,15 +32,13 @@ def test_a_v1_sandbox_cgroup_holds_its_limits_and_its_processes_and_goes_away():
         assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "50000"
         launcher = 'for f; do echo $$ > "$f"; done; exec sleep 60'
         process = subprocess.Popen(["/bin/sh", "-c", launcher, "sh", *cgroup.procs_files])
-        deadline = time.monotonic() + 5
-        while str(process.pid) not in (pids / "cgroup.procs").read_text() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: str(process.pid) in (pids / "cgroup.procs").read_text(), "the launcher never joined")
         for folder in cgroup.folders:
             assert str(process.pid) in (folder / "cgroup.procs").read_text().split()
         assert int((pids / "pids.current").read_text()) == 1
     finally:
         cgroup.remove()  # kills what is left in it
-    process.wait(5)
+    process.wait(60)  # bounds a hang only: the kill is asserted next
     assert process.returncode == -signal.SIGKILL
     assert not any(folder.exists() for folder in cgroup.folders)
 

@@ -23,6 +23,7 @@ from grpo_core.sandbox import (
     probe_sandbox,
     sandbox_available,
 )
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(sandbox_available() is not None, reason=f"no sandbox here: {sandbox_available()}")
 
@@ -280,10 +281,7 @@ def reward(prompt, completion, **fields):
         assert sandbox.pid not in (None, first_pid)
         assert sandbox.score(["p"], ["ok"], [{}]).results == [(3.0, None)]
     # Killing bwrap takes its pid namespace, the looping interpreter included, down with it (asynchronously).
-    deadline = time.monotonic() + 10
-    while _sandboxed_pids() - before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _sandboxed_pids() - before == set()
+    wait_for(lambda: not _sandboxed_pids() - before, "a sandboxed process outlived its sandbox")
 
 
 def test_a_batch_that_hangs_fails_whole_and_the_next_call_works():
@@ -482,18 +480,12 @@ def test_a_killed_parent_takes_its_sandbox_down():
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert parent.stdout.readline() == "started\n"
-        deadline = time.monotonic() + 20
-        while not (_sandboxed_pids() - before) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _sandboxed_pids() - before, "the sandbox never started"
+        wait_for(lambda: _sandboxed_pids() - before, "the sandbox never started")
         time.sleep(0.3)  # inside the looping call
     finally:
         parent.send_signal(signal.SIGKILL)
         parent.wait()
-    deadline = time.monotonic() + 10
-    while _sandboxed_pids() - before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _sandboxed_pids() - before == set()
+    wait_for(lambda: not _sandboxed_pids() - before, "a sandboxed process outlived its sandbox")
 
 
 def test_an_operators_package_folder_is_importable_and_read_only(readable_tmp_path):
