@@ -44,7 +44,7 @@ UNMATCHED = "unmatched"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # A bound on the running jobs one scrape reads (there are as many as busy workers, far fewer than this).
 MAX_RUNNING_JOBS = 1000
-# Per-step figures of the trainer's metrics row (grpo_core/trainer.py) shown per running job.
+# Per-step figures of the trainer's metrics row (grpo_core/step.py step_metrics) shown per running job.
 STEP_FIGURES = {
     "step_seconds": ("grpo_job_step_seconds", "Seconds the running job's latest step took"),
     "generated_tokens_per_second": (

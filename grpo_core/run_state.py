@@ -21,6 +21,7 @@ from grpo_core.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from grpo_core.checkpoint_layout import ADAPTER_WEIGHTS
 from grpo_core.config import GRPOConfig, RewardSpec
 from grpo_core.device import dtype_name
 from grpo_core.distributed import World
@@ -167,7 +168,7 @@ class RunCheckpoints:
 
         state = load_trainer_state(checkpoint)
         check_resumable(checkpoint, state, self.config, self.settings)
-        set_peft_model_state_dict(policy.model, load_file(checkpoint.path / "adapter_model.safetensors"))
+        set_peft_model_state_dict(policy.model, load_file(checkpoint.path / ADAPTER_WEIGHTS))
         policy.optimizer.load_state_dict(state["optimizer"])
         policy.scheduler.load_state_dict(state["scheduler"])
         restore_rng_state(state["rng"], self.device)

@@ -133,7 +133,9 @@ class DatabaseReporter(TrainerCallback):
             writes.record_metrics(session, job_id=self.job_id, kind="eval", step=step, values=metrics)
 
     def on_checkpoint(self, checkpoint: Checkpoint) -> None:
-        _path, sha256, size = artifacts.pack_adapter(checkpoint.path, f"{self.job_id}-step-{checkpoint.step}")
+        _path, sha256, size = artifacts.pack_adapter(
+            checkpoint.path, artifacts.adapter_folder_name(self.job_id, checkpoint.step)
+        )
         with session_scope() as session:
             leases.held_job(session, job_id=self.job_id, owner=self.owner)
             writes.record_checkpoint(session, job_id=self.job_id, step=checkpoint.step, sha256=sha256, size=size)

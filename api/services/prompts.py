@@ -14,7 +14,7 @@ from grpo_core.data import DatasetError, read_rows, reward_prompt
 from service_core import artifacts
 from service_core.models import PromptStats
 
-# Cut as a stored sample's prompt is (grpo_core.trainer.SAMPLE_TEXT_CHARS; a test holds the two equal).
+# Cut as a stored sample's prompt is (grpo_core.report.SAMPLE_TEXT_CHARS; a test holds the two equal).
 PROMPT_TEXT_CHARS = 16 * 1024
 
 _MEAN = PromptStats.reward_sum / func.nullif(PromptStats.reward_count, 0)
