@@ -1,6 +1,6 @@
 """TrainerOptions: how this machine runs a training job, apart from the job's own hyperparameters (GRPOConfig).
 
-The service's worker builds one from its settings (worker/options.py), the `grpo train` command from its flags, and
+The service's worker builds one from its settings (worker/runner.py trainer_options), the `grpo train` command from its flags, and
 tests and benchmarks use the defaults. Frozen, so a trainer and its parts read the same values all run long.
 """
 

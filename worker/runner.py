@@ -10,7 +10,7 @@ A worker asked to shut down (SIGTERM: `grpo serve` stopping, systemd, `docker st
 checkpoint of its last finished step, and puts the job back in the queue for the next worker to resume.
 
 Bounds: the heartbeat thread reads the job's cancel flag every GRPO_CANCEL_POLL_SECONDS; a cancel or SIGTERM then
-abandons the step in progress within one decoded token, or 0.1 s while rewards score (they run in child processes,
+abandons the step in progress within one decoded token, or one poll while rewards score (they run in child processes,
 so no reward can hold this process's GIL), or after the log-prob passes if it comes during them; the optimizer
 update of a step is never interrupted. A built-in or plugin reward call longer than GRPO_REWARD_TIMEOUT_SECONDS
 fails the job with a reason naming the reward. A tenant's reward (its uploaded code, named by id in the job's
@@ -234,12 +234,52 @@ def _stopped_early(job_id: str, owner: str) -> str:
     return "queued"
 
 
+@dataclasses.dataclass(frozen=True)
+class JobRun:
+    """What one attempt at a job trains, read from its row once the lease is held (and pickled to each rank)."""
+
+    base_model: str
+    rewards: list[RewardSpec]
+    config: GRPOConfig
+    train_dataset: str
+    eval_dataset: str | None
+    fork_point: ForkPoint | None  # a fork reads its parent's checkpoint only while it has none of its own
+    stop_when: StopWhen
+    tenant_rewards: dict[str, str]  # the job's tenant's own rewards it names (id -> source)
+    options: TrainerOptions  # this worker's settings, as the trainer takes them
+
+
 def run_job(job_id: str) -> str:
     """Train job `job_id` to the end, resuming from its last checkpoint if an earlier attempt died. Returns the
-    outcome: a job status ("queued" when this worker shut down first), "missing", or "busy" when another worker
-    holds the job's lease."""
+    outcome: a job status ("queued" when this worker shut down first), "missing", "busy" when another worker
+    holds the job's lease, or "lease-lost"."""
     settings = get_settings()
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    run = _claim(job_id, owner, settings)
+    if isinstance(run, str):
+        return run
+    heartbeat = Heartbeat(job_id, owner, settings.lease_seconds, settings.cancel_poll_seconds)
+    heartbeat.start()
+    worker_metrics.job_started(job_id)
+    try:
+        stopped_early, guardrail = _train(job_id, owner, heartbeat, run)
+        return _stopped_early(job_id, owner) if stopped_early else _succeed(job_id, owner, guardrail)
+    except LeaseLost:
+        log.warning("job %s: lease lost, another attempt owns it; stopping without writing", job_id)
+        return "lease-lost"
+    except Exception as error:
+        try:
+            return _record_failure(job_id, owner, error)
+        except LeaseLost:
+            return "lease-lost"
+    finally:
+        heartbeat.stopped.set()
+        worker_metrics.job_stopped(job_id)
+
+
+def _claim(job_id: str, owner: str, settings: Settings) -> JobRun | str:
+    """Claim the job's lease and mark it running; returns what to train, or the outcome when there is nothing to
+    train here (the job is gone, finished, cancelled, held by another worker, or this worker is stopping)."""
     with session_scope() as session:
         job = session.get(Job, job_id)
         if job is None:
@@ -266,93 +306,76 @@ def run_job(job_id: str) -> str:
             return "busy"
         session.refresh(job)
         job_state.set_status(session, job=job, status="running", worker_host=socket.gethostname())
-        spec = {
-            "base_model": job.base_model,
-            "rewards": [RewardSpec(r["name"], r["weight"], r["params"]) for r in job.rewards],
-            "config": GRPOConfig.from_dict(job.hyperparameters),
-            "train": job.dataset_id,
-            "eval": job.eval_dataset_id,
-            # A fork reads its parent's checkpoint only while it has none of its own (its first start).
-            "fork_point": None
-            if job.parent_job_id is None
-            else ForkPoint(artifacts.checkpoint_dir(job.parent_job_id, job.parent_step), job.parent_optimizer),
-            "stop_when": StopWhen.from_dict(job.stop_when),
-        }
-        # The job's tenant's own rewards it names (id -> source); a name missing here is refused by the trainer.
+        # A tenant reward missing here (deleted since) is refused by the trainer, which names it.
         tenant_names = [r["name"] for r in job.rewards if is_tenant_reward(r["name"])]
         codes = session.scalars(
             select(RewardCode).where(RewardCode.tenant_id == job.tenant_id, RewardCode.id.in_(tenant_names))
         )
-        tenant_rewards = {code.id: code.source for code in codes}
+        return JobRun(
+            base_model=job.base_model,
+            rewards=[RewardSpec(r["name"], r["weight"], r["params"]) for r in job.rewards],
+            config=GRPOConfig.from_dict(job.hyperparameters),
+            train_dataset=job.dataset_id,
+            eval_dataset=job.eval_dataset_id,
+            fork_point=None
+            if job.parent_job_id is None
+            else ForkPoint(artifacts.checkpoint_dir(job.parent_job_id, job.parent_step), job.parent_optimizer),
+            stop_when=StopWhen.from_dict(job.stop_when),
+            tenant_rewards={code.id: code.source for code in codes},
+            options=trainer_options(settings),
+        )
 
-    heartbeat = Heartbeat(job_id, owner, settings.lease_seconds, settings.cancel_poll_seconds)
-    heartbeat.start()
-    worker_metrics.job_started(job_id)
-    try:
-        if spec["config"].processes > 1:
-            stopped_early, guardrail = _train_on_ranks(job_id, owner, heartbeat, spec, tenant_rewards)
-        else:
-            reporter = DatabaseReporter(job_id, owner, heartbeat, group_size=spec["config"].group_size)
-            figures = StepFigures(partial(worker_metrics.observe_step, job_id))
-            result = _make_trainer(job_id, spec, tenant_rewards, [reporter, figures]).train(resume=True)
-            stopped_early, guardrail = result.stopped_early, _guardrail_outcome(result)
-        if stopped_early:
-            return _stopped_early(job_id, owner)
-        return _succeed(job_id, owner, guardrail)
-    except RankDied as error:
+
+def _train(job_id: str, owner: str, heartbeat: Heartbeat, run: JobRun) -> tuple[bool, dict[str, Any]]:
+    """Train on this process, or on config.processes ranks; returns whether a stop request ended the run early,
+    and what a guardrail decided (_guardrail_outcome)."""
+    if run.config.processes > 1:
+        return _train_on_ranks(job_id, owner, heartbeat, run)
+    reporter = DatabaseReporter(job_id, owner, heartbeat, group_size=run.config.group_size)
+    figures = StepFigures(partial(worker_metrics.observe_step, job_id))
+    result = _make_trainer(job_id, run, [reporter, figures]).train(resume=True)
+    return result.stopped_early, _guardrail_outcome(result)
+
+
+def _record_failure(job_id: str, owner: str, error: Exception) -> str:
+    """The attempt ended with `error`: a rank that died hands the job back to be resumed; anything else fails it,
+    with a reason the user reads. Raises LeaseLost when the lease is no longer this worker's."""
+    if isinstance(error, RankDied):
         log.warning("job %s: %s; the attempt ends and the job is queued again to resume", job_id, error)
-        try:
-            return _hand_to_reconciler(job_id, owner)
-        except LeaseLost:
-            return "lease-lost"
-    except LeaseLost:
-        log.warning("job %s: lease lost, another attempt owns it; stopping without writing", job_id)
-        return "lease-lost"
-    except SandboxUnavailable as error:
+        return _hand_to_reconciler(job_id, owner)
+    if isinstance(error, SandboxUnavailable):
         # The operator's problem, not the job's input: say so in the log, and tell the user why the job failed.
         log.error("job %s uses tenant reward code, which this worker cannot sandbox: %s", job_id, error)
-        try:
-            _finish(job_id, owner, "failed", f"this worker cannot sandbox tenant reward code, and {error}")
-        except LeaseLost:
-            return "lease-lost"
-        return "failed"
-    except Exception as error:
-        log.exception("job %s failed", job_id)
-        try:
-            # A rank's error already reads "TypeName: message".
-            reason = str(error) if isinstance(error, RankError) else f"{type(error).__name__}: {error}"
-            _finish(job_id, owner, "failed", reason)
-        except LeaseLost:
-            return "lease-lost"
-        return "failed"
-    finally:
-        heartbeat.stopped.set()
-        worker_metrics.job_stopped(job_id)
+        reason = f"this worker cannot sandbox tenant reward code, and {error}"
+    else:
+        log.exception("job %s failed", job_id, exc_info=error)
+        # A rank's error already reads "TypeName: message".
+        reason = str(error) if isinstance(error, RankError) else f"{type(error).__name__}: {error}"
+    _finish(job_id, owner, "failed", reason)
+    return "failed"
 
 
 def _make_trainer(
     job_id: str,
-    spec: dict,
-    tenant_rewards: dict[str, str],
+    run: JobRun,
     callbacks: list[TrainerCallback],
     world: World = LOCAL,
     device: str | torch.device | None = None,
 ) -> GRPOTrainer:
     """The job's trainer; device: a rank's own (one GPU each), else this worker's GRPO_DEVICE."""
-    options = trainer_options(get_settings())
     return GRPOTrainer(
-        base_model=spec["base_model"],
-        train_rows=load_jsonl(artifacts.dataset_path(spec["train"])),
-        eval_rows=load_jsonl(artifacts.dataset_path(spec["eval"])) if spec["eval"] else (),
-        rewards=spec["rewards"],
-        config=spec["config"],
+        base_model=run.base_model,
+        train_rows=load_jsonl(artifacts.dataset_path(run.train_dataset)),
+        eval_rows=load_jsonl(artifacts.dataset_path(run.eval_dataset)) if run.eval_dataset else (),
+        rewards=run.rewards,
+        config=run.config,
         output_dir=artifacts.job_dir(job_id),
         callbacks=callbacks,
-        options=options if device is None else dataclasses.replace(options, device=device),
-        tenant_rewards=tenant_rewards,
+        options=run.options if device is None else dataclasses.replace(run.options, device=device),
+        tenant_rewards=run.tenant_rewards,
         world=world,
-        fork_point=spec["fork_point"],
-        stop_when=spec["stop_when"],
+        fork_point=run.fork_point,
+        stop_when=run.stop_when,
     )
 
 
@@ -390,15 +413,15 @@ class _Flags:
         self.lost, self.cancelled = lost, cancelled
 
 
-def _rank_train(world: World, device, job_id, owner, spec, tenant_rewards, stop, lost, outcomes, figures) -> None:
+def _rank_train(world: World, device, job_id, owner, run: JobRun, stop, lost, outcomes, figures) -> None:
     """One rank of a job (spawned by run_ranks): train, and on rank 0 report how it ended through `outcomes`."""
     callbacks: list[TrainerCallback] = [StopFlag(stop)]
     if world.is_main:
         flags = _Flags(lost, stop)
-        callbacks.append(DatabaseReporter(job_id, owner, flags, group_size=spec["config"].group_size))  # type: ignore[arg-type]
+        callbacks.append(DatabaseReporter(job_id, owner, flags, group_size=run.config.group_size))  # type: ignore[arg-type]
         callbacks.append(StepFigures(figures.put))
     try:
-        result = _make_trainer(job_id, spec, tenant_rewards, callbacks, world, device).train(resume=True)
+        result = _make_trainer(job_id, run, callbacks, world, device).train(resume=True)
     except BaseException as error:
         # A collective that failed because a peer died is that death's echo, not this job's error.
         if not is_peer_failure(error):
@@ -408,9 +431,7 @@ def _rank_train(world: World, device, job_id, owner, spec, tenant_rewards, stop,
         outcomes.put(("done", result.stopped_early, _guardrail_outcome(result)))
 
 
-def _train_on_ranks(
-    job_id: str, owner: str, heartbeat: Heartbeat, spec: dict, tenant_rewards: dict
-) -> tuple[bool, dict[str, Any]]:
+def _train_on_ranks(job_id: str, owner: str, heartbeat: Heartbeat, run: JobRun) -> tuple[bool, dict[str, Any]]:
     """Run the job on config.processes ranks; returns whether a stop request ended it early, and
     _guardrail_outcome of rank 0's result. Raises LeaseLost when the lease
     went (the ranks are killed first), RankDied when a rank died, and a rank's own error when one raised."""
@@ -435,9 +456,9 @@ def _train_on_ranks(
             stop.set()
 
     device = resolve_device(get_settings().device)
-    args = (job_id, owner, spec, tenant_rewards, stop, lost, outcomes, figures)
+    args = (job_id, owner, run, stop, lost, outcomes, figures)
     try:
-        run_ranks(_rank_train, args, spec["config"].processes, device=device, poll=supervise)
+        run_ranks(_rank_train, args, run.config.processes, device=device, poll=supervise)
     except RankFailed as failure:
         observe_figures()
         errors = []
