@@ -11,6 +11,8 @@ import pytest
 import grpo_client.types as client_types
 from api.main import create_app
 
+pytestmark = pytest.mark.unit
+
 # Each of the client's TypedDicts and the schema component it parses (RewardRef is a request body: a job's rewards).
 COMPONENT_OF = {
     client_types.Dataset: "DatasetPublic",

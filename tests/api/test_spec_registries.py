@@ -12,6 +12,8 @@ from grpo_core import algorithms, config, rewards
 from grpo_core.config import GRPOConfig, RewardSpec
 from grpo_core.device import resolve_dtype
 
+pytestmark = pytest.mark.unit
+
 # Each GRPOConfig field that takes a name, and the engine registry the name is looked up in.
 REGISTRY_OF = {
     "loss_type": algorithms.LOSS_AGGREGATIONS,

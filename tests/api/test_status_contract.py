@@ -18,6 +18,8 @@ from service_core.models import (
     TERMINAL_STATUSES,
 )
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def schema() -> dict:

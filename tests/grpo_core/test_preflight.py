@@ -2,6 +2,8 @@ import pytest
 
 from grpo_core.preflight import evaluations_in_job, judge, report, sample_figures
 
+pytestmark = pytest.mark.unit
+
 
 def figures(rewards, group_size=4, errors=(0,), truncated=None, lengths=None):
     count = len(rewards)

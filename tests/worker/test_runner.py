@@ -14,6 +14,7 @@ from service_core import artifacts
 from service_core.db import session_scope
 from service_core.models import CheckpointRow, Job, MetricRow
 from tests.service_env import clear_service_caches
+from tests.waiting import wait_for
 from tests.worker.helpers import make_job
 from worker import leases
 from worker.runner import run_job
@@ -379,9 +380,12 @@ def test_the_heartbeat_renews_the_lease_and_notes_a_cancel_within_its_poll(tenan
     heartbeat = Heartbeat(job_id, "me", lease_seconds=0.6, cancel_poll_seconds=0.05)
     heartbeat.start()
     try:
-        time.sleep(1.0)
-        with session_scope() as session:
-            assert session.get(Job, job_id).lease_expires_at > claimed_until
+
+        def renewed() -> bool:
+            with session_scope() as session:
+                return session.get(Job, job_id).lease_expires_at > claimed_until
+
+        wait_for(renewed, "the heartbeat renewed the lease")
         assert not heartbeat.cancelled.is_set() and not heartbeat.lost.is_set()
         with session_scope() as session:
             jobs_service.cancel_job(session, tenant_id=tenant_id, job_id=job_id)
