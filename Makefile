@@ -60,8 +60,9 @@ $(BIN)/.bench-installed: $(BIN)/.installed
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $@
 
+# BASELINE=REV: our step against our step at that git revision, alternating, instead of against TRL.
 bench: $(BIN)/.bench-installed
-	$(BIN)/python benchmarks/speed.py
+	$(BIN)/python benchmarks/speed.py $(if $(BASELINE),--baseline $(BASELINE))
 
 bench-scaling: install
 	$(BIN)/python benchmarks/speed.py --scaling --steps 2

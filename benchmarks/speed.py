@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/speed.py              # side by side with TRL at the default setting (make bench)
     .venv/bin/python benchmarks/speed.py --scaling    # ours alone: G, max_new_tokens and prompt length swept
     .venv/bin/python benchmarks/speed.py --memory     # ours alone: peak RSS of G=64 in micro batches of 8 vs G=8
+    .venv/bin/python benchmarks/speed.py --baseline REV  # ours now against ours at git revision REV, alternating
 
 Default setting: SmolLM2-135M-Instruct in fp32, LoRA r=8 on q_proj and v_proj, one prompt x G=8 completions x 64
 new tokens per step, beta 0.04, no gradient checkpointing. Each trainer runs in its own process (so peak RSS is
@@ -26,6 +27,9 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 STORY_PROMPT = "Write a long story about a robot who learns to paint. Describe every color it discovers."
 FEW_SHOT_EXAMPLES = [
@@ -188,9 +192,13 @@ def child_main(trainer: str, setting: Setting) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def run_child(trainer: str, setting: Setting) -> dict:
-    command = [sys.executable, __file__, "--child", trainer, "--setting", json.dumps(asdict(setting))]
+def run_child(trainer: str, setting: Setting, tree: Path = ROOT) -> dict:
+    """Run `trainer` in a process of its own, with the code of `tree` (this checkout, or a baseline's)."""
+    script = tree / "benchmarks" / "speed.py"
+    command = [sys.executable, str(script), "--child", trainer, "--setting", json.dumps(asdict(setting))]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
+    # The tree's own packages first, ahead of the editable install of this checkout.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
     process = subprocess.run(command, capture_output=True, text=True, env=env)
     for line in process.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -317,6 +325,30 @@ def side_by_side(setting: Setting, rounds: int) -> None:
     print_roofline(setting, prompt_tokens, ours)
 
 
+def against_baseline(setting: Setting, rounds: int, revision: str) -> None:
+    """Our step now against our step at git revision `revision` (checked out into a temporary folder), each in
+    processes of its own, alternating, so both see the same machine: a refactor shows whether it cost speed."""
+    from grpo_core.models import resolve_model_dir
+
+    resolve_model_dir(setting.model)
+    with tempfile.TemporaryDirectory(prefix="grpo-baseline-") as folder:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", folder], input=archive.stdout, check=True)
+        trees = {revision: Path(folder), "now": ROOT}
+        runs: dict[str, list[dict]] = {name: [] for name in trees}
+        for round_index in range(rounds):
+            order = list(trees) if round_index % 2 == 0 else list(trees)[::-1]
+            for name in order:
+                runs[name].append(run_child("ours", setting, trees[name]))
+                seconds = " ".join(f"{s:.2f}s" for s in runs[name][-1]["seconds"])
+                print(f"round {round_index + 1}/{rounds} {name:>10s}: steps {seconds}", flush=True)
+    old, new = summarise(runs[revision], setting.group_size), summarise(runs["now"], setting.group_size)
+    print(f"{'':30s} {revision[:10]:>10s} {'now':>10s} {'now/then':>10s}")
+    for label, key in (("seconds per step (median)", "seconds_per_step"), ("peak RSS (MB)", "peak_rss_mb")):
+        a, b = getattr(old, key), getattr(new, key)
+        print(f"{label:30s} {a:>10.2f} {b:>10.2f} {b / a:>10.2f}")
+
+
 def read_bandwidth_gbs() -> float:
     """This machine's memory read rate: summing a 512 MB tensor, best of 5."""
     import torch
@@ -426,6 +458,7 @@ def main() -> None:
     parser.add_argument(
         "--memory", action="store_true", help="peak RSS of G=64 in micro batches of 8 beside G=8 in one pass (ours)"
     )
+    parser.add_argument("--baseline", metavar="REV", help="ours now against ours at this git revision, alternating")
     parser.add_argument("--child", choices=["ours", "trl", "ours-memory"], help=argparse.SUPPRESS)
     parser.add_argument("--setting", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -445,6 +478,8 @@ def main() -> None:
         scaling(setting)
     elif args.memory:
         memory(setting)
+    elif args.baseline:
+        against_baseline(setting, args.rounds, args.baseline)
     else:
         side_by_side(setting, args.rounds)
 
