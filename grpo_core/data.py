@@ -230,33 +230,6 @@ def render_prompt(row: Mapping[str, Any], tokenizer) -> str:
     return text
 
 
-def epoch_order(num_rows: int, seed: int, epoch: int) -> list[int]:
-    """A shuffled order of row indices, a pure function of (seed, epoch) so a resumed run sees the same data."""
-    order = list(range(num_rows))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    return order
-
-
-def rows_for_step(num_rows: int, step: int, prompts_per_step: int, seed: int) -> list[int]:
-    """Row indices for training step `step` (0-based): consecutive slices of per-epoch shuffles."""
-    orders: dict[int, list[int]] = {}  # a step spans at most a few epochs: shuffle each once, not once per prompt
-    indices = []
-    for position in range(step * prompts_per_step, (step + 1) * prompts_per_step):
-        epoch, offset = divmod(position, num_rows)
-        if epoch not in orders:
-            orders[epoch] = epoch_order(num_rows, seed, epoch)
-        indices.append(orders[epoch][offset])
-    return indices
-
-
-def extra_rows_for_step(num_rows: int, step: int, round_: int, prompts_per_step: int, seed: int) -> list[int]:
-    """Row indices for dynamic sampling's round `round_` (1, 2, ...) of step `step` (0-based): prompts_per_step rows
-    drawn at random (with replacement) from a stream of the seed, the step and the round only, so a resumed run
-    draws the same, and the rows of later steps do not move."""
-    rng = random.Random(f"dynamic-sampling/{seed}/{step}/{round_}")
-    return [rng.randrange(num_rows) for _ in range(prompts_per_step)]
-
-
 # --- the built-in demo task ---------------------------------------------------------------------------------------
 
 ARITHMETIC_TEMPLATE = "What is {a} + {b}?"

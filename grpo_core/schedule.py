@@ -12,12 +12,12 @@ across rounds (round r's prompts come after r x prompts_per_step others).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from grpo_core.config import GRPOConfig
-from grpo_core.data import epoch_order, extra_rows_for_step
 from grpo_core.distributed import World, prompt_share
 from grpo_core.sampling import prompt_seed
 
@@ -43,8 +43,23 @@ class PromptDraw:
         return [rows[i] for i in self.indices]
 
 
+def epoch_order(num_rows: int, seed: int, epoch: int) -> list[int]:
+    """A shuffled order of row indices, a pure function of (seed, epoch) so a resumed run sees the same data."""
+    order = list(range(num_rows))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order
+
+
+def round_indices(num_rows: int, step: int, round_: int, count: int, seed: int) -> list[int]:
+    """Row indices for dynamic sampling's round `round_` (1, 2, ...) of step `step`: `count` rows drawn at random
+    (with replacement) from a stream of the seed, the step and the round only, so a resumed run draws the same and
+    the rows of later steps do not move."""
+    rng = random.Random(f"dynamic-sampling/{seed}/{step}/{round_}")
+    return [rng.randrange(num_rows) for _ in range(count)]
+
+
 def epoch_positions(num_rows: int, start: int, count: int, seed: int) -> list[int]:
-    """Row indices at positions start .. start + count - 1 of the stream of per-epoch shuffles (data.epoch_order)."""
+    """Row indices at positions start .. start + count - 1 of the stream of per-epoch shuffles (epoch_order)."""
     orders: dict[int, list[int]] = {}  # a step spans at most a few epochs: shuffle each once, not once per prompt
     indices = []
     for position in range(start, start + count):
@@ -67,7 +82,7 @@ def prompt_draw(
         count = per_step if prompts is None else prompts
         indices = epoch_positions(num_rows, step * per_step, count, config.seed)
     else:
-        indices = extra_rows_for_step(num_rows, step, round_, per_step, config.seed)
+        indices = round_indices(num_rows, step, round_, per_step, config.seed)
     first = round_ * per_step
     seeds = [prompt_seed(config.seed, step, first + i) for i in range(len(indices))]
     return PromptDraw(tuple(indices), tuple(seeds))

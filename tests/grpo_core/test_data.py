@@ -11,7 +11,6 @@ from grpo_core.data import (
     parse_jsonl,
     read_rows,
     render_prompt,
-    rows_for_step,
     summarize_dataset,
 )
 
@@ -62,13 +61,6 @@ def test_arithmetic_split_never_shares_a_question():
     assert len(train) == 80 and len(held_out) == 20
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in held_out}
     assert all(eval(r["prompt"][8:-1]) == r["answer"] for r in train)  # "What is a + b?"
-
-
-def test_data_order_is_a_function_of_seed_and_step_and_covers_each_epoch():
-    first_epoch = [i for step in range(5) for i in rows_for_step(10, step, 2, seed=7)]
-    assert sorted(first_epoch) == list(range(10))
-    assert rows_for_step(10, 3, 2, seed=7) == rows_for_step(10, 3, 2, seed=7)
-    assert first_epoch != [i for step in range(5) for i in rows_for_step(10, step, 2, seed=8)]
 
 
 def test_render_prompt_uses_the_chat_template(tiny_model_dir):

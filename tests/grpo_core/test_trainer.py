@@ -9,10 +9,10 @@ from safetensors.torch import load_file
 from grpo_core import GRPOConfig, GRPOTrainer, LoraSettings, RewardSpec, arithmetic_task
 from grpo_core.algorithms import compute_group_advantages
 from grpo_core.checkpoint import list_checkpoints
-from grpo_core.data import rows_for_step
 from grpo_core.guardrails import StopWhen
 from grpo_core.options import TrainerOptions
 from grpo_core.sandbox import SandboxLimits, sandbox_available
+from grpo_core.schedule import prompt_draw
 from tests.grpo_core.trainer_helpers import LENGTH_REWARD, Recorder, make_trainer, tiny_config
 
 
@@ -645,7 +645,9 @@ def test_every_group_a_step_samples_reaches_on_prompt_groups_with_its_row(tmp_pa
     trainer = make_trainer(tmp_path, tiny_config(max_steps=2), [recorder])
     trainer.train()
     for (step, groups), (_, samples, _) in zip(recorder.groups, recorder.samples, strict=True):
-        assert [group["row"] for group in groups] == rows_for_step(len(trainer.train_rows), step - 1, 2, 0)
+        assert [group["row"] for group in groups] == list(
+            prompt_draw(trainer.config, len(trainer.train_rows), step - 1).indices
+        )
         assert all(len(group["rewards"]) == 4 for group in groups)
         # The samples of the same step hold the same rewards for the same rows.
         for sample in samples:
