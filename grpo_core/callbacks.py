@@ -1,8 +1,8 @@
 """TrainerCallback, the hooks a run reports through, and how the trainer calls them (CallbackList).
 
 Stopping mid-step: a callback's stop_requested() is read before each decoded token, at each poll of the reward
-processes while rewards score, and between the rollout and the update. When it says stop, the step in progress is abandoned (its
-RNG draws undone) and the run ends as if should_stop() had said so before it: a checkpoint of the last finished
+processes while rewards score, and between the rollout and the update. When it says stop, the step in progress is
+abandoned (its RNG draws undone) and the run ends as if should_stop() had said so before it: a checkpoint of the last finished
 step is saved. The update itself (the optimizer steps of a step) is never interrupted, so no checkpoint holds a
 half-updated adapter. A stop therefore takes effect within one decoded token's forward pass, or one poll while
 rewards score, or, when it arrives during the log-prob passes, after them.
