@@ -156,39 +156,6 @@ def test_failures_are_counted_per_function_across_completions():
     assert scores.rewards.tolist() == [3.0, 2.0, 3.0, 2.0, 2.0]  # 1 (even) + 0 (NaN) + 0.5 x 4
 
 
-# --- with a scorer ------------------------------------------------------------------------------------------------
-
-
-class PresetScorer:
-    """Stands in for RewardScorer, which scores in a reward process or a sandbox (child processes, not run in the
-    unit tier): answers each function's preset RewardResults and records how it was called."""
-
-    def __init__(self, results: list[RewardResults]):
-        self.results = results
-        self.calls: list[tuple[int, list[str], int | None]] = []
-
-    def score(self, index, completions, rows, *, max_failures=None) -> RewardResults:
-        self.calls.append((index, list(completions), max_failures))
-        return self.results[index]
-
-
-def test_a_scorers_failed_items_score_zero_and_its_output_is_kept():
-    rewards = resolved((constant_reward("tenant_a", 0.0), 0.5), (constant_reward("tenant_b", 0.0), 2.0))
-    scorer = PresetScorer(
-        [
-            RewardResults([(1.0, None), (None, "reward timed out after 5 s")], output="printed\n", restarted=True),
-            RewardResults([(0.0, None), (1.0, None)]),
-        ]
-    )
-    scores = score_completions(["x", "y"], [{}, {}], rewards, scorer, max_failures=3)  # type: ignore[arg-type]
-    assert scorer.calls == [(0, ["x", "y"], 3), (1, ["x", "y"], 3)]
-    assert scores.per_function.tolist() == [[1.0, 0.0], [0.0, 1.0]]
-    assert scores.rewards.tolist() == [0.5, 2.0]
-    assert scores.errors == 1 and scores.function_errors == [1, 0]
-    assert scores.error_messages == [[None, "reward timed out after 5 s"], [None, None]]
-    assert scores.outputs == ["printed\n", ""]
-
-
 # --- gathering, selecting and joining Scores -----------------------------------------------------------------------
 
 
