@@ -13,6 +13,10 @@ from typing import Any
 
 from grpo_core.spec import IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES, REWARD_SCALINGS
 
+# The largest integer any field takes, unless its own bound is lower: a 32-bit signed int, what the job tables
+# store and what torch's seeding and tensor sizes take without overflow (the API's schema caps at the same value).
+MAX_INT = 2**31 - 1
+
 LR_SCHEDULES = ("constant", "cosine")
 DTYPES = ("auto", "bfloat16", "float32")
 
@@ -280,6 +284,8 @@ def range_problem(name: str, spec: dataclasses.Field, value: Any) -> str | None:
     low = next((k for k in ("ge", "gt") if k in bounds), None)
     high = next((k for k in ("le", "lt") if k in bounds), None)
     if not any(failed[k](bounds[k]) for k in (low, high) if k):
+        if isinstance(value, int) and not isinstance(value, bool) and not -MAX_INT - 1 <= value <= MAX_INT:
+            return f"{name} must be a 32-bit integer ({-MAX_INT - 1} to {MAX_INT}), got {value}"
         return None
     if low and high:
         interval = f"{'[' if low == 'ge' else '('}{bounds[low]}, {bounds[high]}{']' if high == 'le' else ')'}"

@@ -4,6 +4,7 @@ and the process settings a training process wants (reuse_freed_memory). Built on
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,17 +98,23 @@ def reuse_freed_memory() -> bool:
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
+# Learning-rate schedules by the name GRPOConfig.lr_schedule takes (config.LR_SCHEDULES, held equal by a test):
+# each maps the progress through the updates after warmup, 0 to 1, to a multiplier of the base rate.
+LR_SCHEDULES: dict[str, Callable[[float], float]] = {
+    "constant": lambda progress: 1.0,
+    "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))),
+}
+
+
 def learning_rate_at(update: int, config: GRPOConfig) -> float:
     """Multiplier of the base learning rate for the 0-based optimizer update `update`. Updates are counted as TRL
     counts them: num_iterations per step, so a run makes max_steps x num_iterations of them. Linear warmup over
-    warmup_steps updates, then constant, or cosine decay to 0 at the last update."""
+    warmup_steps updates, then the schedule: constant, or cosine decay to 0 at the last update."""
     if update < config.warmup_steps:
         return (update + 1) / (config.warmup_steps + 1)
-    if config.lr_schedule == "constant":
-        return 1.0
     total_updates = config.max_steps * config.num_iterations
     progress = (update - config.warmup_steps) / max(1, total_updates - config.warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return LR_SCHEDULES[config.lr_schedule](progress)
 
 
 def make_optimizer(model, config: GRPOConfig):

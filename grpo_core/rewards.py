@@ -12,6 +12,7 @@ Names, params and fields are all this module holds, and it imports no torch: the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -22,7 +23,7 @@ from typing import Any, ClassVar, Literal
 import re2
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from grpo_core.config import RewardSpec
+from grpo_core.config import RewardSpec, range_problem
 
 ENTRY_POINT_GROUP = "grpo_service.rewards"
 TENANT_REWARD_PREFIX = "rwd_"  # a tenant's uploaded reward is named by its id, "rwd_<32 hex digits>"
@@ -97,6 +98,9 @@ def tenant_reward_function(name: str) -> RewardFunction:
     return RewardFunction(name, "a tenant's uploaded reward, run in a sandbox", TenantRewardParams, _sandbox_only)
 
 
+_WEIGHT_FIELD = next(f for f in dataclasses.fields(RewardSpec) if f.name == "weight")
+
+
 def resolve_rewards(
     specs: Sequence[RewardSpec],
     dataset_fields: set[str] | None = None,
@@ -115,8 +119,10 @@ def resolve_rewards(
         if fn is None:
             problems.append(f"unknown reward {spec.name!r}; valid: {', '.join(sorted(registry))}")
             continue
-        if not (isinstance(spec.weight, (int, float)) and math.isfinite(spec.weight)):
+        if isinstance(spec.weight, bool) or not (isinstance(spec.weight, (int, float)) and math.isfinite(spec.weight)):
             problems.append(f"reward {spec.name!r}: weight must be a finite number, got {spec.weight!r}")
+        elif problem := range_problem("weight", _WEIGHT_FIELD, spec.weight):
+            problems.append(f"reward {spec.name!r}: {problem}")
         try:
             params = fn.params_model(**(spec.params or {}))
         except ValidationError as error:

@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -21,6 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
+
+from grpo_core import config
 
 
 def utcnow() -> datetime:
@@ -59,6 +62,15 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ten"))
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Fair turns (worker/turns.py): the tenant's share of the workers against other tenants', and its own caps on
+    # running and queued jobs (NULL: the service's GRPO_MAX_RUNNING_JOBS_PER_TENANT and
+    # GRPO_MAX_QUEUED_JOBS_PER_TENANT). The operator sets them with `grpo tenants set`.
+    weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
+    max_running_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_queued_jobs: Mapped[int | None] = mapped_column(Integer)
+    # When a job of this tenant last took a turn: between tenants equally served, the one served longest ago (or
+    # never) goes first.
+    last_turn_at: Mapped[datetime | None] = mapped_column()
 
 
 class ApiKey(Base):
@@ -243,8 +255,9 @@ PreflightStatus = Literal["queued", "running", "succeeded", "failed"]
 PREFLIGHT_STATUSES: tuple[str, ...] = get_args(PreflightStatus)
 
 # Largest value an integer column, query or path parameter takes: the database's 32-bit INTEGER. Past it PostgreSQL
-# (and SQLite past 64 bits) fail the query itself, which would be a 500, not the 422 a bad parameter gets.
-MAX_INT = 2**31 - 1
+# (and SQLite past 64 bits) fail the query itself, which would be a 500, not the 422 a bad parameter gets. The same
+# value caps every integer hyperparameter (grpo_core.config), so a spec the API accepts is one the worker runs.
+MAX_INT = config.MAX_INT
 
 HARDWARE_CLASSES = ("cpu", "gpu")  # a job's `hardware`: the queue it goes to (service_core/queue.py)
 

@@ -11,6 +11,7 @@ from api.main import create_app
 from grpo_core import algorithms, config, rewards
 from grpo_core.config import GRPOConfig, RewardSpec
 from grpo_core.device import resolve_dtype
+from grpo_core.policy import LR_SCHEDULES
 
 pytestmark = pytest.mark.unit
 
@@ -19,9 +20,10 @@ REGISTRY_OF = {
     "loss_type": algorithms.LOSS_AGGREGATIONS,
     "scale_rewards": algorithms.REWARD_SCALINGS,
     "importance_sampling_level": algorithms.IMPORTANCE_SAMPLING_LEVELS,
+    "lr_schedule": LR_SCHEDULES,
 }
-# Names the engine branches on without a registry (grpo_core/trainer.py, grpo_core/device.py): tested by behaviour.
-WITHOUT_REGISTRY = {"lr_schedule", "dtype"}
+# Names the engine resolves without a registry (grpo_core/device.py resolve_dtype): tested by behaviour.
+WITHOUT_REGISTRY = {"dtype"}
 
 
 def choices() -> dict[str, tuple[str, ...]]:
@@ -60,12 +62,6 @@ def test_each_dtype_name_resolves_on_a_cpu(hyperparameters_schema):
         assert isinstance(resolve_dtype(name, torch.device("cpu")), torch.dtype)
     with pytest.raises(ValueError):
         resolve_dtype("float8", torch.device("cpu"))
-
-
-def test_lr_schedule_names_are_the_configs(hyperparameters_schema):
-    # The schedule branches on "constant" (grpo_core/trainer.py, learning_rate_at) and is not a registry yet, so
-    # only the spec's side is held here.
-    assert sorted(hyperparameters_schema["lr_schedule"]["enum"]) == sorted(config.LR_SCHEDULES)
 
 
 def test_reward_names_are_the_reward_registrys():

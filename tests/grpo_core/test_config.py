@@ -225,6 +225,14 @@ def test_a_value_out_of_range_is_refused_with_its_range(field, value, expected):
     assert refusal(**{field: value}) == expected
 
 
+@pytest.mark.parametrize("field", ["seed", "max_steps", "warmup_steps", "checkpoint_every"])
+def test_an_integer_past_32_bits_is_refused_like_the_api_refuses_it(field):
+    # The command line's YAML reaches GRPOConfig without the API's schema: torch.manual_seed(2**80) would only
+    # overflow once the run started.
+    assert refusal(**{field: 2**40}) == f"{field} must be a 32-bit integer (-2147483648 to 2147483647), got {2**40}"
+    assert GRPOConfig(**{field: 2**31 - 1}).to_dict()[field] == 2**31 - 1
+
+
 @pytest.mark.parametrize(
     "values",
     [

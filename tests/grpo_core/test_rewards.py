@@ -170,3 +170,20 @@ def test_regex_match_dot_matches_a_newline_and_full_match_anchors():
     assert score_one("regex_match", "Answer:\n42", pattern=r"Answer:.42") == 1.0
     assert score_one("regex_match", "x 42 y", pattern=r"\d+", full_match=True) == 0.0
     assert score_one("regex_match", "42", pattern=r"\d+", full_match=True) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("weight", "problem"),
+    [
+        (1e300, "weight must be in [-1000, 1000], got 1e+300"),
+        (-1001, "weight must be in [-1000, 1000], got -1001"),
+        (float("nan"), "weight must be a finite number, got nan"),
+        (True, "weight must be a finite number, got True"),
+    ],
+)
+def test_a_weight_out_of_its_range_is_refused_without_the_api(weight, problem):
+    # The command line builds RewardSpecs from YAML: the bound on RewardSpec.weight holds there as over REST, so a
+    # weighted reward never overflows float32 into NaN.
+    with pytest.raises(RewardSpecError) as caught:
+        resolve_rewards([RewardSpec("numeric_answer", weight)])
+    assert caught.value.problems == [f"reward 'numeric_answer': {problem}"]
