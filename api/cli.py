@@ -4,6 +4,9 @@ grpo serve [--data-dir DIR] [--port N]   API + one supervised Celery worker, SQL
 grpo api / grpo worker                   the parts alone, for the scaled-out layout (PostgreSQL, Redis)
 grpo migrate                             apply database migrations
 grpo keys create --tenant NAME           print a new API key (once; only its hash is stored)
+grpo tenants set NAME [--weight W] [--max-running N|default] [--max-queued N|default]
+                                         a tenant's share of the workers and its own caps on jobs (fair turns)
+grpo tenants list                        each tenant's weight, caps in force, and jobs running and queued
 grpo train CONFIG.yaml [--resume] [--device auto|cpu|cuda|cuda:N]   run a job locally without the service
 grpo models add NAME SOURCE [...]        register a base model (a checkpoint folder or hub id) in the models file
 grpo models list [--file [PATH]]         the models a job may name: the API's (--file: the local models file's)
@@ -107,6 +110,61 @@ def models_command(args) -> int:
     return 0
 
 
+def _cap(value: str) -> int | str:
+    """A cap on the command line: a whole number, or `default` for the service's setting."""
+    from api.services.tenants import DEFAULT
+
+    if value == DEFAULT:
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of at least 1, or {DEFAULT}, not {value!r}")
+    return number
+
+
+def tenants_command(args) -> int:
+    """`grpo tenants set` and `grpo tenants list`; a problem is printed as one line and exits 1."""
+    from api.services import InvalidInput, NotFound
+    from api.services import tenants as tenants_service
+    from service_core.db import session_scope
+    from service_core.settings import get_settings
+
+    settings = get_settings()
+    try:
+        with session_scope() as session:
+            if args.tenants_command == "set":
+                tenants_service.set_tenant(
+                    session,
+                    name=args.name,
+                    weight=args.weight,
+                    max_running=args.max_running,
+                    max_queued=args.max_queued,
+                )
+            shares = tenants_service.list_tenants(session, settings)
+    except (NotFound, InvalidInput) as error:
+        print(f"grpo tenants {args.tenants_command}: {error}", file=sys.stderr)
+        return 1
+    if args.tenants_command == "set":
+        shares = [share for share in shares if share.name == args.name]
+    else:
+        print("tenant\tweight\tmax running\tmax queued\trunning\tqueued")
+
+    def cap(own: int | None, limit: int, setting: str) -> str:
+        return str(own) if own is not None else f"{limit} ({setting})"
+
+    for share in shares:
+        print(
+            f"{share.name}\t{share.weight:g}\t"
+            f"{cap(share.max_running_jobs, share.running_limit, 'GRPO_MAX_RUNNING_JOBS_PER_TENANT')}\t"
+            f"{cap(share.max_queued_jobs, share.queued_limit, 'GRPO_MAX_QUEUED_JOBS_PER_TENANT')}\t"
+            f"{share.running}\t{share.queued}"
+        )
+    return 0
+
+
 def sandbox_cgroup_command(args) -> int:
     """`grpo sandbox-cgroup`: the container entrypoint's one root step (deploy/entrypoint.sh), so that a service running
     as a non-root user still gives each reward sandbox its own cgroup; api/sandbox_setup.py says why each step is
@@ -166,6 +224,22 @@ def main(argv: list[str] | None = None) -> int:
     create = keys.add_parser("create", help="create a key for a tenant (made if new) and print it")
     create.add_argument("--tenant", required=True)
     create.add_argument("--data-dir", type=Path, dest="sub_data_dir")
+    tenants = commands.add_parser("tenants", help="tenants' shares of the workers").add_subparsers(
+        dest="tenants_command", required=True
+    )
+    share = tenants.add_parser(
+        "set",
+        help="set a tenant's weight (its share of the workers against a tenant of weight 1) and its own caps on "
+        "running and queued jobs, in place of GRPO_MAX_RUNNING_JOBS_PER_TENANT and GRPO_MAX_QUEUED_JOBS_PER_TENANT",
+    )
+    share.add_argument("name", help="the tenant, as `grpo keys create --tenant` named it")
+    share.add_argument("--weight", type=float, help="a positive number; 2 runs two of its jobs for another's one")
+    share.add_argument("--max-running", type=_cap, help="jobs it may run at once (more wait their turn), or default")
+    share.add_argument("--max-queued", type=_cap, help="jobs it may have queued (POST /v1/jobs answers 429 past it)")
+    share.add_argument("--data-dir", type=Path, dest="sub_data_dir")
+    tenants.add_parser("list", help="each tenant's weight, caps in force, and jobs running and queued").add_argument(
+        "--data-dir", type=Path, dest="sub_data_dir"
+    )
     train = commands.add_parser("train", help="run a training job from a YAML config, locally")
     train.add_argument("config", type=Path)
     train.add_argument("--resume", action="store_true")
@@ -268,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         with session_scope() as session:
             key = keys_service.create_api_key(session, tenant_name=args.tenant)
         print(key)
+    if args.command == "tenants":
+        return tenants_command(args)
     return 0
 
 

@@ -31,7 +31,8 @@ ERROR_DESCRIPTIONS = {
     422: "Invalid request: `detail` says what is wrong, `errors` lists each problem",
     429: "Too many at once: event streams open (GRPO_MAX_STREAMS_PER_TENANT, GRPO_MAX_STREAMS), reward checks "
     "running (GRPO_MAX_REWARD_CHECKS_PER_TENANT, GRPO_MAX_REWARD_CHECKS), this tenant's or this API process's, or "
-    "pre-flights queued or running (GRPO_MAX_PREFLIGHTS_PER_TENANT); "
+    "pre-flights queued or running (GRPO_MAX_PREFLIGHTS_PER_TENANT), jobs queued (GRPO_MAX_QUEUED_JOBS_PER_TENANT, or "
+    "the tenant's own limit); "
     "`detail` names the cap, header Retry-After says when to try again",
     503: "The server cannot do this at the moment (for reward code: no sandbox can run here, an operator's problem); "
     "`detail` says why",

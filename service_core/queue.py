@@ -1,5 +1,7 @@
-"""The Celery app: broker wiring and the settings for long GPU jobs. The API only sends "run job X" by task
-name; the worker (worker/app.py) registers the task. The database, not the broker, is the source of truth."""
+"""The Celery app: broker wiring and the settings for long GPU jobs. The database, not the broker, is the source of
+truth. For training jobs the broker carries turns, not job ids: "a worker of queue Q may start the next job" (the
+API sends one per job it queues); the worker that takes a turn asks the database which job is next (worker/turns.py),
+so tenants take turns however many jobs each has queued. The worker (worker/app.py) registers the tasks by name."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from celery import Celery
 
 from service_core.settings import get_settings
 
+RUN_NEXT_JOB_TASK = "grpo.run_next_job"
+# Messages from before turns name a job; the worker still runs them, so none in a broker is lost by an upgrade.
 RUN_JOB_TASK = "grpo.run_job"
 RUN_PREFLIGHT_TASK = "grpo.run_preflight"
 
@@ -80,10 +84,11 @@ def worker_queues(hardware: str, queue: str | None = None, gpus: int = 1) -> lis
     return [queue_for("gpu", queue, processes) for processes in range(1, max(1, gpus) + 1)] + [cpu]
 
 
-def enqueue_job(job_id: str, hardware: str, processes: int = 1) -> None:
-    """Send "run job X" to the queue of its hardware class and process count. Call only after the job row is
-    committed."""
-    get_celery().send_task(RUN_JOB_TASK, args=[job_id], queue=queue_for(hardware, processes=processes))
+def send_turn(queue: str) -> None:
+    """Send one turn to `queue`: the worker that takes it starts the job that is next there, if any. Call only after
+    the rows that make a job runnable are committed. A turn too many is harmless (it finds nothing to run, or the job's
+    lease refuses a second worker); a turn too few leaves a job waiting until a worker's reconciler sends one."""
+    get_celery().send_task(RUN_NEXT_JOB_TASK, args=[queue], queue=queue)
 
 
 def enqueue_preflight(preflight_id: str, hardware: str) -> None:

@@ -248,6 +248,20 @@ class Settings(BaseSettings):
     max_preflights_per_tenant: int = Field(
         2, ge=1, le=MAX_INT, description="Pre-flights one tenant may have queued or running at once (429 past it)"
     )
+    max_running_jobs_per_tenant: int = Field(
+        4,
+        ge=1,
+        le=MAX_INT,
+        description="Jobs one tenant may have running at once, where the operator set no limit of the tenant's own "
+        "(`grpo tenants set NAME --max-running N`); its other jobs wait their turn in the queue (never a 429)",
+    )
+    max_queued_jobs_per_tenant: int = Field(
+        100,
+        ge=1,
+        le=MAX_INT,
+        description="Jobs one tenant may have queued at once, where the operator set no limit of the tenant's own "
+        "(`grpo tenants set NAME --max-queued N`); a job submitted past it is refused (429)",
+    )
 
     @field_validator("reward_packages")
     @classmethod

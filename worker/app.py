@@ -3,12 +3,12 @@
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from grpo_core.device import resolve_device
-from service_core.queue import RUN_JOB_TASK, RUN_PREFLIGHT_TASK, get_celery
+from service_core.queue import RUN_JOB_TASK, RUN_NEXT_JOB_TASK, RUN_PREFLIGHT_TASK, get_celery
 from service_core.settings import get_settings
 from worker import metrics as worker_metrics
 from worker.preflight import run_preflight
 from worker.reconciler import Reconciler
-from worker.runner import run_job, shutting_down
+from worker.runner import run_job, run_next_job, shutting_down
 
 app = get_celery()
 # A worker told to train on a GPU it does not have would fail every job it takes: it refuses to start instead.
@@ -19,9 +19,15 @@ except ValueError as error:
 _reconciler: Reconciler | None = None
 
 
+@app.task(name=RUN_NEXT_JOB_TASK)
+def run_next_job_task(queue: str) -> str:
+    # Thin on purpose: which job runs is read from the database, and claimed, inside run_next_job.
+    return run_next_job(queue)
+
+
 @app.task(name=RUN_JOB_TASK)
 def run_job_task(job_id: str) -> str:
-    # Thin on purpose: the job is re-read from the database by id, and claimed, inside run_job.
+    # Messages sent before turns: the job is re-read from the database by id, and claimed, inside run_job.
     return run_job(job_id)
 
 

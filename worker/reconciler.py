@@ -2,12 +2,14 @@
 set of compare-and-set updates, so any number of workers can run it at once without double-queueing a job.
 
 - A running job whose lease expired lost its worker (killed, out of memory, machine gone). It goes back to
-  `queued` and is sent again; the next attempt resumes from its last checkpoint. A job that has used all of its
-  attempts (GRPO_MAX_ATTEMPTS) is marked failed instead: a job that kills its worker every time is never retried
-  forever.
-- A queued job sent longer ago than GRPO_REQUEUE_QUEUED_AFTER_SECONDS may have lost its message (a broker
-  restarted without persistence, an API killed between commit and send). It is sent again; a duplicate message
-  is harmless, since the lease lets only one delivery train.
+  `queued` and a turn goes to its queue; the next attempt resumes from its last checkpoint. A job that has used all
+  of its attempts (GRPO_MAX_ATTEMPTS) is marked failed instead: a job that kills its worker every time is never
+  retried forever.
+- A queue with a job queued longer than GRPO_REQUEUE_QUEUED_AFTER_SECONDS (since it was queued or last found here)
+  may have lost its turns (a broker restarted without persistence, an API killed between commit and send): it gets
+  one turn per pass. A turn too many is harmless: it finds nothing to start, or the lease lets only one worker train
+  a job; and the worker that starts a job passes a turn on while jobs still wait, so one turn reaches every idle
+  worker.
 - Pre-flights: one still running past its deadline_at lost its worker (or hung) and is failed; one queued longer
   than GRPO_REQUEUE_QUEUED_AFTER_SECONDS is sent again (its claim is a compare-and-set, so it runs once).
 """
@@ -23,17 +25,17 @@ from sqlalchemy import select, update
 from service_core import job_state
 from service_core.db import session_scope
 from service_core.models import Job, Preflight, utcnow
-from service_core.queue import enqueue_job, enqueue_preflight
+from service_core.queue import enqueue_preflight, queue_for, send_turn
 from service_core.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 
 def reconcile_once() -> list[str]:
-    """One pass; returns the ids of the jobs sent to the broker again."""
+    """One pass; returns the queues sent a turn, then the ids of the pre-flights sent again."""
     settings = get_settings()
     now = utcnow()
-    to_send = []
+    to_send: set[str] = set()
     with session_scope() as session:
         expired = session.scalars(select(Job).where(Job.status == "running", Job.lease_expires_at < now))
         for job in expired:
@@ -57,7 +59,7 @@ def reconcile_once() -> list[str]:
                 log.warning("job %s failed: %s", job.id, reason)
             else:
                 job_state.set_status(session, job=job, status="queued")
-                to_send.append((job.id, job.hardware, job.processes))
+                to_send.add(queue_for(job.hardware, processes=job.processes))
                 log.warning("job %s lost its worker (attempt %d); queued again", job.id, job.attempt)
         stale_before = now - timedelta(seconds=settings.requeue_queued_after_seconds)
         stale = session.scalars(
@@ -72,10 +74,10 @@ def reconcile_once() -> list[str]:
                 .execution_options(synchronize_session=False)
             ).first()
             if sent is not None:
-                to_send.append((job.id, job.hardware, job.processes))
-    for job_id, hardware, processes in to_send:  # after the commit, like every send
-        enqueue_job(job_id, hardware, processes)
-    return [job_id for job_id, _hardware, _processes in to_send] + reconcile_preflights()
+                to_send.add(queue_for(job.hardware, processes=job.processes))
+    for queue in sorted(to_send):  # after the commit, like every send
+        send_turn(queue)
+    return sorted(to_send) + reconcile_preflights()
 
 
 def reconcile_preflights() -> list[str]:

@@ -1,5 +1,9 @@
 """Runs one job: claim its lease, train with callbacks that write progress back, record the outcome.
 
+A job comes here through a turn (run_next_job: worker/turns.py picks which tenant's job starts) or, for messages
+sent before turns, by id (run_job). Either way a worker that ends a job sends a turn to its queue while jobs wait
+there, so a turn consumed while their tenants were at their caps is made up as soon as a slot frees.
+
 Celery delivers a message at least once: a worker killed mid-job leaves its message to be delivered again (or
 lost, with the folder broker), and Redis redelivers a message still running past its visibility timeout. So the
 database decides: a worker trains a job only after a compare-and-set claim of its lease, renews the lease from a
@@ -52,9 +56,9 @@ from grpo_core.trainer import TrainResult
 from service_core import artifacts, job_state
 from service_core.db import session_scope
 from service_core.models import TERMINAL_STATUSES, Job, RewardCode, utcnow
-from service_core.queue import enqueue_job
+from service_core.queue import queue_for, send_turn
 from service_core.settings import Settings, get_settings
-from worker import leases, writes
+from worker import leases, turns, writes
 from worker import metrics as worker_metrics
 from worker.leases import LeaseLost
 
@@ -225,10 +229,10 @@ def _stopped_early(job_id: str, owner: str) -> str:
             attempt=job.attempt - 1,
             enqueued_at=utcnow(),
         )
-        hardware, processes = job.hardware, job.processes
+        queue = queue_for(job.hardware, processes=job.processes)
     try:
-        enqueue_job(job_id, hardware, processes)  # after the commit, like every send
-    except Exception:  # the broker is away: the job is queued in the database, and a reconciler sends it later
+        send_turn(queue)  # after the commit, like every send
+    except Exception:  # the broker is away: the job is queued in the database, and a reconciler sends a turn later
         log.warning("job %s: broker unreachable; left queued for the reconciler", job_id, exc_info=True)
     log.info("job %s: this worker is shutting down; checkpointed and queued again", job_id)
     return "queued"
@@ -247,17 +251,79 @@ class JobRun:
     stop_when: StopWhen
     tenant_rewards: dict[str, str]  # the job's tenant's own rewards it names (id -> source)
     options: TrainerOptions  # this worker's settings, as the trainer takes them
+    queue: str  # the Celery queue the job waits on (service_core.queue.queue_for)
+
+
+def _new_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def run_next_job(queue: str) -> str:
+    """Take one turn on `queue`: start the job that is next there (worker/turns.py's order), train it to the end as
+    run_job does, and return its outcome; "idle" when no job could start (none queued, each cancelled or claimed by
+    another worker meanwhile, or every waiting tenant at its cap on running jobs)."""
+    settings = get_settings()
+    if shutting_down.is_set():
+        # Taken in this worker's last poll of the broker, after it was told to stop: the turn is the next worker's.
+        send_turn(queue)
+        return "queued"
+    owner = _new_owner()
+    with session_scope() as session:
+        candidates = turns.next_jobs(session, queue, settings)
+    capped: set[str] = set()
+    for candidate in candidates:
+        if candidate.tenant_id in capped:
+            continue
+        run = _claim(candidate.job_id, owner, settings, turn=True)
+        if run == "capped":
+            capped.add(candidate.tenant_id)
+        if isinstance(run, JobRun):
+            # Pass the turn on while jobs still wait here: after a broker lost its messages, the one turn a
+            # reconciler sends then reaches every idle worker, one after another; a turn too many ends idle.
+            _offer_turn(queue)
+            return _run(candidate.job_id, owner, settings, run)
+    return "idle"
 
 
 def run_job(job_id: str) -> str:
     """Train job `job_id` to the end, resuming from its last checkpoint if an earlier attempt died. Returns the
     outcome: a job status ("queued" when this worker shut down first), "missing", "busy" when another worker
-    holds the job's lease, or "lease-lost"."""
+    holds the job's lease, or "lease-lost". Messages from before turns (grpo.run_job) come here: they skip the
+    tenant's turn and cap, as they did when they were sent."""
     settings = get_settings()
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    owner = _new_owner()
     run = _claim(job_id, owner, settings)
     if isinstance(run, str):
         return run
+    return _run(job_id, owner, settings, run)
+
+
+def _offer_turn(queue: str) -> None:
+    """Send a turn to `queue` if jobs wait there. A lost send is the reconciler's to make up."""
+    try:
+        with session_scope() as session:
+            waiting = bool(turns.waiting_on(session, queue))
+        if waiting:
+            send_turn(queue)
+    except Exception:
+        log.warning("could not offer a turn on %s; the reconciler will", queue, exc_info=True)
+
+
+def _run(job_id: str, owner: str, settings: Settings, run: JobRun) -> str:
+    """Train a job whose lease `owner` holds (claimed by _claim) and record its outcome. However it ends, a worker is
+    free again: unless the job went back to the queue (which sent its own turn), a turn goes to its queue for the
+    jobs still waiting there, since the turns sent for them may have been taken while their tenants were at their
+    caps."""
+    outcome = "lease-lost"
+    try:
+        outcome = _train_and_record(job_id, owner, settings, run)
+        return outcome
+    finally:
+        if outcome != "queued":
+            _offer_turn(run.queue)
+
+
+def _train_and_record(job_id: str, owner: str, settings: Settings, run: JobRun) -> str:
     heartbeat = Heartbeat(job_id, owner, settings.lease_seconds, settings.cancel_poll_seconds)
     heartbeat.start()
     worker_metrics.job_started(job_id)
@@ -277,9 +343,11 @@ def run_job(job_id: str) -> str:
         worker_metrics.job_stopped(job_id)
 
 
-def _claim(job_id: str, owner: str, settings: Settings) -> JobRun | str:
+def _claim(job_id: str, owner: str, settings: Settings, *, turn: bool = False) -> JobRun | str:
     """Claim the job's lease and mark it running; returns what to train, or the outcome when there is nothing to
-    train here (the job is gone, finished, cancelled, held by another worker, or this worker is stopping)."""
+    train here (the job is gone, finished, cancelled, held by another worker, or this worker is stopping). With
+    `turn`, the claim is also the tenant's turn (worker/turns.py take_turn): "capped" when the tenant already runs
+    as many jobs as its cap allows."""
     with session_scope() as session:
         job = session.get(Job, job_id)
         if job is None:
@@ -292,8 +360,11 @@ def _claim(job_id: str, owner: str, settings: Settings) -> JobRun | str:
             return "cancelled"
         if shutting_down.is_set():
             # Taken in this worker's last poll of the broker, after it was told to stop: left for the next worker.
-            enqueue_job(job_id, job.hardware, job.processes)
+            send_turn(queue_for(job.hardware, processes=job.processes))
             return "queued"
+        if turn and not turns.take_turn(session, tenant_id=job.tenant_id, settings=settings):
+            session.rollback()  # no turn recorded: the tenant waits until one of its running jobs ends
+            return "capped"
         attempt = leases.claim_job(
             session,
             job_id=job_id,
@@ -303,6 +374,7 @@ def _claim(job_id: str, owner: str, settings: Settings) -> JobRun | str:
         )
         if attempt is None:
             log.warning("job %s is held by another worker (or out of attempts); backing off", job_id)
+            session.rollback()  # a turn that claimed nothing is not recorded as the tenant's
             return "busy"
         session.refresh(job)
         job_state.set_status(session, job=job, status="running", worker_host=socket.gethostname())
@@ -323,6 +395,7 @@ def _claim(job_id: str, owner: str, settings: Settings) -> JobRun | str:
             stop_when=StopWhen.from_dict(job.stop_when),
             tenant_rewards={code.id: code.source for code in codes},
             options=trainer_options(settings),
+            queue=queue_for(job.hardware, processes=job.processes),
         )
 
 

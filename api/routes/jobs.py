@@ -35,7 +35,7 @@ from api.services import rewards as rewards_service
 from service_core import artifacts
 from service_core.db import run_read, session_scope
 from service_core.models import TERMINAL_STATUSES, Event
-from service_core.queue import enqueue_job
+from service_core.queue import queue_for, send_turn
 from service_core.settings import get_settings
 
 # Every route here takes a body, a query or an id, so each can answer 422 (in the ErrorBody shape, like all errors).
@@ -45,7 +45,7 @@ KEEPALIVE_SECONDS = 15
 log = logging.getLogger(__name__)
 
 
-@router.post("", name="create", status_code=201, response_model=JobPublic, responses=error_responses(400, 409))
+@router.post("", name="create", status_code=201, response_model=JobPublic, responses=error_responses(400, 409, 429))
 def create_job(
     spec: JobCreate,
     response: Response,
@@ -55,15 +55,18 @@ def create_job(
 ) -> JobPublic:
     """Validate a job spec and queue it. With an Idempotency-Key header, a retry with the same spec returns the
     job the first request made (header Idempotent-Replayed: true) instead of making a second one; the same key
-    with another spec answers 409."""
+    with another spec answers 409. A tenant with as many jobs queued as it may have gets 429 (naming the limit and
+    its setting); running jobs never refuse one: past the tenant's cap on those, a job waits its turn."""
     job, created = jobs_service.create_job(session, tenant_id=tenant_id, spec=spec, idempotency_key=idempotency_key)
     session.commit()  # the message goes to the broker only once the row is durable
     if created:
         try:
-            enqueue_job(job.id, job.hardware, job.processes)
+            # A turn for the job's queue, not the job: the worker that takes it starts whichever tenant's job is next.
+            send_turn(queue_for(job.hardware, processes=job.processes))
         except Exception:
-            # The job is durable and queued in the database; a worker's reconciler sends it once the broker is
-            # back (GRPO_REQUEUE_QUEUED_AFTER_SECONDS). Failing the request would make the client retry for nothing.
+            # The job is durable and queued in the database; a worker's reconciler sends its queue a turn once the
+            # broker is back (GRPO_REQUEUE_QUEUED_AFTER_SECONDS). Failing the request would make the client retry for
+            # nothing.
             log.warning("broker unreachable; job %s stays queued for the reconciler to send", job.id, exc_info=True)
     else:
         response.headers["Idempotent-Replayed"] = "true"

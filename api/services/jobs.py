@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from fastapi import HTTPException
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -23,7 +24,7 @@ from grpo_core.rewards import RewardFunction, RewardSpecError, is_tenant_reward,
 from grpo_core.spec import BaseModelSpec
 from service_core import artifacts
 from service_core.job_state import record_event, set_status
-from service_core.models import TERMINAL_STATUSES, CheckpointRow, Dataset, Job, utcnow
+from service_core.models import TERMINAL_STATUSES, CheckpointRow, Dataset, Job, Tenant, utcnow
 from service_core.settings import Settings, get_settings
 
 
@@ -301,6 +302,7 @@ def create_job(session: Session, *, tenant_id: str, spec: JobCreate, idempotency
         if existing is not None:
             return _replayed(existing, spec, idempotency_key), False
     config = validate_job_spec(session, tenant_id=tenant_id, spec=spec)
+    _refuse_past_queued_cap(session, tenant_id=tenant_id)
     job = Job(
         tenant_id=tenant_id,
         idempotency_key=idempotency_key,
@@ -330,6 +332,30 @@ def create_job(session: Session, *, tenant_id: str, spec: JobCreate, idempotency
         return _replayed(existing, spec, idempotency_key), False
     record_event(session, job_id=job.id, type="status", data={"status": "queued"})
     return job, True
+
+
+QUEUED_RETRY_AFTER_SECONDS = 60  # a queue shortens as jobs start, and jobs run for minutes at least
+
+
+def _refuse_past_queued_cap(session: Session, *, tenant_id: str) -> None:
+    """429 when the tenant already has as many jobs queued as it may: its own limit where the operator set one
+    (`grpo tenants set --max-queued`), else GRPO_MAX_QUEUED_JOBS_PER_TENANT. Running jobs do not count here: the cap
+    on those makes a job wait its turn instead (worker/turns.py)."""
+    own = session.scalar(select(Tenant.max_queued_jobs).where(Tenant.id == tenant_id))
+    limit = get_settings().max_queued_jobs_per_tenant if own is None else own
+    queued = session.scalar(select(func.count()).where(Job.tenant_id == tenant_id, Job.status == "queued")) or 0
+    if queued >= limit:
+        source = (
+            "GRPO_MAX_QUEUED_JOBS_PER_TENANT"
+            if own is None
+            else "this tenant's own limit, set by the operator with `grpo tenants set --max-queued`"
+        )
+        raise HTTPException(
+            status_code=429,
+            detail=f"too many queued jobs: this tenant has {queued} queued, the limit is {limit} ({source}); "
+            f"retry after {QUEUED_RETRY_AFTER_SECONDS} s, or cancel a queued job",
+            headers={"Retry-After": str(QUEUED_RETRY_AFTER_SECONDS)},
+        )
 
 
 def _replayed(job: Job, spec: JobCreate, idempotency_key: str) -> Job:

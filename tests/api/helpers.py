@@ -38,3 +38,25 @@ def queued_messages() -> int:
 
     folder = get_settings().broker_folder / "queue"
     return len(list(folder.glob("*.msg"))) if folder.is_dir() else 0
+
+
+def sent_turns() -> list[str]:
+    """The turns waiting in the embedded broker's folder, by the queue each names (sorted): for jobs the API sends
+    turns (grpo.run_next_job with the queue), never job ids. A message of another task fails here."""
+    import base64
+
+    from service_core.queue import RUN_NEXT_JOB_TASK, RUN_PREFLIGHT_TASK
+    from service_core.settings import get_settings
+
+    folder = get_settings().broker_folder / "queue"
+    turns = []
+    for path in folder.glob("*.msg") if folder.is_dir() else []:
+        message = json.loads(path.read_bytes())
+        task = message["headers"]["task"]
+        if task == RUN_PREFLIGHT_TASK:
+            continue
+        assert task == RUN_NEXT_JOB_TASK, task
+        args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        assert path.name.split(".", 1)[1] == f"{args[0]}.msg"  # sent to the queue it names
+        turns.append(args[0])
+    return sorted(turns)

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from tests.api.helpers import ROWS, job_spec, jsonl, new_key, queued_messages, upload
+from service_core.settings import get_settings
+from tests.api.helpers import ROWS, job_spec, jsonl, new_key, queued_messages, sent_turns, upload
 
 
 def test_upload_lists_and_describes_a_dataset(service, alice):
@@ -24,6 +25,7 @@ def test_create_get_list_and_cancel_a_job(service, alice, dataset_id):
     assert job["status"] == "queued" and job["progress"] == {"step": 0, "max_steps": 3, "fraction": 0.0}
     assert job["hyperparameters"]["group_size"] == 4 and job["hyperparameters"]["epsilon"] == 0.2  # defaults filled
     assert queued_messages() == 1
+    assert sent_turns() == [get_settings().queue]  # a turn for its queue: the worker picks whose job runs
 
     assert service.get(f"/v1/jobs/{job['id']}", headers=alice).json()["id"] == job["id"]
     listed = service.get("/v1/jobs", headers=alice, params={"status": "queued"}).json()
@@ -300,3 +302,30 @@ def test_a_job_submitted_while_the_broker_is_down_is_accepted_and_stays_queued(s
     response = service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id))
     assert response.status_code == 201 and response.json()["status"] == "queued"
     assert service.get("/readyz").status_code == 503
+
+
+def test_a_tenant_past_its_queued_jobs_cap_gets_a_429_naming_the_cap_and_its_setting(
+    service, alice, bob, dataset_id, monkeypatch
+):
+    monkeypatch.setenv("GRPO_MAX_QUEUED_JOBS_PER_TENANT", "2")
+    get_settings.cache_clear()
+    first = service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id)).json()["id"]
+    assert service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id)).status_code == 201
+    refused = service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id))
+    assert refused.status_code == 429, refused.text
+    assert refused.headers["Retry-After"].isdigit()
+    assert "this tenant has 2 queued, the limit is 2 (GRPO_MAX_QUEUED_JOBS_PER_TENANT)" in refused.json()["detail"]
+    assert queued_messages() == 2
+    # Another tenant is not held to alice's queue; a queued job cancelled makes room again.
+    bob_dataset = upload(service, bob, jsonl(ROWS)).json()["id"]
+    assert service.post("/v1/jobs", headers=bob, json=job_spec(bob_dataset)).status_code == 201
+    service.post(f"/v1/jobs/{first}/cancel", headers=alice)
+    assert service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id)).status_code == 201
+    # The operator's limit for the tenant takes the place of the setting, and the refusal says so.
+    from api.cli import main as grpo
+
+    assert grpo(["tenants", "set", "alice", "--max-queued", "3"]) == 0
+    assert service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id)).status_code == 201
+    refused = service.post("/v1/jobs", headers=alice, json=job_spec(dataset_id))
+    assert refused.status_code == 429
+    assert "the limit is 3 (this tenant's own limit, set by the operator" in refused.json()["detail"]

@@ -4,7 +4,7 @@
 import pytest
 
 from api.cli import worker_hardware
-from tests.api.helpers import job_spec, queued_messages
+from tests.api.helpers import job_spec, queued_messages, sent_turns
 
 
 def message_queues() -> list[str]:
@@ -25,7 +25,7 @@ def test_a_job_goes_to_the_queue_of_the_hardware_it_asks_for(service, alice, dat
     assert gpu.status_code == 201, gpu.text
     assert gpu.json()["hardware"] == "gpu"
     assert service.get(f"/v1/jobs/{gpu.json()['id']}", headers=alice).json()["hardware"] == "gpu"
-    assert message_queues() == sorted([queue, f"{queue}-gpu"])
+    assert message_queues() == sorted([queue, f"{queue}-gpu"]) == sent_turns()
 
 
 def test_hardware_no_worker_serves_or_unknown_is_refused(service, alice, dataset_id, monkeypatch):
@@ -82,7 +82,7 @@ def test_a_gpu_job_on_two_processes_is_queued_for_two_gpus(service, alice, datas
     spec["hyperparameters"] = {**spec.get("hyperparameters", {}), "processes": 2, "prompts_per_step": 2}
     created = service.post("/v1/jobs", headers=alice, json={**spec, "hardware": "gpu"})
     assert created.status_code == 201, created.text
-    assert message_queues() == [f"{queue}-gpu-x2"]
+    assert message_queues() == [f"{queue}-gpu-x2"] == sent_turns()
 
 
 def test_processes_above_the_operator_limit_or_prompts_per_step_are_refused(service, alice, dataset_id, monkeypatch):

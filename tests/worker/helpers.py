@@ -4,6 +4,7 @@ tenant_and_dataset)."""
 from api.schemas import JobCreate
 from api.services import jobs as jobs_service
 from service_core.db import session_scope
+from service_core.queue import queue_for
 
 
 def make_job(tenant_id, dataset_id, rewards=None, **hyperparameters) -> str:
@@ -22,3 +23,8 @@ def make_job(tenant_id, dataset_id, rewards=None, **hyperparameters) -> str:
     with session_scope() as session:
         job, _ = jobs_service.create_job(session, tenant_id=tenant_id, spec=spec, idempotency_key=None)
         return job.id
+
+
+def cpu_queue() -> str:
+    """The Celery queue of the jobs make_job queues (no GPU, one process): where their turns go."""
+    return queue_for("cpu")

@@ -16,7 +16,7 @@ from api.services import keys as keys_service
 from service_core.db import session_scope
 from service_core.models import Job, Tenant
 from tests.service_env import clear_service_caches
-from tests.worker.helpers import make_job
+from tests.worker.helpers import cpu_queue, make_job
 from worker.runner import run_job
 
 PROMPTS_PER_STEP = 3
@@ -112,11 +112,11 @@ def test_the_prompts_endpoint_agrees_with_the_samples_and_metrics_of_a_job_that_
     with pytest.raises(SystemExit):
         run_job(job_id)
     monkeypatch.undo()
-    monkeypatch.setattr(reconciler, "enqueue_job", lambda job_id, hardware, processes=1: None)
+    monkeypatch.setattr(reconciler, "send_turn", lambda queue: None)
     with session_scope() as session:
         job = session.get(Job, job_id)
         job.lease_expires_at = job.lease_expires_at.replace(year=2000)
-    assert reconciler.reconcile_once() == [job_id]
+    assert reconciler.reconcile_once() == [cpu_queue()]
     assert run_job(job_id) == "succeeded"
     with session_scope() as session:
         assert session.get(Job, job_id).steps_computed == 3 + 1  # step 3 ran again

@@ -15,7 +15,7 @@ from service_core.db import session_scope
 from service_core.models import CheckpointRow, Job, MetricRow
 from tests.service_env import clear_service_caches
 from tests.waiting import wait_for
-from tests.worker.helpers import make_job
+from tests.worker.helpers import cpu_queue, make_job
 from worker import leases
 from worker.runner import run_job
 
@@ -82,9 +82,7 @@ def test_an_expired_lease_is_queued_again_and_the_rerun_resumes_from_the_checkpo
     from worker import reconciler
 
     sent = []
-    monkeypatch.setattr(
-        reconciler, "enqueue_job", lambda job_id, hardware, processes=1: sent.append(job_id)
-    )  # the broker is not what this test is about
+    monkeypatch.setattr(reconciler, "send_turn", sent.append)  # the broker is not what this test is about
     tenant_id, dataset_id = tenant_and_dataset
     job_id = make_job(tenant_id, dataset_id, max_steps=4)
     straight_id = make_job(tenant_id, dataset_id, max_steps=4)
@@ -103,13 +101,13 @@ def test_an_expired_lease_is_queued_again_and_the_rerun_resumes_from_the_checkpo
     with pytest.raises(SystemExit):
         run_job(job_id)
     monkeypatch.undo()
-    monkeypatch.setattr(reconciler, "enqueue_job", lambda job_id, hardware, processes=1: sent.append(job_id))
+    monkeypatch.setattr(reconciler, "send_turn", sent.append)
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert job.status == "running" and job.step == 3
         job.lease_expires_at = job.lease_expires_at.replace(year=2000)
 
-    assert reconciler.reconcile_once() == [job_id] == sent
+    assert reconciler.reconcile_once() == [cpu_queue()] == sent
     with session_scope() as session:
         assert session.get(Job, job_id).status == "queued"
     assert run_job(job_id) == "succeeded"
@@ -128,7 +126,7 @@ def test_an_expired_lease_is_queued_again_and_the_rerun_resumes_from_the_checkpo
 def test_a_job_that_keeps_losing_its_worker_fails_after_max_attempts(tenant_and_dataset, monkeypatch):
     from worker import reconciler
 
-    monkeypatch.setattr(reconciler, "enqueue_job", lambda job_id, hardware, processes=1: None)
+    monkeypatch.setattr(reconciler, "send_turn", lambda queue: None)
     job_id = make_job(*tenant_and_dataset)
     for attempt in (1, 2, 3):
         with session_scope() as session:
@@ -144,17 +142,17 @@ def test_a_job_that_keeps_losing_its_worker_fails_after_max_attempts(tenant_and_
         assert leases.claim_job(session, job_id=job_id, owner="w4", lease_seconds=60, max_attempts=3) is None
 
 
-def test_a_queued_job_whose_message_is_old_is_sent_again_once(tenant_and_dataset, monkeypatch):
+def test_a_queue_whose_job_waited_long_is_sent_a_turn_once(tenant_and_dataset, monkeypatch):
     from worker import reconciler
 
     sent = []
-    monkeypatch.setattr(reconciler, "enqueue_job", lambda job_id, hardware, processes=1: sent.append(job_id))
+    monkeypatch.setattr(reconciler, "send_turn", sent.append)
     job_id = make_job(*tenant_and_dataset)
     assert reconciler.reconcile_once() == []  # just sent: leave it
     with session_scope() as session:
         job = session.get(Job, job_id)
         job.enqueued_at = job.enqueued_at.replace(year=2000)
-    assert reconciler.reconcile_once() == [job_id]
+    assert reconciler.reconcile_once() == [cpu_queue()]
     assert reconciler.reconcile_once() == []  # not again so soon
 
 
@@ -169,11 +167,11 @@ def shutting_down():
 
 @pytest.fixture
 def sent(monkeypatch):
-    """The job ids the runner sends to the broker."""
+    """The queues the runner sends a turn to."""
     from worker import runner
 
     sent: list[str] = []
-    monkeypatch.setattr(runner, "enqueue_job", lambda job_id, hardware, processes=1: sent.append(job_id))
+    monkeypatch.setattr(runner, "send_turn", sent.append)
     return sent
 
 
@@ -200,7 +198,7 @@ def test_a_worker_shutting_down_checkpoints_its_job_and_queues_it_again(
 ):
     job_id = make_job(*tenant_and_dataset, max_steps=4, checkpoint_every=0)
     assert run_until_shutdown_after(job_id, 2, monkeypatch, shutting_down) == "queued"
-    assert sent == [job_id]
+    assert sent == [cpu_queue()]
     with session_scope() as session:
         job = session.get(Job, job_id)
         # Lease released, and the clean stop does not use up one of GRPO_MAX_ATTEMPTS.
@@ -239,7 +237,7 @@ def test_a_message_taken_while_the_worker_shuts_down_is_sent_on_untouched(tenant
     job_id = make_job(*tenant_and_dataset)
     shutting_down.set()
     assert run_job(job_id) == "queued"
-    assert sent == [job_id]
+    assert sent == [cpu_queue()]
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert (job.status, job.attempt, job.lease_owner, job.steps_computed) == ("queued", 0, None, 0)
@@ -341,7 +339,7 @@ def test_a_worker_shutting_down_mid_step_checkpoints_the_last_finished_step_and_
     started = time.monotonic()
     assert run_job(job_id) == "queued"
     assert time.monotonic() - started < 25  # the reward alone would take 30 s
-    assert sent == [job_id]
+    assert sent == [cpu_queue()]
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert (job.status, job.step, job.steps_computed) == ("queued", 0, 0)
@@ -527,7 +525,7 @@ def test_a_job_on_two_processes_whose_rank_is_killed_resumes_from_its_checkpoint
     from worker import reconciler
 
     sent = []
-    monkeypatch.setattr(reconciler, "enqueue_job", lambda job_id, hardware, processes=1: sent.append(job_id))
+    monkeypatch.setattr(reconciler, "send_turn", sent.append)
     job_id = make_job(*tenant_and_dataset, processes=2, prompts_per_step=2, max_steps=6)
     outcome = []
     run = threading.Thread(target=lambda: outcome.append(run_job(job_id)))
@@ -542,7 +540,7 @@ def test_a_job_on_two_processes_whose_rank_is_killed_resumes_from_its_checkpoint
     os.kill(ranks[-1].pid, signal.SIGKILL)
     run.join()
     # The attempt ended, no rank is left, and the job went back to the queue to resume.
-    assert outcome == ["queued"] and sent == [job_id] and multiprocessing.active_children() == []
+    assert outcome == ["queued"] and sent == [cpu_queue()] and multiprocessing.active_children() == []
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert job.status == "queued" and job.lease_owner is None and job.attempt == 1
