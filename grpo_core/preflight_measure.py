@@ -16,8 +16,9 @@ from typing import Any
 from grpo_core import preflight as figures
 from grpo_core.config import GRPOConfig, RewardSpec
 from grpo_core.options import DEFAULT_OPTIONS, TrainerOptions
-from grpo_core.rollout import ScoredSamples, sample_and_score
+from grpo_core.rollout import SamplingWork, ScoredSamples, sample_and_score
 from grpo_core.schedule import prompt_draw
+from grpo_core.step import USAGE_FIGURES
 from grpo_core.trainer import GRPOTrainer
 
 
@@ -32,6 +33,7 @@ def measure_preflight(
     options: TrainerOptions = DEFAULT_OPTIONS,
     tenant_rewards: Mapping[str, str] | None = None,
     check_stop: Callable[[], None] | None = None,
+    on_work: Callable[[dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
     """The pre-flight report (grpo_core.preflight.report) of a job spec on this machine (options: its device, model
     cache and reward limits). check_stop is called as a step calls it (each decoded token, each reward poll) and
@@ -41,7 +43,10 @@ def measure_preflight(
     at the job's temperature, sampled prompts_per_step prompts at a time as a step samples them. Then one real step
     of the job (its first: sampling, scoring, the log-prob passes and the update, dynamic sampling included), timed
     after the sampling above has warmed the model up. The adapter it trains is thrown away. Every failed reward is
-    counted in the figures: none ends the pre-flight."""
+    counted in the figures: none ends the pre-flight.
+
+    on_work, once measured, gets the work it did as a step's metrics count it (grpo_core.step.USAGE_FIGURES): the
+    sampling of the first prompts and the timed step together."""
     config = dataclasses.replace(config, processes=1)  # one rank's step; a job on several divides it
     options = dataclasses.replace(options, sample_groups_per_step=0, max_reward_failure_fraction=1.0)
     with tempfile.TemporaryDirectory(prefix="preflight-") as output_dir:
@@ -63,6 +68,9 @@ def measure_preflight(
             sampled = sample_first_prompts(trainer, prompts, scorer, check_stop)
             seconds_per_completion = (time.perf_counter() - started) / sum(len(part.completions) for part in sampled)
             metrics, _rollout = trainer.train_step(0, scorer, check_stop)
+    if on_work is not None:
+        work = sum((SamplingWork.of(part) for part in sampled), SamplingWork())
+        on_work({key: metrics[key] + getattr(work, key, 0) for key in USAGE_FIGURES})
     return figures.report(
         sampled_figures(sampled, [fn.name for fn, _params, _weight in trainer.rewards], config.group_size),
         max_new_tokens=config.max_new_tokens,

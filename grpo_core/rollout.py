@@ -89,6 +89,36 @@ class ScoredSamples:
     batch: SampleBatch  # N = len(rows) x group_size completions, each group adjacent
     completions: list[str]  # [N] decoded
     scores: Scores
+    reward_seconds: float = 0.0  # wall time the rewards took to score these completions
+
+
+@dataclass(frozen=True)
+class SamplingWork:
+    """What sampling and scoring cost, the figures a tenant's usage adds up (one rank's share; sum over ranks).
+
+    tokens_sampled: completion tokens generated, each completion up to and including its EOS (completion_mask).
+    reward_calls: completions x reward functions, each (completion, function) pair one call; a TRL batch-shaped
+    reward's one call counts once per completion it scores, so the figure does not depend on a reward's shape.
+    reward_seconds: wall time spent scoring."""
+
+    tokens_sampled: int = 0
+    reward_calls: int = 0
+    reward_seconds: float = 0.0
+
+    @classmethod
+    def of(cls, samples: ScoredSamples) -> SamplingWork:
+        return cls(
+            tokens_sampled=int(samples.batch.completion_mask.sum().item()),
+            reward_calls=samples.scores.per_function.numel(),
+            reward_seconds=samples.reward_seconds,
+        )
+
+    def __add__(self, other: SamplingWork) -> SamplingWork:
+        return SamplingWork(
+            self.tokens_sampled + other.tokens_sampled,
+            self.reward_calls + other.reward_calls,
+            self.reward_seconds + other.reward_seconds,
+        )
 
 
 def sample_and_score(
@@ -122,6 +152,7 @@ def sample_and_score(
     )
     completions = decode_completions(tokenizer, batch)
     grouped_rows = [row for row in rows for _ in range(group_size)]
+    scoring_started = time.perf_counter()
     scores = score_completions(
         completions,
         grouped_rows,
@@ -130,7 +161,7 @@ def sample_and_score(
         max_failures=max_reward_failures,
         device=batch.completion_ids.device,
     )
-    return ScoredSamples(batch, completions, scores)
+    return ScoredSamples(batch, completions, scores, time.perf_counter() - scoring_started)
 
 
 @contextmanager
@@ -247,6 +278,8 @@ class Rollout:
     # [R] the rewards [rows drawn x G] of each sampling round, in draw order: every group sampled, also those that
     # dynamic sampling dropped (one round without it). This rank's only.
     drawn_rewards: Sequence[torch.Tensor] = ()
+    # What every round's sampling and scoring cost, dropped groups included. This rank's only.
+    work: SamplingWork = SamplingWork()
 
     @property
     def batch(self) -> SampleBatch:
@@ -285,7 +318,8 @@ def collect_rollout(
         max_reward_failures=max_reward_failures,
         seeds=seeds,
     )
-    return rollout_from_samples(model, samples, rows, config, time.perf_counter() - started, world=world)
+    rollout = rollout_from_samples(model, samples, rows, config, time.perf_counter() - started, world=world)
+    return dataclasses.replace(rollout, work=SamplingWork.of(samples))
 
 
 def collect_dynamic_rollout(
@@ -313,6 +347,7 @@ def collect_dynamic_rollout(
     first: tuple[ScoredSamples, Sequence[Mapping[str, Any]]] | None = None
     drawn_rewards: list[torch.Tensor] = []
     drawn = dropped = rounds = 0
+    work = SamplingWork()
     while len(kept_rows) < wanted and rounds < config.max_sampling_rounds:
         rows, seeds = draw(rounds)
         samples = sample_and_score(
@@ -328,6 +363,7 @@ def collect_dynamic_rollout(
             seeds=seeds,
         )
         rounds, drawn = rounds + 1, drawn + len(rows)
+        work += SamplingWork.of(samples)
         drawn_rewards.append(samples.scores.rewards)
         first = first or (samples, rows)
         flat = zero_std_groups(samples.scores.rewards, config.group_size).tolist()
@@ -339,7 +375,9 @@ def collect_dynamic_rollout(
     assert first is not None  # max_sampling_rounds >= 1
     samples, rows = (concat_samples(kept), kept_rows) if kept else first
     rollout = rollout_from_samples(model, samples, rows, config, time.perf_counter() - started)
-    return dataclasses.replace(rollout, dynamic=DynamicSampling(drawn, dropped, rounds), drawn_rewards=drawn_rewards)
+    return dataclasses.replace(
+        rollout, dynamic=DynamicSampling(drawn, dropped, rounds), drawn_rewards=drawn_rewards, work=work
+    )
 
 
 def rollout_from_samples(

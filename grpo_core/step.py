@@ -9,7 +9,9 @@ before that step updates anything.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -21,6 +23,7 @@ from grpo_core.reward_process import RewardFailure
 from grpo_core.rollout import (
     ResolvedRewards,
     Rollout,
+    SamplingWork,
     Scores,
     collect_dynamic_rollout,
     collect_rollout,
@@ -30,6 +33,10 @@ from grpo_core.scoring import RewardScorer
 from grpo_core.update import update_policy
 
 DrawMore = Callable[[int], tuple[Sequence[Mapping[str, Any]], Sequence[int]]]
+
+
+USAGE_FIGURES = ("tokens_sampled", "tokens_trained", "reward_calls", "reward_seconds")
+"""The figures of a step's metrics that a tenant's usage adds up (step_metrics defines them)."""
 
 
 class TooManyRewardFailures(RewardFailure):
@@ -45,13 +52,20 @@ def step_metrics(
 ) -> dict[str, float]:
     """What a step reports: rewards and advantages of its rollout, the last update's loss figures, completion
     lengths and timings. With several ranks, per-completion values are gathered first, so the figures are the
-    whole step's; the timings are the slowest rank's."""
+    whole step's; the timings are the slowest rank's.
+
+    The work the step did, which a tenant's usage adds up (USAGE_FIGURES), is summed over ranks: tokens_sampled,
+    reward_calls and reward_seconds over every sampling round (see rollout.SamplingWork; dynamic sampling's dropped
+    groups included), and tokens_trained, the completion tokens of the groups the step trained on times the updates
+    made on them (num_iterations): each went through a forward and backward pass that often (a completion that
+    mask_truncated_completions leaves out of the loss still did)."""
     batch = rollout.batch
     scores = gather_scores(world, rollout.samples.scores)
     lengths = world.gather(batch.completion_mask.sum(dim=1).float())
     advantages = world.gather(rollout.advantages)
     truncated = world.gather(batch.truncated)
     step_seconds, sampling_seconds = world.max(step_seconds), world.max(rollout.sampling_seconds)
+    work: SamplingWork = functools.reduce(operator.add, world.gather_objects(rollout.work))
     return {
         "reward_mean": scores.rewards.mean().item(),
         "reward_std": scores.rewards.std().item(),
@@ -71,6 +85,10 @@ def step_metrics(
         "step_seconds": step_seconds,
         "sampling_seconds": sampling_seconds,
         "generated_tokens_per_second": lengths.sum().item() / max(sampling_seconds, 1e-9),
+        "tokens_sampled": float(work.tokens_sampled),
+        "tokens_trained": lengths.sum().item() * len(updates),
+        "reward_calls": float(work.reward_calls),
+        "reward_seconds": work.reward_seconds,
         **(rollout.dynamic.metrics() if rollout.dynamic is not None else {}),
     }
 

@@ -18,7 +18,7 @@ from grpo_core.options import TrainerOptions
 LENGTH_REWARD = [RewardSpec("length_target", params={"target": 60})]
 # Each loss_type with a reward scaling: "batch" needs the whole step's rewards, so two of them take it.
 VARIANTS = [("grpo", "group"), ("bnpo", "batch"), ("dapo", "none"), ("dr_grpo", "batch")]
-TIMINGS = {"step_seconds", "sampling_seconds", "generated_tokens_per_second"}
+TIMINGS = {"step_seconds", "sampling_seconds", "generated_tokens_per_second", "reward_seconds"}
 
 
 def config_for(loss_type, scale_rewards, **overrides):

@@ -681,6 +681,27 @@ def test_dynamic_sampling_stops_after_max_rounds_and_trains_on_the_first_round_w
     assert metrics["zero_std_group_fraction"] == 1.0 and metrics["advantage_max"] == 0.0
 
 
+def test_a_step_reports_the_work_usage_adds_up(tmp_path):
+    recorder = Recorder()
+    make_trainer(tmp_path, tiny_config(max_steps=1, num_iterations=2), [recorder]).train()
+    ((_, metrics),) = recorder.steps
+    completions = 2 * 4  # prompts_per_step x group_size
+    tokens = metrics["completion_length_mean"] * completions
+    assert metrics["tokens_sampled"] == pytest.approx(tokens)
+    assert metrics["tokens_trained"] == pytest.approx(2 * tokens)  # each token in both updates
+    assert metrics["reward_calls"] == completions  # one reward function
+    assert 0 < metrics["reward_seconds"] < metrics["step_seconds"]
+
+
+def test_dynamic_sampling_counts_the_work_of_the_groups_it_dropped(tmp_path):
+    recorder = Recorder()
+    dynamic_trainer(tmp_path, flat_or_mixed_rows(mixed=1, flat=9), [recorder], max_steps=2).train()
+    for _, metrics in recorder.steps:
+        assert metrics["reward_calls"] == metrics["prompts_drawn"] * 4
+        assert metrics["tokens_sampled"] >= metrics["tokens_trained"]
+    assert any(m["tokens_sampled"] > m["tokens_trained"] for _, m in recorder.steps), "the rows must give flat groups"
+
+
 def test_dynamic_sampling_resumes_exactly(tmp_path):
     rows = flat_or_mixed_rows(mixed=4, flat=8)
     straight = dynamic_trainer(tmp_path / "straight", rows, max_steps=4, checkpoint_every=2).train()
