@@ -7,6 +7,8 @@ grpo keys create --tenant NAME           print a new API key (once; only its has
 grpo tenants set NAME [--weight W] [--max-running N|default] [--max-queued N|default]
                                          a tenant's share of the workers and its own caps on jobs (fair turns)
 grpo tenants list                        each tenant's weight, caps in force, and jobs running and queued
+grpo usage [--tenant NAME] [--start YYYY-MM-DD] [--end YYYY-MM-DD]
+                                         what tenants used (one, or every one), by day and by job (GET /v1/usage)
 grpo train CONFIG.yaml [--resume] [--device auto|cpu|cuda|cuda:N]   run a job locally without the service
 grpo models add NAME SOURCE [...]        register a base model (a checkpoint folder or hub id) in the models file
 grpo models list [--file [PATH]]         the models a job may name: the API's (--file: the local models file's)
@@ -165,6 +167,69 @@ def tenants_command(args) -> int:
     return 0
 
 
+def _day(value: str):
+    from datetime import date
+
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a day as YYYY-MM-DD, not {value!r}") from None
+
+
+USAGE_HEADER = "compute s\tcpu s\tgpu s\ttokens sampled\ttokens trained\treward calls\treward s"
+
+
+def _usage_line(figures) -> str:
+    by_hardware = figures.compute_seconds_by_hardware
+    return (
+        f"{figures.compute_seconds:.1f}\t{by_hardware.get('cpu', 0.0):.1f}\t{by_hardware.get('gpu', 0.0):.1f}\t"
+        f"{figures.tokens_sampled}\t{figures.tokens_trained}\t{figures.reward_calls}\t{figures.reward_seconds:.1f}"
+    )
+
+
+def usage_command(args) -> int:
+    """`grpo usage`: the operator's view of GET /v1/usage, for one tenant or every tenant with usage in the range,
+    read from the database; a problem is printed as one line and exits 1."""
+    from sqlalchemy import select
+
+    from api.services import InvalidInput
+    from api.services import usage as usage_service
+    from service_core.db import session_scope
+    from service_core.models import Tenant
+
+    try:
+        start, end = usage_service.usage_range(args.start, args.end)
+        with session_scope() as session:
+            if args.tenant is None:
+                tenants = usage_service.tenants_with_usage(session, start=start, end=end)
+            else:
+                tenant_id = session.scalar(select(Tenant.id).where(Tenant.name == args.tenant))
+                if tenant_id is None:
+                    raise InvalidInput(f"tenant {args.tenant!r} not found")
+                tenants = [(tenant_id, args.tenant)]
+            reports = [
+                (name, usage_service.tenant_usage(session, tenant_id=tenant_id, start=start, end=end))
+                for tenant_id, name in tenants
+            ]
+    except InvalidInput as error:
+        print(f"grpo usage: {error}", file=sys.stderr)
+        return 1
+    if not reports:
+        print(f"no usage from {start} to {end}")
+    for number, (name, usage) in enumerate(reports):
+        if number:
+            print()
+        print(f"tenant {name}, {usage.start} to {usage.end}")
+        print(f"day\t{USAGE_HEADER}")
+        for day in usage.by_day:
+            print(f"{day.day}\t{_usage_line(day)}")
+        print(f"total\t{_usage_line(usage.totals)}")
+        print(f"job\tkind\thardware\t{USAGE_HEADER}")
+        for source in usage.by_job:
+            print(f"{source.id}\t{source.kind}\t{source.hardware}\t{_usage_line(source)}")
+    return 0
+
+
 def sandbox_cgroup_command(args) -> int:
     """`grpo sandbox-cgroup`: the container entrypoint's one root step (deploy/entrypoint.sh), so that a service running
     as a non-root user still gives each reward sandbox its own cgroup; api/sandbox_setup.py says why each step is
@@ -240,6 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     tenants.add_parser("list", help="each tenant's weight, caps in force, and jobs running and queued").add_argument(
         "--data-dir", type=Path, dest="sub_data_dir"
     )
+    usage = commands.add_parser(
+        "usage", help="what tenants used (compute seconds by hardware, tokens, reward calls), by day and by job"
+    )
+    usage.add_argument("--tenant", help="one tenant, by name (default: every tenant with usage in the range)")
+    usage.add_argument("--start", type=_day, help="first UTC day, YYYY-MM-DD (default: 29 days before the end)")
+    usage.add_argument("--end", type=_day, help="last UTC day, included, YYYY-MM-DD (default: today)")
+    usage.add_argument("--data-dir", type=Path, dest="sub_data_dir")
     train = commands.add_parser("train", help="run a training job from a YAML config, locally")
     train.add_argument("config", type=Path)
     train.add_argument("--resume", action="store_true")
@@ -344,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         print(key)
     if args.command == "tenants":
         return tenants_command(args)
+    if args.command == "usage":
+        return usage_command(args)
     return 0
 
 

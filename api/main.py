@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.dashboard import mount_dashboard
 from api.limits import REWARD_BODY_BYTES, BodySizeLimit, TenantSlots
 from api.metrics import add_metrics
-from api.routes import catalog, datasets, health, jobs, preflights, rewards
+from api.routes import catalog, datasets, health, jobs, preflights, rewards, usage
 from api.services import InvalidInput, NotFound, Unavailable
 from api.services.catalog import model_catalog
 from grpo_core.config import json_repr
@@ -116,7 +116,15 @@ def create_app() -> FastAPI:
         generate_unique_id_function=_operation_id,
         description="GRPO fine-tuning jobs with LoRA adapters. Every /v1 call needs `Authorization: Bearer <key>`.",
     )
-    for router in (health.router, datasets.router, catalog.router, rewards.router, preflights.router, jobs.router):
+    for router in (
+        health.router,
+        datasets.router,
+        catalog.router,
+        rewards.router,
+        preflights.router,
+        jobs.router,
+        usage.router,
+    ):
         app.include_router(router)
     mount_dashboard(app)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, create_model, field_validator
@@ -563,3 +563,37 @@ class PreflightPublic(BaseModel):
 class PreflightsPublic(BaseModel):
     data: list[PreflightPublic]
     count: int = Field(description="Pre-flights of this tenant, over all pages")
+
+
+class UsageFigures(BaseModel):
+    """What was used: the figures each job step and pre-flight records (worker/writes.py)."""
+
+    compute_seconds: float = Field(
+        description="Wall-clock seconds of training steps times the processes (devices) each ran on, and of "
+        "pre-flights; model loading, evaluations and checkpoints are not counted"
+    )
+    compute_seconds_by_hardware: dict[str, float] = Field(
+        description="compute_seconds by hardware class (cpu, gpu), each class present"
+    )
+    tokens_sampled: int = Field(description="Completion tokens generated, groups dynamic sampling dropped included")
+    tokens_trained: int = Field(description="Completion tokens of the groups trained on, times num_iterations")
+    reward_calls: int = Field(description="Completions scored, once per reward function")
+    reward_seconds: float = Field(description="Seconds spent scoring completions")
+
+
+class UsageDay(UsageFigures):
+    day: date = Field(description="UTC")
+
+
+class UsageSource(UsageFigures):
+    id: str = Field(description="The job's or pre-flight's id")
+    kind: Literal["job", "preflight"]
+    hardware: str
+
+
+class UsagePublic(BaseModel):
+    start: date = Field(description="First day counted (UTC)")
+    end: date = Field(description="Last day counted (UTC), inclusive")
+    by_day: list[UsageDay] = Field(description="Each day with any usage, in order")
+    by_job: list[UsageSource] = Field(description="Each job and pre-flight with usage in the range, by id")
+    totals: UsageFigures

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Literal, get_args
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -316,3 +317,31 @@ class Preflight(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
+
+
+class Usage(Base):
+    """What a job or a pre-flight used, one row per UTC day and hardware class, added to as it runs: by each training
+    step the job records (worker/writes.py record_usage, in the transaction of the step's metric row, so a step run
+    again after a resume adds nothing) and once by a pre-flight. GET /v1/usage and `grpo usage` sum these rows.
+
+    compute_seconds: wall-clock seconds of the job's steps times the processes (devices) each ran on, or of the
+    pre-flight's measurement; model loading, evaluations and checkpoints are not counted. The other figures are
+    grpo_core.step.step_metrics' (see USAGE_FIGURES there)."""
+
+    __tablename__ = "usage"
+    # GET /v1/usage reads one tenant's rows over a range of days.
+    __table_args__ = (Index("ix_usage_tenant_day", "tenant_id", "day"),)
+    # A job's or a pre-flight's id (their prefixes tell them apart), with no foreign key: usage outlives what used it.
+    source_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)  # UTC
+    hardware: Mapped[str] = mapped_column(String(20), primary_key=True)  # one of HARDWARE_CLASSES
+    kind: Mapped[str] = mapped_column(String(10))  # "job" or "preflight"
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    compute_seconds: Mapped[float] = mapped_column(Float)
+    tokens_sampled: Mapped[int] = mapped_column(BigInteger)
+    tokens_trained: Mapped[int] = mapped_column(BigInteger)
+    reward_calls: Mapped[int] = mapped_column(BigInteger)
+    reward_seconds: Mapped[float] = mapped_column(Float)
+
+
+USAGE_KINDS = ("job", "preflight")

@@ -187,6 +187,12 @@ class Settings(BaseSettings):
         le=65535,
         description="A worker serves its Prometheus metrics on this port, on every interface (0: not at all)",
     )
+    metrics_tenant_labels: bool = Field(
+        False,
+        description="Label the workers' usage totals (grpo_compute_seconds_total and the like) with each tenant's "
+        "name as well as the hardware class: one series per tenant, which a service with many tenants may not want, "
+        "and names whoever reaches a worker's metrics port can read",
+    )
     model_cache: Path | None = Field(None, description="Converted base models; default ~/.cache/grpo-service/models")
     device: str = Field(
         "auto",

@@ -5,14 +5,24 @@ through the supervisor (worker/runner.py).
 
 Series are labelled by job id. A worker runs one job at a time and keeps its latest job's series until it starts the
 next one, so a job shorter than the scrape interval is still seen, and the series stay bounded by the fleet.
+
+Usage totals (UsageCounters) are counters by hardware class only, so they stay few however many tenants there are;
+GRPO_METRICS_TENANT_LABELS adds a `tenant` label (the tenant's name). They count the work this worker did: a step
+run again after a resume counts again here, as it used the machine again, while a tenant's usage in the database
+counts each step once.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from grpo_core.step import USAGE_FIGURES as STEP_USAGE_FIGURES
+from service_core.settings import get_settings
+from worker.writes import USAGE_FIGURES, step_usage
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +75,62 @@ def job_stopped(job_id: str) -> None:
     job_active.labels(job_id).set(0)
 
 
+class UsageCounters:
+    """The usage totals: compute seconds, tokens sampled and trained, reward calls and seconds (worker/writes.py
+    USAGE_FIGURES), labelled by hardware class, and by tenant too when `tenant_labels`."""
+
+    HELP = {
+        "compute_seconds": "Seconds of steps and pre-flights times the devices they held",
+        "tokens_sampled": "Completion tokens generated, dropped groups of dynamic sampling included",
+        "tokens_trained": "Completion tokens trained on, once per update (num_iterations)",
+        "reward_calls": "Completions scored, once per reward function",
+        "reward_seconds": "Seconds spent scoring completions",
+    }
+
+    def __init__(self, *, tenant_labels: bool, registry: CollectorRegistry = REGISTRY):
+        self.tenant_labels = tenant_labels
+        labels = ["hardware", "tenant"] if tenant_labels else ["hardware"]
+        self.counters = {
+            key: Counter(f"grpo_{key}", self.HELP[key], labels, registry=registry) for key in USAGE_FIGURES
+        }
+
+    def observe(self, figures: Mapping[str, float], *, hardware: str, tenant: str) -> None:
+        labels = (hardware, tenant) if self.tenant_labels else (hardware,)
+        for key, counter in self.counters.items():
+            value = figures.get(key, 0.0)
+            if value > 0:
+                counter.labels(*labels).inc(value)
+
+
+_usage: UsageCounters | None = None
+
+
+def usage_counters() -> UsageCounters:
+    """This process's usage counters, made on first use as GRPO_METRICS_TENANT_LABELS says."""
+    global _usage
+    with _lock:
+        if _usage is None:
+            _usage = UsageCounters(tenant_labels=get_settings().metrics_tenant_labels, registry=REGISTRY)
+        return _usage
+
+
+def observe_usage(figures: Mapping[str, float], *, hardware: str, tenant: str) -> None:
+    """Add a step's or a pre-flight's usage (worker/writes.py USAGE_FIGURES) to the totals."""
+    usage_counters().observe(figures, hardware=hardware, tenant=tenant)
+
+
 def step_figures(metrics: dict[str, float]) -> dict[str, float]:
     """The figures of a step's metrics (grpo_core's on_step) shown here: all a rank needs to send."""
     return {
         key: float(metrics[key])
-        for key in ("step_seconds", "generated_tokens_per_second", "reward_errors")
+        for key in ("step_seconds", "generated_tokens_per_second", "reward_errors", *STEP_USAGE_FIGURES)
         if isinstance(metrics.get(key), int | float)
     }
 
 
-def observe_step(job_id: str, figures: dict[str, float]) -> None:
+def observe_step(job_id: str, figures: dict[str, float], *, hardware: str, tenant: str, processes: int) -> None:
+    """A step's figures (step_figures) into the job's series and the usage totals of its tenant and hardware."""
+    observe_usage(step_usage(figures, processes), hardware=hardware, tenant=tenant)
     steps.labels(job_id).inc()
     if "step_seconds" in figures:
         step_seconds.labels(job_id).observe(figures["step_seconds"])

@@ -7,10 +7,15 @@ read before each decoded token and at each poll while rewards score, as a job's 
 states those bounds). A worker shutting down puts the pre-flight back in the queue. One that died under it leaves it
 running past its deadline_at, and the reconciler fails it (worker/reconciler.py), so none stays running forever.
 A message delivered twice runs once: the claim is a compare-and-set from queued to running.
+
+Usage: each run records what it used once, with its outcome (a run a shutdown puts back counts too: it used the
+machine): its wall-clock seconds measuring as compute_seconds, and the sampling, training and scoring figures of a
+measurement that finished (one that failed or stopped records its seconds only).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import time
@@ -25,9 +30,11 @@ from grpo_core.preflight_measure import measure_preflight
 from grpo_core.rewards import is_tenant_reward
 from service_core import artifacts
 from service_core.db import session_scope
-from service_core.models import Preflight, RewardCode, utcnow
+from service_core.models import Preflight, RewardCode, Tenant, utcnow
 from service_core.queue import enqueue_preflight
 from service_core.settings import get_settings
+from worker import metrics as worker_metrics
+from worker import writes
 from worker.runner import shutting_down, trainer_options
 
 log = logging.getLogger(__name__)
@@ -86,6 +93,7 @@ def run_preflight(preflight_id: str) -> str:
             "tenant_rewards": {code.id: code.source for code in codes},
         }
         hardware = preflight.hardware
+        usage = Usage(preflight_id, preflight.tenant_id, session.get_one(Tenant, preflight.tenant_id).name, hardware)
 
     timeout = settings.preflight_timeout_seconds
     deadline = time.monotonic() + timeout
@@ -99,29 +107,60 @@ def run_preflight(preflight_id: str) -> str:
             )
 
     try:
-        result = measure_preflight(**spec, options=trainer_options(settings), check_stop=check_stop)
+        result = measure_preflight(
+            **spec, options=trainer_options(settings), check_stop=check_stop, on_work=usage.figures.update
+        )
     except PreflightStopped as stop:
         if shutting_down.is_set():
-            _finish(preflight_id, "queued", started_at=None, deadline_at=None, worker_host=None)
+            _finish(usage, "queued", started_at=None, deadline_at=None, worker_host=None)
             enqueue_preflight(preflight_id, hardware)
             return "queued"
-        return _finish(preflight_id, "failed", error=str(stop))
+        return _finish(usage, "failed", error=str(stop))
     except Exception as error:
         log.exception("pre-flight %s failed", preflight_id)
-        return _finish(preflight_id, "failed", error=f"{type(error).__name__}: {error}")
-    return _finish(preflight_id, "succeeded", result=result)
+        return _finish(usage, "failed", error=f"{type(error).__name__}: {error}")
+    return _finish(usage, "succeeded", result=result)
 
 
-def _finish(preflight_id: str, status: str, **values: Any) -> str:
-    """Record the outcome, unless the reconciler failed the pre-flight in the meantime (it ran past deadline_at)."""
+@dataclasses.dataclass
+class Usage:
+    """What one run of a pre-flight used, from its claim on: recorded once, with its outcome."""
+
+    preflight_id: str
+    tenant_id: str
+    tenant_name: str  # the label of this worker's usage totals
+    hardware: str
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    figures: dict[str, float] = dataclasses.field(default_factory=dict)  # measure_preflight's on_work
+
+    def totals(self) -> dict[str, float]:
+        # One process: the measurement runs the job's step on one rank (measure_preflight).
+        return {**self.figures, "compute_seconds": time.monotonic() - self.started}
+
+
+def _finish(usage: Usage, status: str, **values: Any) -> str:
+    """Record the outcome and the run's usage, unless the reconciler failed the pre-flight in the meantime (it ran
+    past deadline_at): then neither is, as for a worker that died under it."""
     if status != "queued":
         values["finished_at"] = utcnow()
+    figures = usage.totals()
     with session_scope() as session:
         done = session.execute(
             update(Preflight)
-            .where(Preflight.id == preflight_id, Preflight.status == "running")
+            .where(Preflight.id == usage.preflight_id, Preflight.status == "running")
             .values(status=status, **values)
             .returning(Preflight.id)
             .execution_options(synchronize_session=False)
         ).first()
+        if done is not None:
+            writes.record_usage(
+                session,
+                tenant_id=usage.tenant_id,
+                source_id=usage.preflight_id,
+                kind="preflight",
+                hardware=usage.hardware,
+                figures=figures,
+            )
+    if done is not None:
+        worker_metrics.observe_usage(figures, hardware=usage.hardware, tenant=usage.tenant_name)
     return status if done is not None else "failed"

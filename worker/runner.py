@@ -55,7 +55,7 @@ from grpo_core.sandbox import SandboxUnavailable
 from grpo_core.trainer import TrainResult
 from service_core import artifacts, job_state
 from service_core.db import session_scope
-from service_core.models import TERMINAL_STATUSES, Job, RewardCode, utcnow
+from service_core.models import TERMINAL_STATUSES, Job, RewardCode, Tenant, utcnow
 from service_core.queue import queue_for, send_turn
 from service_core.settings import Settings, get_settings
 from worker import leases, turns, writes
@@ -127,7 +127,16 @@ class DatabaseReporter(TrainerCallback):
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         with session_scope() as session:
             job = leases.held_job(session, job_id=self.job_id, owner=self.owner)
-            writes.record_metrics(session, job_id=self.job_id, kind="train", step=step, values=metrics)
+            if writes.record_metrics(session, job_id=self.job_id, kind="train", step=step, values=metrics):
+                # Only with the step's first metric row, in its transaction: a step run again bills nothing twice.
+                writes.record_usage(
+                    session,
+                    tenant_id=job.tenant_id,
+                    source_id=self.job_id,
+                    kind="job",
+                    hardware=job.hardware,
+                    figures=writes.step_usage(metrics, job.processes),
+                )
             job.step = step
             job.steps_computed += 1
 
@@ -252,6 +261,14 @@ class JobRun:
     tenant_rewards: dict[str, str]  # the job's tenant's own rewards it names (id -> source)
     options: TrainerOptions  # this worker's settings, as the trainer takes them
     queue: str  # the Celery queue the job waits on (service_core.queue.queue_for)
+    hardware: str  # the job's hardware class and its tenant's name: the labels of this worker's usage totals
+    tenant: str
+
+    def observe_step(self, job_id: str, figures: dict[str, float]) -> None:
+        """A step's figures (worker.metrics.step_figures) into this worker's Prometheus series."""
+        worker_metrics.observe_step(
+            job_id, figures, hardware=self.hardware, tenant=self.tenant, processes=self.config.processes
+        )
 
 
 def _new_owner() -> str:
@@ -396,6 +413,8 @@ def _claim(job_id: str, owner: str, settings: Settings, *, turn: bool = False) -
             tenant_rewards={code.id: code.source for code in codes},
             options=trainer_options(settings),
             queue=queue_for(job.hardware, processes=job.processes),
+            hardware=job.hardware,
+            tenant=session.get_one(Tenant, job.tenant_id).name,
         )
 
 
@@ -405,7 +424,7 @@ def _train(job_id: str, owner: str, heartbeat: Heartbeat, run: JobRun) -> tuple[
     if run.config.processes > 1:
         return _train_on_ranks(job_id, owner, heartbeat, run)
     reporter = DatabaseReporter(job_id, owner, heartbeat, group_size=run.config.group_size)
-    figures = StepFigures(partial(worker_metrics.observe_step, job_id))
+    figures = StepFigures(partial(run.observe_step, job_id))
     result = _make_trainer(job_id, run, [reporter, figures]).train(resume=True)
     return result.stopped_early, _guardrail_outcome(result)
 
@@ -518,7 +537,7 @@ def _train_on_ranks(job_id: str, owner: str, heartbeat: Heartbeat, run: JobRun) 
 
     def observe_figures() -> None:
         while not figures.empty():
-            worker_metrics.observe_step(job_id, figures.get())
+            run.observe_step(job_id, figures.get())
 
     def supervise() -> None:
         observe_figures()

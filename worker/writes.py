@@ -1,19 +1,30 @@
 """What a worker writes while it trains: a metrics row per step and kind, a checkpoint row per saved adapter, each
-with its event, a step's stored samples and reward output, and its groups folded into per-prompt figures. Rows are
-unique per (job, step) (samples per position, outputs per reward; prompt figures through a row per step folded in),
-so a step replayed after a crash writes nothing twice."""
+with its event, a step's stored samples and reward output, its groups folded into per-prompt figures, and the
+tenant's usage. Rows are unique per (job, step) (samples per position, outputs per reward; prompt figures through a
+row per step folded in; usage added only with a step's new metric row), so a step replayed after a crash writes
+nothing twice."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import date
 from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from service_core import job_state
-from service_core.models import CheckpointRow, MetricRow, PromptStats, PromptStatStep, RewardOutput, SampleRow, utcnow
+from service_core.models import (
+    CheckpointRow,
+    MetricRow,
+    PromptStats,
+    PromptStatStep,
+    RewardOutput,
+    SampleRow,
+    Usage,
+    utcnow,
+)
 
 
 def _insert_ignoring_duplicates(session: Session, table, values: dict[str, Any]) -> bool:
@@ -142,3 +153,60 @@ def record_prompt_groups(session: Session, *, job_id: str, step: int, groups: Se
             )
         )
     return True
+
+
+USAGE_FIGURES = ("compute_seconds", "tokens_sampled", "tokens_trained", "reward_calls", "reward_seconds")
+"""The usage table's figures (service_core.models.Usage says what each counts)."""
+_WHOLE_FIGURES = ("tokens_sampled", "tokens_trained", "reward_calls")
+
+
+def step_usage(metrics: Mapping[str, Any], processes: int) -> dict[str, float]:
+    """A training step's usage from its metrics (grpo_core.step.step_metrics): compute_seconds is its step_seconds
+    (the slowest rank's) times the processes that held a device for it. A figure missing (metrics from before it
+    was reported) or not finite counts 0."""
+
+    def figure(key: str) -> float:
+        value = metrics.get(key)
+        return float(value) if isinstance(value, int | float) and math.isfinite(value) else 0.0
+
+    return {
+        "compute_seconds": figure("step_seconds") * processes,
+        **{key: figure(key) for key in USAGE_FIGURES if key != "compute_seconds"},
+    }
+
+
+def record_usage(
+    session: Session,
+    *,
+    tenant_id: str,
+    source_id: str,
+    kind: str,
+    hardware: str,
+    figures: Mapping[str, float],
+    day: date | None = None,
+) -> None:
+    """Add `figures` (USAGE_FIGURES; missing ones count 0) to the usage row of a job or pre-flight for `day` (today,
+    UTC) and its hardware class: one upsert, so concurrent writers add rather than overwrite. The caller decides a
+    step counts once (record_metrics' result)."""
+    values = {
+        key: round(figures.get(key, 0)) if key in _WHOLE_FIGURES else float(figures.get(key, 0))
+        for key in USAGE_FIGURES
+    }
+    row = {
+        "source_id": source_id,
+        "day": day or utcnow().date(),
+        "hardware": hardware,
+        "kind": kind,
+        "tenant_id": tenant_id,
+        **values,
+    }
+    table = Usage.__table__
+    dialect = sqlite if session.get_bind().dialect.name == "sqlite" else postgresql
+    statement = dialect.insert(table).values(row)
+    added = statement.excluded
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[table.c.source_id, table.c.day, table.c.hardware],
+            set_={key: table.c[key] + added[key] for key in USAGE_FIGURES},
+        )
+    )

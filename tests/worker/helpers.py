@@ -1,9 +1,12 @@
 """What the worker tests share: a job queued for tiny-random-llama (the database comes from conftest's
 tenant_and_dataset)."""
 
+from sqlalchemy import select
+
 from api.schemas import JobCreate
 from api.services import jobs as jobs_service
 from service_core.db import session_scope
+from service_core.models import Usage
 from service_core.queue import queue_for
 
 
@@ -28,3 +31,11 @@ def make_job(tenant_id, dataset_id, rewards=None, **hyperparameters) -> str:
 def cpu_queue() -> str:
     """The Celery queue of the jobs make_job queues (no GPU, one process): where their turns go."""
     return queue_for("cpu")
+
+
+def usage_rows(source_id: str) -> list[Usage]:
+    """The usage rows of a job or pre-flight, detached."""
+    with session_scope() as session:
+        rows = list(session.scalars(select(Usage).where(Usage.source_id == source_id)))
+        session.expunge_all()
+        return rows

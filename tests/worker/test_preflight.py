@@ -10,6 +10,7 @@ from api.services import preflights as preflights_service
 from service_core.db import session_scope
 from service_core.models import Preflight, utcnow
 from tests.service_env import clear_service_caches
+from tests.worker.helpers import usage_rows
 from worker.preflight import run_preflight
 from worker.reconciler import reconcile_preflights
 
@@ -42,6 +43,8 @@ def test_a_preflight_past_its_time_limit_fails_saying_so_and_runs_once(tenant_an
     assert "time limit of 0.001 s (GRPO_PREFLIGHT_TIMEOUT_SECONDS)" in preflight.error
     # Delivered again: it is finished, so nothing runs.
     assert run_preflight(preflight_id) == "failed" and read(preflight_id).finished_at == preflight.finished_at
+    (usage,) = usage_rows(preflight_id)  # its seconds count, though it measured nothing
+    assert usage.kind == "preflight" and usage.compute_seconds > 0 and usage.tokens_sampled == 0
 
 
 def test_a_preflight_succeeds_once_and_a_second_delivery_does_nothing(tenant_and_dataset):  # noqa: F811
@@ -50,6 +53,11 @@ def test_a_preflight_succeeds_once_and_a_second_delivery_does_nothing(tenant_and
     preflight = read(preflight_id)
     assert preflight.result["prompts"] == 6 and preflight.result["seconds_per_step"] > 0  # 6 rows, under 16
     assert run_preflight(preflight_id) == "succeeded" and read(preflight_id).finished_at == preflight.finished_at
+    (usage,) = usage_rows(preflight_id)  # recorded once
+    assert (usage.kind, usage.hardware, usage.tenant_id) == ("preflight", "cpu", tenant_and_dataset[0])
+    # The first 6 prompts sampled, then one step of 1 prompt (prompts_per_step), G = 2 each, one reward.
+    assert usage.reward_calls == (6 + 1) * 2 and usage.tokens_trained > 0 and usage.tokens_sampled > 0
+    assert usage.compute_seconds > usage.reward_seconds > 0
 
 
 def test_the_reconciler_fails_a_preflight_whose_worker_died_and_resends_a_lost_one(tenant_and_dataset):  # noqa: F811
