@@ -227,6 +227,11 @@ def usage_command(args) -> int:
         print(f"job\tkind\thardware\t{USAGE_HEADER}")
         for source in usage.by_job:
             print(f"{source.id}\t{source.kind}\t{source.hardware}\t{_usage_line(source)}")
+        by_kind = usage.storage_bytes_by_kind
+        print(
+            f"storage now\t{usage.storage_bytes} bytes (datasets {by_kind['datasets']}, rewards {by_kind['rewards']}, "
+            f"checkpoints {by_kind['checkpoints']})"
+        )
     return 0
 
 

@@ -597,3 +597,10 @@ class UsagePublic(BaseModel):
     by_day: list[UsageDay] = Field(description="Each day with any usage, in order")
     by_job: list[UsageSource] = Field(description="Each job and pre-flight with usage in the range, by id")
     totals: UsageFigures
+    storage_bytes: int = Field(
+        description="Bytes stored for this tenant now, whatever the range: datasets, uploaded rewards, and its jobs' "
+        "checkpoints as their adapter archives; deleting a dataset or a job, and checkpoint expiry, lower it"
+    )
+    storage_bytes_by_kind: dict[str, int] = Field(
+        description="storage_bytes by what is stored: datasets, rewards, checkpoints (each present)"
+    )

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import re
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -48,6 +49,17 @@ def checkpoint_dir(job_id: str, step: int) -> Path:
 
 def checkpoint_archive(job_id: str, step: int) -> Path:
     return checkpoint_dir(job_id, step) / ARCHIVE_NAME
+
+
+def remove_dataset_file(dataset_id: str) -> None:
+    """Remove a deleted dataset's file; one already gone (a delete retried, another worker first) is no error."""
+    dataset_path(dataset_id).unlink(missing_ok=True)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a job's or a checkpoint's folder, whatever it holds; a folder already gone is no error, so a removal
+    that stopped half-way is finished by the next one."""
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def adapter_folder_name(job_id: str, step: int) -> str:

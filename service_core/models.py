@@ -99,6 +99,9 @@ class Dataset(Base):
     max_prompt_messages: Mapped[int | None] = mapped_column(Integer)
     non_numeric_fields: Mapped[dict[str, Any] | None] = mapped_column()  # field -> first row (1-based) not a number
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set by DELETE /v1/datasets/{id}, which removes the file: the row stays because finished jobs and pre-flights
+    # still name it (their foreign key), and every read of the tenant's datasets skips it.
+    deleted_at: Mapped[datetime | None] = mapped_column()
 
 
 class Job(Base):
@@ -160,6 +163,9 @@ class Job(Base):
     stop_when: Mapped[dict[str, Any] | None] = mapped_column()
     stopped_early: Mapped[dict[str, Any] | None] = mapped_column()
     adapter_step: Mapped[int | None] = mapped_column(Integer)
+    # Set by DELETE /v1/jobs/{id}, which removes its folder and the rows about it: the row stays because forks still
+    # name it as their parent (their lineage then points at a job that reads as gone) and usage names it.
+    deleted_at: Mapped[datetime | None] = mapped_column()
 
 
 class MetricRow(Base):

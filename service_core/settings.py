@@ -220,12 +220,18 @@ class Settings(BaseSettings):
         description="Largest completions per step x (longest prompt's token bound + max_new_tokens): the step's "
         "sequences, in tokens, as the worker holds them",
     )
+    checkpoint_retention_days: float = Field(
+        7.0,
+        ge=0,
+        description="Days a finished job keeps its checkpoints other than its adapter and those a fork starts from; "
+        "the reconciler deletes the rest after that (0: keep them for ever)",
+    )
     max_checkpoints_per_job: int = Field(
         100,
         ge=1,
         le=MAX_INT,
         description="Most checkpoints one job may save (max_steps / checkpoint_every, and the final one): each is kept "
-        "and downloadable, so this bounds a job's disk",
+        "and downloadable while the job runs, so this bounds a job's disk",
     )
     max_num_iterations: int = Field(16, ge=1, le=MAX_INT, description="Largest num_iterations")
     max_eval_samples_per_prompt: int = Field(64, ge=1, le=MAX_INT, description="Largest eval_samples_per_prompt")

@@ -12,12 +12,14 @@ set of compare-and-set updates, so any number of workers can run it at once with
   worker.
 - Pre-flights: one still running past its deadline_at lost its worker (or hung) and is failed; one queued longer
   than GRPO_REQUEUE_QUEUED_AFTER_SECONDS is sent again (its claim is a compare-and-set, so it runs once).
+- Now and then it expires old checkpoints past GRPO_CHECKPOINT_RETENTION_DAYS (worker/retention.py).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import timedelta
 
 from sqlalchemy import select, update
@@ -27,6 +29,7 @@ from service_core.db import session_scope
 from service_core.models import Job, Preflight, utcnow
 from service_core.queue import enqueue_preflight, queue_for, send_turn
 from service_core.settings import get_settings
+from worker.retention import EXPIRE_EVERY_SECONDS, expire_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +119,15 @@ class Reconciler(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        expired_at: float | None = None
         while not self.stopped.wait(self.every_seconds):
             try:
                 reconcile_once()
             except Exception:  # the database or broker is down for a moment: try again next pass
                 log.exception("reconcile pass failed")
+            if expired_at is None or time.monotonic() - expired_at >= EXPIRE_EVERY_SECONDS:
+                expired_at = time.monotonic()
+                try:
+                    expire_checkpoints()
+                except Exception:  # as above; files it removed before failing are finished next time
+                    log.exception("checkpoint expiry failed")

@@ -1,4 +1,4 @@
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile as StarletteUploadFile
@@ -9,6 +9,7 @@ from api.deps import SessionDep, TenantDep
 from api.schemas import DatasetPublic, DatasetsPublic, error_responses
 from api.services import InvalidInput
 from api.services import datasets as datasets_service
+from service_core import artifacts
 from service_core.settings import get_settings
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=error_responses(401, 413))
@@ -88,3 +89,19 @@ def get_dataset(dataset_id: str, session: SessionDep, tenant_id: TenantDep) -> D
     return DatasetPublic.model_validate(
         datasets_service.get_dataset(session, tenant_id=tenant_id, dataset_id=dataset_id)
     )
+
+
+@router.delete(
+    "/{dataset_id}",
+    name="delete",
+    status_code=204,
+    response_class=Response,
+    responses=error_responses(404, 409, 422),
+)
+def delete_dataset(dataset_id: str, session: SessionDep, tenant_id: TenantDep) -> Response:
+    """Delete a dataset and its file. Refused (409, naming them) while a queued or running job or pre-flight uses it;
+    finished jobs that used it keep their adapters, and their dataset_id then names a dataset that is gone."""
+    datasets_service.delete_dataset(session, tenant_id=tenant_id, dataset_id=dataset_id)
+    session.commit()
+    artifacts.remove_dataset_file(dataset_id)
+    return Response(status_code=204)

@@ -111,6 +111,23 @@ async def get_job(job_id: str, tenant_id: TenantDep) -> Response:
     return await run_read(_job, tenant_id, job_id)
 
 
+@router.delete(
+    "/{job_id}",
+    name="delete",
+    status_code=204,
+    response_class=Response,
+    responses={**NOT_FOUND, **error_responses(409)},
+)
+def delete_job(job_id: str, session: SessionDep, tenant_id: TenantDep) -> Response:
+    """Delete a finished job: its checkpoints and adapter archives, its metrics, events and samples. Refused (409)
+    while it is queued or running (cancel it first), or while a queued or running fork has yet to copy the
+    checkpoint it starts from (naming the forks). Its usage stays in GET /v1/usage."""
+    jobs_service.delete_job(session, tenant_id=tenant_id, job_id=job_id)
+    session.commit()
+    artifacts.remove_tree(artifacts.job_dir(job_id))
+    return Response(status_code=204)
+
+
 @router.post("/{job_id}/cancel", name="cancel", response_model=JobPublic, responses=NOT_FOUND)
 def cancel_job(job_id: str, session: SessionDep, tenant_id: TenantDep) -> JobPublic:
     """Stop a queued job at once, or a running one before its next step; its last checkpoint stays downloadable."""

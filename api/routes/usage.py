@@ -19,6 +19,7 @@ def get_usage(
 ) -> UsagePublic:
     """What this tenant's jobs and pre-flights used from start to end (at most 366 days), by day, by job and in
     total: compute seconds by hardware class, tokens sampled and trained, reward calls and seconds. A job's steps
-    count on the UTC day each was recorded; a step run again after a resume counts once."""
+    count on the UTC day each was recorded; a step run again after a resume counts once. storage_bytes is what the
+    tenant stores now (datasets, uploaded rewards, checkpoints), whatever the range."""
     start, end = usage_service.usage_range(start, end)
     return usage_service.tenant_usage(session, tenant_id=tenant_id, start=start, end=end)

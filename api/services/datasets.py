@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import re
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from api.services import InvalidInput, NotFound
 from grpo_core.data import DatasetError, parse_jsonl, summarize_dataset
 from service_core import artifacts
-from service_core.models import Dataset
+from service_core.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Dataset, Job, Preflight, utcnow
 from service_core.settings import get_settings
 
 
@@ -58,7 +58,11 @@ def create_dataset(session: Session, *, tenant_id: str, name: str, content: byte
 
 def list_datasets(session: Session, *, tenant_id: str) -> list[Dataset]:
     return list(
-        session.scalars(select(Dataset).where(Dataset.tenant_id == tenant_id).order_by(Dataset.created_at.desc()))
+        session.scalars(
+            select(Dataset)
+            .where(Dataset.tenant_id == tenant_id, Dataset.deleted_at.is_(None))
+            .order_by(Dataset.created_at.desc())
+        )
     )
 
 
@@ -67,7 +71,47 @@ def get_dataset(session: Session, *, tenant_id: str, dataset_id: str) -> Dataset
     # PostgreSQL refuses in text with an error) answer like any other id that does not exist.
     if not artifacts.is_server_id(dataset_id):
         raise NotFound("dataset", dataset_id)
-    dataset = session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id))
+    dataset = session.scalar(
+        select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id, Dataset.deleted_at.is_(None))
+    )
     if dataset is None:
         raise NotFound("dataset", dataset_id)
     return dataset
+
+
+def delete_dataset(session: Session, *, tenant_id: str, dataset_id: str) -> None:
+    """Mark a dataset deleted, unless a queued or running job or pre-flight reads it as its training or eval set
+    (409 naming them): their worker reads the file when it starts, or again after a restart. Finished jobs keep
+    their rows and adapters; their dataset_id then names a dataset that reads as gone. The caller commits, then
+    removes the file (remove_dataset_file), so a delete that does not commit never loses it."""
+    get_dataset(session, tenant_id=tenant_id, dataset_id=dataset_id)
+    uses = (Job.dataset_id == dataset_id) | (Job.eval_dataset_id == dataset_id)
+    jobs = session.scalars(
+        select(Job.id).where(Job.tenant_id == tenant_id, Job.status.not_in(TERMINAL_STATUSES), uses).order_by(Job.id)
+    ).all()
+    preflights = session.scalars(
+        select(Preflight.id)
+        .where(
+            Preflight.tenant_id == tenant_id,
+            Preflight.status.in_(ACTIVE_STATUSES),
+            (Preflight.dataset_id == dataset_id) | (Preflight.eval_dataset_id == dataset_id),
+        )
+        .order_by(Preflight.id)
+    ).all()
+    users = []
+    if jobs:
+        users.append(f"job(s) {', '.join(jobs)}")
+    if preflights:
+        users.append(f"pre-flight(s) {', '.join(preflights)}")
+    if users:
+        raise InvalidInput(
+            f"dataset {dataset_id!r} is used by queued or running {' and '.join(users)}; cancel them or wait until "
+            "they end, then delete it",
+            status_code=409,
+        )
+    session.execute(
+        update(Dataset)
+        .where(Dataset.id == dataset_id, Dataset.deleted_at.is_(None))
+        .values(deleted_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )

@@ -1,4 +1,4 @@
-"""Jobs: validating a spec, creating, reading, listing and cancelling jobs, and every status change with the
+"""Jobs: validating a spec, creating, reading, listing, cancelling and deleting jobs, and every status change with the
 event that records it (the worker records its outcomes through set_status too)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from fastapi import HTTPException
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -24,7 +24,20 @@ from grpo_core.rewards import RewardFunction, RewardSpecError, is_tenant_reward,
 from grpo_core.spec import BaseModelSpec
 from service_core import artifacts
 from service_core.job_state import record_event, set_status
-from service_core.models import TERMINAL_STATUSES, CheckpointRow, Dataset, Job, Tenant, utcnow
+from service_core.models import (
+    TERMINAL_STATUSES,
+    CheckpointRow,
+    Dataset,
+    Event,
+    Job,
+    MetricRow,
+    PromptStats,
+    PromptStatStep,
+    RewardOutput,
+    SampleRow,
+    Tenant,
+    utcnow,
+)
 from service_core.settings import Settings, get_settings
 
 
@@ -147,7 +160,7 @@ def _limit_problems(config: GRPOConfig, settings: Settings, fork: bool = False) 
                 " completions per step",
             )
         )
-    # Every checkpoint is kept (each is downloadable), so their number bounds the job's disk.
+    # Every checkpoint is kept while the job runs (each is downloadable), so their number bounds the job's disk.
     saves = (config.max_steps - 1) // config.checkpoint_every + 1 if config.checkpoint_every else 1
     saves += fork
     if saves > settings.max_checkpoints_per_job:
@@ -386,7 +399,10 @@ def _replayed(job: Job, spec: JobCreate, idempotency_key: str) -> Job:
 
 
 # Built once: building the statement (the ORM's comparisons, then its cache key) cost a third of the query.
-_JOB_OF_TENANT = select(Job).where(Job.id == bindparam("job_id"), Job.tenant_id == bindparam("tenant_id"))
+# A deleted job reads as one that does not exist, here and wherever a tenant names a job.
+_JOB_OF_TENANT = select(Job).where(
+    Job.id == bindparam("job_id"), Job.tenant_id == bindparam("tenant_id"), Job.deleted_at.is_(None)
+)
 
 
 def get_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
@@ -401,7 +417,7 @@ def get_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
 def list_jobs(
     session: Session, *, tenant_id: str, status: str | None, limit: int, offset: int
 ) -> tuple[list[Job], int]:
-    query = select(Job).where(Job.tenant_id == tenant_id)
+    query = select(Job).where(Job.tenant_id == tenant_id, Job.deleted_at.is_(None))
     if status:
         query = query.where(Job.status == status)
     count = session.scalar(select(func.count()).select_from(query.subquery()))
@@ -433,9 +449,58 @@ def cancel_job(session: Session, *, tenant_id: str, job_id: str) -> Job:
     return job
 
 
+# What a deleted job leaves no reader for (every read goes through get_job): removed with it. Usage rows stay, as usage
+# is history, and so does the job's own row (see delete_job).
+_JOB_RECORDS = (CheckpointRow, MetricRow, Event, SampleRow, RewardOutput, PromptStats, PromptStatStep)
+
+
+def delete_job(session: Session, *, tenant_id: str, job_id: str) -> None:
+    """Mark a finished job deleted and remove the rows about it (its checkpoints, metrics, events, samples, reward
+    output, prompt statistics). Refused (409) while it is queued or running (cancel it first), and while a queued or
+    running fork starts from one of its checkpoints and has not saved its own step 0 yet (naming the forks). The job
+    row itself stays, marked: forks name it as their parent and usage counts it. The caller commits, then removes its
+    folder (checkpoints and adapter archives) with artifacts.remove_tree(artifacts.job_dir(job_id))."""
+    job = get_job(session, tenant_id=tenant_id, job_id=job_id)
+    if job.status not in TERMINAL_STATUSES:
+        raise InvalidInput(
+            f"job {job_id} is {job.status}; cancel it first (POST /v1/jobs/{job_id}/cancel), then delete it once it "
+            "has ended",
+            status_code=409,
+        )
+    own_step_0 = exists().where(CheckpointRow.job_id == Job.id, CheckpointRow.step == 0)
+    waiting_forks = session.scalars(
+        select(Job.id)
+        .where(
+            Job.parent_job_id == job_id,
+            Job.status.not_in(TERMINAL_STATUSES),
+            Job.deleted_at.is_(None),
+            ~own_step_0,
+        )
+        .order_by(Job.created_at, Job.id)
+    ).all()
+    if waiting_forks:
+        raise InvalidInput(
+            f"job {job_id} has checkpoints that queued or running fork(s) {', '.join(waiting_forks)} start from and "
+            "have not copied yet; wait until they have started (saved their step 0) or cancel them, then delete it",
+            status_code=409,
+        )
+    # Compare-and-set on a finished, undeleted job: a second delete at the same time finds nothing to do.
+    marked = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(TERMINAL_STATUSES), Job.deleted_at.is_(None))
+        .values(deleted_at=utcnow(), idempotency_key=None)  # the key may be used again for a new job
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    ).first()
+    if marked is None:
+        raise NotFound("job", job_id)
+    for table in _JOB_RECORDS:
+        session.execute(delete(table).where(table.job_id == job_id).execution_options(synchronize_session=False))
+
+
 _CHILDREN = (
     select(Job.id, Job.parent_step, Job.status)
-    .where(Job.parent_job_id == bindparam("job_id"), Job.tenant_id == bindparam("tenant_id"))
+    .where(Job.parent_job_id == bindparam("job_id"), Job.tenant_id == bindparam("tenant_id"), Job.deleted_at.is_(None))
     .order_by(Job.created_at, Job.id)
     .limit(CHILDREN_SHOWN)
 )
@@ -447,7 +512,7 @@ def job_children(session: Session, *, tenant_id: str, job_id: str) -> tuple[list
     children = [JobChild(id=row.id, step=row.parent_step, status=row.status) for row in rows]
     count = len(children)
     if count == CHILDREN_SHOWN:  # there may be more: count them (a fork's parent is always the same tenant's)
-        count = session.scalar(select(func.count()).where(Job.parent_job_id == job_id)) or 0
+        count = session.scalar(select(func.count()).where(Job.parent_job_id == job_id, Job.deleted_at.is_(None))) or 0
     return children, count
 
 

@@ -1,5 +1,5 @@
 """Usage: what a tenant's jobs and pre-flights used, summed from the usage table (worker/writes.py record_usage) by
-day and by job over a range of UTC days. GET /v1/usage reads the caller's own; `grpo usage` reads any tenant's."""
+day and by job over a range of UTC days, and the bytes it stores now. GET /v1/usage reads the caller's own; `grpo usage` reads any tenant's."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from api.schemas import UsageDay, UsageFigures, UsagePublic, UsageSource
 from api.services import InvalidInput
-from service_core.models import HARDWARE_CLASSES, Tenant, Usage, utcnow
+from service_core.models import HARDWARE_CLASSES, CheckpointRow, Dataset, Job, RewardCode, Tenant, Usage, utcnow
 
 MAX_DAYS = 366  # a year, leap day included: the range one request may sum
 DEFAULT_DAYS = 30  # without a start: the 30 days up to the end
@@ -58,6 +58,25 @@ def _figures(rows: Iterable[Sequence]) -> dict:
     }
 
 
+def storage_by_kind(session: Session, *, tenant_id: str) -> dict[str, int]:
+    """Bytes the tenant stores now, from the rows that describe each file: its datasets not deleted, its uploaded
+    rewards, and its jobs' checkpoints (the adapter archive each serves; deleted jobs have none left)."""
+    datasets = select(func.coalesce(func.sum(Dataset.bytes), 0)).where(
+        Dataset.tenant_id == tenant_id, Dataset.deleted_at.is_(None)
+    )
+    rewards = select(func.coalesce(func.sum(RewardCode.bytes), 0)).where(RewardCode.tenant_id == tenant_id)
+    checkpoints = (
+        select(func.coalesce(func.sum(CheckpointRow.bytes), 0))
+        .join(Job, Job.id == CheckpointRow.job_id)
+        .where(Job.tenant_id == tenant_id)
+    )
+    return {
+        "datasets": int(session.scalar(datasets) or 0),
+        "rewards": int(session.scalar(rewards) or 0),
+        "checkpoints": int(session.scalar(checkpoints) or 0),
+    }
+
+
 def tenant_usage(session: Session, *, tenant_id: str, start: date, end: date) -> UsagePublic:
     """One tenant's usage from start to end (both included, a range usage_range allows): by day, by job or
     pre-flight, and in total. Two grouped queries over the tenant's rows in the range (ix_usage_tenant_day)."""
@@ -73,6 +92,7 @@ def tenant_usage(session: Session, *, tenant_id: str, start: date, end: date) ->
         .group_by(Usage.source_id, Usage.kind, Usage.hardware)
         .order_by(Usage.source_id, Usage.hardware)
     ).all()
+    storage = storage_by_kind(session, tenant_id=tenant_id)
     return UsagePublic(
         start=start,
         end=end,
@@ -82,6 +102,8 @@ def tenant_usage(session: Session, *, tenant_id: str, start: date, end: date) ->
             for source_id, kind, hardware, *sums in sources
         ],
         totals=UsageFigures(**_figures(row for rows in days.values() for row in rows)),
+        storage_bytes=sum(storage.values()),
+        storage_bytes_by_kind=storage,
     )
 
 

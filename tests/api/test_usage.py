@@ -108,8 +108,9 @@ def test_grpo_usage_prints_one_tenant_or_every_tenant(service, usage, capsys):
     assert lines[0] == "tenant alice, 2026-03-01 to 2026-03-31"
     assert lines[2].split("\t") == ["2026-03-01", "20.0", "20.0", "0.0", "200", "400", "16", "3.0"]
     assert [line.split("\t")[0] for line in lines[2:]] == [
-        "2026-03-01", "2026-03-02", "2026-03-05", "total", "job", "job_a", "job_g", "pf_p"
+        "2026-03-01", "2026-03-02", "2026-03-05", "total", "job", "job_a", "job_g", "pf_p", "storage now"
     ]  # fmt: skip
+    assert lines[-1] == "storage now\t0 bytes (datasets 0, rewards 0, checkpoints 0)"
     assert "bob" not in "\n".join(lines)
 
     assert grpo(["usage", "--start", "2026-03-01", "--end", "2026-03-31"]) == 0
