@@ -8,6 +8,7 @@ import pytest
 from fastapi import HTTPException
 
 from api.limits import BodySizeLimit, TenantSlots
+from api.main import create_app
 
 pytestmark = pytest.mark.unit
 
@@ -16,15 +17,8 @@ pytestmark = pytest.mark.unit
 
 
 def event_streams() -> TenantSlots:
-    # As api/main.py builds them.
-    return TenantSlots(
-        "event streams",
-        "open",
-        per_tenant_setting="max_streams_per_tenant",
-        total_setting="max_streams",
-        retry_after_seconds=5,
-        advice="close one, or ",
-    )
+    """The API's own event-stream slots, as create_app builds them (a fresh count each call)."""
+    return create_app().state.event_streams
 
 
 def reward_checks() -> TenantSlots:
