@@ -188,6 +188,8 @@ def api(tmp_path_factory):
         env.delenv("GRPO_BROKER_URL", raising=False)
         for name, value in LIMITS.items():
             env.setenv(f"GRPO_MAX_{name.upper()}", str(value))
+        # Every accepted spec stays queued (no worker here): the tenant's cap on queued jobs is not what this tests.
+        env.setenv("GRPO_MAX_QUEUED_JOBS_PER_TENANT", str(2**31 - 1))
         clear_service_caches()
         from api.main import create_app
         from service_core.db import get_engine, run_migrations
