@@ -299,6 +299,8 @@ def run_next_job(queue: str) -> str:
             # reconciler sends then reaches every idle worker, one after another; a turn too many ends idle.
             _offer_turn(queue)
             return _run(candidate.job_id, owner, settings, run)
+    # Not a fault: a redelivered or surplus turn, a cancelled job, or every waiting tenant at its cap.
+    log.info("turn on %s: no job to start", queue)
     return "idle"
 
 
