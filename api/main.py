@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -47,14 +48,25 @@ def _operation_id(route: APIRoute) -> str:
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """The methods the app routes for this request's path, asked of the router itself (included routers too), and
-    HEAD wherever GET is (HeadAsGet)."""
-    routes = request.app.router.routes
-    allowed = [
-        method
-        for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
-    ]
+    """The methods of this request's path, and HEAD wherever GET is (HeadAsGet). A documented path lists what the
+    OpenAPI schema documents for it, a literal path (/v1/jobs/preflight) before a template that also matches it
+    (/v1/jobs/{job_id}), so Allow and the schema agree; any other path, what the router itself routes."""
+    path = request.url.path
+    documented = request.app.openapi()["paths"]
+    templates = [key for key in documented if "{" in key and re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", key), path)]
+    operations = documented.get(path) or (documented[templates[0]] if templates else None)
+    methods = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+    if operations is not None:
+        allowed = [method for method in methods if method.lower() in operations]
+    else:
+        allowed = [
+            method
+            for method in methods
+            if any(
+                route.matches({**request.scope, "method": method})[0] == Match.FULL
+                for route in request.app.router.routes
+            )
+        ]
     return [*allowed[:1], "HEAD", *allowed[1:]] if "GET" in allowed else allowed
 
 
