@@ -115,6 +115,7 @@ def models_command(args) -> int:
 def _cap(value: str) -> int | str:
     """A cap on the command line: a whole number, or `default` for the service's setting."""
     from api.services.tenants import DEFAULT
+    from service_core.models import MAX_INT
 
     if value == DEFAULT:
         return value
@@ -122,8 +123,8 @@ def _cap(value: str) -> int | str:
         number = int(value)
     except ValueError:
         number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"a whole number of at least 1, or {DEFAULT}, not {value!r}")
+    if not 1 <= number <= MAX_INT:
+        raise argparse.ArgumentTypeError(f"a whole number from 1 to {MAX_INT}, or {DEFAULT}, not {value!r}")
     return number
 
 

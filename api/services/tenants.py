@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.services import InvalidInput, NotFound
-from service_core.models import Job, Tenant
+from service_core.models import MAX_INT, Job, Tenant
 from service_core.settings import Settings
 
 DEFAULT = "default"  # a cap set to this goes back to the service's setting
@@ -50,8 +50,9 @@ def set_tenant(
     for field, value in (("max_running_jobs", max_running), ("max_queued_jobs", max_queued)):
         if value is None:
             continue
-        if value != DEFAULT and (not isinstance(value, int) or value < 1):
-            raise InvalidInput(f"{field} must be a whole number of at least 1 or {DEFAULT!r}, not {value!r}")
+        # At most MAX_INT: the column is the database's 32-bit INTEGER, which PostgreSQL refuses to overflow.
+        if value != DEFAULT and (not isinstance(value, int) or not 1 <= value <= MAX_INT):
+            raise InvalidInput(f"{field} must be a whole number from 1 to {MAX_INT}, or {DEFAULT!r}; not {value!r}")
         setattr(tenant, field, None if value == DEFAULT else value)
     session.flush()
     return tenant
