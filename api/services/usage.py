@@ -29,7 +29,8 @@ def usage_range(start: date | None, end: date | None, *, today: date | None = No
     """The days to sum, both included: end defaults to today (UTC), start to DEFAULT_DAYS days up to end. A start
     after the end, or a range longer than MAX_DAYS days, is refused naming the problem."""
     end = end or today or utcnow().date()
-    start = start or end - timedelta(days=DEFAULT_DAYS - 1)
+    # Near the first day a date can hold, the default range starts there rather than before it (OverflowError).
+    start = start or max(date.min + timedelta(days=DEFAULT_DAYS - 1), end) - timedelta(days=DEFAULT_DAYS - 1)
     if start > end:
         raise InvalidInput(f"start ({start}) is after end ({end})", ["start"])
     if (end - start).days + 1 > MAX_DAYS:

@@ -98,6 +98,8 @@ def test_the_range_defaults_to_the_last_30_days_and_is_bounded(service, alice, u
     # Only a written day: not "0" (which a date type would read as 1970-01-01), not a day that does not exist.
     assert "end" in refused({"end": "0"})
     assert "end must be a day that exists" in refused({"end": "2026-02-30"})
+    # The default start never falls before the first day a date can hold.
+    assert service.get("/v1/usage", headers=alice, params={"end": "0001-01-01"}).json()["start"] == "0001-01-01"
     assert (
         service.get("/v1/usage", headers=alice, params={"start": "2025-01-01", "end": "2026-01-01"}).status_code == 200
     )
